@@ -1,0 +1,230 @@
+"""Configuration of the sampler and of MotionPrompt guidance.
+
+Two dataclasses hold every knob: :class:`SamplerConfig` (the DDIM loop) and
+:class:`MotionPromptConfig` (the learnable-token guidance). ``PAPER_DEFAULTS`` holds the
+per-backbone MotionPrompt settings reported in the MotionPrompt paper (see DESIGN.md).
+Backbone plugins pick their row; the core itself knows no backbone.
+
+Sampling-step indices ``i`` count from 0 at the first (noisiest) DDIM step. The paper writes its
+optimization ranges as ``a < i < b`` for 50 steps; we store them as the half-open interval
+``[a + 1, b)``. When the user does not set ``opt_range`` explicitly and samples with a different
+number of steps, the range is rescaled to the same fraction of the trajectory
+(:func:`scale_opt_range`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+PAPER_STEPS = 50
+"""The number of DDIM steps the paper's optimization ranges refer to."""
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message names the field and the allowed range."""
+
+
+@dataclass
+class SamplerConfig:
+    """The DDIM loop: classifier-free guidance on a latent video model."""
+
+    steps: int = PAPER_STEPS
+    cfg_scale: float = 7.5
+    frames: int = 16
+    height: int = 512
+    width: int = 512
+    seed: int = 0
+    eta: float = 0.0
+    negative_prompt: str = ""
+
+    def validate(self, spatial_multiple: int = 8) -> None:
+        _require(self.steps >= 1, "steps", self.steps, "an integer >= 1")
+        _require(self.cfg_scale >= 0, "cfg_scale", self.cfg_scale, ">= 0 (1 disables CFG mixing)")
+        _require(self.frames >= 1, "frames", self.frames, "an integer >= 1")
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            _require(
+                value >= spatial_multiple and value % spatial_multiple == 0,
+                name,
+                value,
+                f"a positive multiple of {spatial_multiple} (the VAE's down-sampling factor)",
+            )
+        _require(0.0 <= self.eta <= 1.0, "eta", self.eta, "[0, 1] (0 = deterministic DDIM)")
+        _require(self.seed >= 0, "seed", self.seed, "an integer >= 0")
+
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+PLACEMENTS = ("end", "front")
+
+
+@dataclass
+class MotionPromptConfig:
+    """MotionPrompt guidance: learnable prompt tokens optimized against a flow discriminator.
+
+    Loss at an optimized step (DESIGN.md "The method", step 2)::
+
+        L = l_disc * mean_pairs softplus(-D(flow)) + l_tv * TV(flow) + l_reg * ||e_S - e_S_init||^2
+    """
+
+    num_tokens: int = 1
+    init_words: tuple[str, ...] = ("authentic", "real", "clear")
+    placement: str = "end"
+    iterations: int = 3
+    opt_range: tuple[int, int] | None = None
+    """Half-open [start, stop) of sampling-step indices; None = the backbone default scaled to steps."""
+    decoded_frames: int = 2
+    l_disc: float = 1.0
+    l_tv: float = 5.0
+    l_reg: float = 10.0
+    lr: float = 0.005
+    optimizer: str = "adam"
+    checkpoint_denoiser: bool = False
+    """Gradient checkpointing of the denoiser during optimization ("lean" mode: less memory, more time)."""
+    checkpoint_vae: bool = True
+    """Per-block gradient checkpointing of the VAE decoder while decoding the selected frames."""
+    flow_size: int | None = None
+    """Resize decoded frames to this side length before the flow estimator (None = decoded size)."""
+    paper_opt_range: tuple[int, int] = (4, 15)
+    """The backbone's range at PAPER_STEPS steps, used to resolve ``opt_range=None``."""
+
+    def resolved_opt_range(self, steps: int) -> tuple[int, int]:
+        if self.opt_range is not None:
+            return tuple(self.opt_range)  # type: ignore[return-value]
+        return scale_opt_range(self.paper_opt_range, steps)
+
+    def validate(self, sampler: SamplerConfig) -> None:
+        _require(self.num_tokens >= 1, "num_tokens", self.num_tokens, "an integer >= 1")
+        _require(len(self.init_words) >= 1, "init_words", self.init_words, "at least one word")
+        _require(self.placement in PLACEMENTS, "placement", self.placement, " | ".join(PLACEMENTS))
+        _require(self.iterations >= 1, "iterations", self.iterations, "an integer >= 1")
+        start, stop = self.resolved_opt_range(sampler.steps)
+        _require(
+            0 <= start < stop <= sampler.steps,
+            "opt_range",
+            (start, stop),
+            f"start < stop inside [0, steps={sampler.steps}] (half-open step indices)",
+        )
+        _require(
+            self.decoded_frames >= 2 and self.decoded_frames % 2 == 0 and self.decoded_frames <= sampler.frames,
+            "decoded_frames",
+            self.decoded_frames,
+            f"an even number in [2, frames={sampler.frames}] (frames are decoded in adjacent pairs)",
+        )
+        for name in ("l_disc", "l_tv", "l_reg"):
+            value = getattr(self, name)
+            _require(value >= 0 and math.isfinite(value), name, value, "a finite number >= 0")
+        _require(self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "a finite number > 0")
+        _require(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, " | ".join(OPTIMIZERS))
+        _require(
+            self.flow_size is None or self.flow_size >= 8,
+            "flow_size",
+            self.flow_size,
+            "None or an integer >= 8",
+        )
+
+    def token_init_words(self) -> list[str]:
+        """The init word of each learnable token, cycling through ``init_words``."""
+        return [self.init_words[k % len(self.init_words)] for k in range(self.num_tokens)]
+
+
+def scale_opt_range(paper_range: tuple[int, int], steps: int) -> tuple[int, int]:
+    """Map a range given for PAPER_STEPS steps to the same fraction of ``steps`` steps (non-empty)."""
+    start = round(paper_range[0] * steps / PAPER_STEPS)
+    stop = round(paper_range[1] * steps / PAPER_STEPS)
+    start = min(max(start, 0), steps - 1)
+    stop = min(max(stop, start + 1), steps)
+    return start, stop
+
+
+# The paper's per-backbone settings (DESIGN.md table). "a < i < b" is stored as [a + 1, b).
+PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "lavie": dict(
+        num_tokens=1, iterations=3, paper_opt_range=(6, 15), decoded_frames=6,
+        l_disc=1.0, l_tv=1.0, l_reg=10.0, lr=0.0005,
+    ),
+    "animatediff": dict(
+        num_tokens=1, iterations=3, paper_opt_range=(4, 15), decoded_frames=2,
+        l_disc=1.0, l_tv=5.0, l_reg=10.0, lr=0.005,
+    ),
+    "videocrafter2": dict(
+        num_tokens=1, iterations=3, paper_opt_range=(4, 20), decoded_frames=6,
+        l_disc=1.0, l_tv=5.0, l_reg=3.0, lr=0.001,
+    ),
+}
+
+
+def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"invalid config: {name}={value!r}; allowed: {allowed}")
+
+
+# ----------------------------------------------------------------------------- overrides
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    """Split one ``key=value`` CLI override."""
+    if "=" not in text:
+        raise ConfigError(f"invalid override {text!r}: expected key=value, e.g. -o lr=0.001")
+    key, value = text.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def apply_overrides(config: Any, overrides: list[str] | dict[str, str]) -> Any:
+    """Return a copy of a config dataclass with ``key=value`` strings applied, typed by the field."""
+    items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides)
+    by_name = {f.name: f for f in fields(config)}
+    changes: dict[str, Any] = {}
+    for key, raw in items:
+        if key not in by_name:
+            raise ConfigError(
+                f"unknown setting {key!r} for {type(config).__name__}; known: {', '.join(sorted(by_name))}"
+            )
+        changes[key] = _parse_value(key, raw, by_name[key].default)
+    return dataclasses.replace(config, **changes)
+
+
+def _parse_value(key: str, raw: str, default: Any) -> Any:
+    if isinstance(raw, str) and raw.lower() == "none" and (default is None or key in ("opt_range", "flow_size")):
+        return None
+    try:
+        if isinstance(default, bool):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if key == "opt_range" or key == "paper_opt_range":
+            parts = [int(p) for p in raw.replace(":", ",").split(",")]
+            if len(parts) != 2:
+                raise ValueError(raw)
+            return tuple(parts)
+        if key == "init_words":
+            return tuple(w.strip() for w in raw.split(",") if w.strip())
+        if isinstance(default, int) or key == "flow_size":
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        return raw
+    except ValueError:
+        kind = "true|false" if isinstance(default, bool) else ("start,stop" if "range" in key else type(default).__name__)
+        raise ConfigError(f"invalid config: {key}={raw!r}; expected {kind}") from None
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """JSON-ready dict of a config dataclass (tuples become lists)."""
+    return dataclasses.asdict(config)
+
+
+__all__ = [
+    "ConfigError",
+    "MotionPromptConfig",
+    "PAPER_DEFAULTS",
+    "PAPER_STEPS",
+    "SamplerConfig",
+    "apply_overrides",
+    "scale_opt_range",
+    "to_dict",
+]

@@ -1,0 +1,133 @@
+"""What plugins provide: specs registered through the hooks, and the backbone adapter interface.
+
+The sampler and MotionPrompt talk only to :class:`Backbone`, :class:`FlowEstimator` and
+:class:`Discriminator` (DESIGN.md "Contracts").
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import torch
+
+
+class FlowEstimator(Protocol):
+    """``flow = f(frame_a, frame_b)``: frames (B, 3, H, W) in [-1, 1]; flow (B, 2, H, W) in pixels."""
+
+    def __call__(self, frame_a: torch.Tensor, frame_b: torch.Tensor) -> torch.Tensor: ...
+
+
+class Discriminator(Protocol):
+    """``logit = D(flow)``: flow (B, 2, H, W) in pixels; logit (B,), higher = more real."""
+
+    def __call__(self, flow: torch.Tensor) -> torch.Tensor: ...
+
+
+class TextTokens(abc.ABC):
+    """The learnable-token side of a text encoder: add tokens, read/write rows, encode with override."""
+
+    @abc.abstractmethod
+    def add_tokens(self, tokens: list[str]) -> list[int]:
+        """Add ``tokens`` to the tokenizer and grow the embedding table; return their ids."""
+
+    @abc.abstractmethod
+    def word_embedding(self, word: str) -> torch.Tensor:
+        """The (D,) input embedding of ``word`` (mean over its sub-word pieces)."""
+
+    @abc.abstractmethod
+    def embedding_table(self) -> torch.Tensor:
+        """The text encoder's input embedding table (V, D) (a view; do not modify)."""
+
+    @abc.abstractmethod
+    def set_rows(self, ids: list[int], values: torch.Tensor) -> None:
+        """Write ``values`` (len(ids), D) into the table rows ``ids``; no other row changes."""
+
+    @abc.abstractmethod
+    def encode(self, prompts: list[str], override: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+        """Encode prompts; rows of ``override`` (token id -> (D,) tensor) replace the table rows,
+        differentiably, wherever those ids occur."""
+
+
+class Backbone(abc.ABC):
+    """A latent video diffusion model as the sampler sees it.
+
+    Latents are laid out (B, C, F, h, w). ``predict`` returns the raw model output (epsilon or v,
+    per ``prediction_type``) for a batch whose conditions are stacked along dim 0.
+    """
+
+    name: str = "backbone"
+    is_random_init: bool = False
+    """True for reserved tiny random models: their output is noise and the CLI says so."""
+    latent_channels: int = 4
+    vae_scale_factor: int = 8
+    prediction_type: str = "epsilon"
+    default_sampler: dict[str, Any] = {}
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+    text: TextTokens
+
+    @abc.abstractmethod
+    def make_scheduler(self):
+        """A fresh diffusers DDIMScheduler configured as the backbone is sampled."""
+
+    def encode_prompt(self, prompts: list[str], override: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+        return self.text.encode(prompts, override)
+
+    @abc.abstractmethod
+    def predict(self, latents: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Model output for ``latents`` (N, C, F, h, w) at timestep ``t`` with conditions (N, L, D)."""
+
+    def latent_scale(self, t: torch.Tensor | int) -> float:
+        """Divide a clean latent by this before decoding (SD VAE: its scaling factor)."""
+        return 1.0
+
+    @abc.abstractmethod
+    def decode(self, latents: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
+        """Decode already-unscaled latent frames (N, C, h, w) to images (N, 3, H, W) in [-1, 1],
+        one frame at a time; ``checkpoint`` enables per-block gradient checkpointing."""
+
+    def set_denoiser_checkpointing(self, enabled: bool) -> None:
+        """Gradient checkpointing of the denoiser (used only while optimizing the token)."""
+
+    def describe(self) -> dict[str, Any]:
+        """What was loaded, for the manifest."""
+        return {"name": self.name}
+
+
+@dataclass
+class BackboneSpec:
+    name: str
+    load: Callable[..., Backbone]
+    """``load(model, device, dtype, seed, offload, attention, **options) -> Backbone``."""
+    description: str = ""
+    check: Callable[..., None] | None = None
+    """``check(model, **options)``: cheap validation run before any weights load (missing paths...)."""
+    motionprompt_defaults: dict[str, Any] = field(default_factory=dict)
+    sampler_defaults: dict[str, Any] | Callable[[str | None], dict[str, Any]] = field(default_factory=dict)
+    """SamplerConfig defaults, or ``f(model) -> defaults`` when they depend on the model."""
+    options: list[Any] = field(default_factory=list)
+    """Extra click options of ``mpcore run`` passed to ``load`` as keyword arguments."""
+    kind: str = "backbone"
+
+
+@dataclass
+class FlowEstimatorSpec:
+    name: str
+    load: Callable[..., FlowEstimator]
+    """``load(weights: str | None, device, seed=0, **options) -> FlowEstimator``; weights "random"
+    builds a random-init model (offline smoke runs)."""
+    description: str = ""
+    kind: str = "flow"
+
+
+@dataclass
+class DiscriminatorSpec:
+    name: str
+    load: Callable[..., Discriminator]
+    """``load(path, device) -> Discriminator`` from a safetensors file + config JSON."""
+    random: Callable[..., Discriminator] | None = None
+    """``random(seed, device) -> Discriminator``: a tiny random-init one for offline smoke runs."""
+    description: str = ""
+    kind: str = "discriminator"

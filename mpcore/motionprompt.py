@@ -1,0 +1,214 @@
+"""MotionPrompt guidance: optimize learnable prompt tokens against an optical-flow discriminator.
+
+At each DDIM step i inside the optimization range (DESIGN.md "The method"):
+
+1. encode P + S with the learnable rows -> c*, predict the output with CFG (the unconditional
+   output is computed once per step, it does not depend on S);
+2. Tweedie estimate of the clean video x0_hat (:func:`mpcore.sampling.tweedie_x0`);
+3. pick adjacent frame pairs at seeded random positions and decode ONLY those frames;
+4. flow of each pair; loss = l_disc * mean softplus(-D(flow)) + l_tv * TV(flow) + l_reg * ||e_S - e_S_init||^2
+   (softplus(-D) is the generator side of the non-saturating GAN loss);
+5. one optimizer step on the token rows; K times. Then the DDIM step uses the optimized c*.
+
+Outside the range the plain prompt P (no learned token) is used. Only the learnable token tensor
+requires grad: model parameters are frozen and get no gradients.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from mpcore_kernels import flow_tv_loss
+
+from mpcore.config import MotionPromptConfig, SamplerConfig
+from mpcore.interfaces import Backbone, Discriminator, FlowEstimator
+from mpcore.sampling import StepCondition, cfg_output, tweedie_x0
+
+TOKEN_FORMAT = "<mp_{}>"
+
+
+def select_frame_pairs(num_frames: int, num_pairs: int, generator: torch.Generator) -> list[tuple[int, int]]:
+    """``num_pairs`` disjoint adjacent pairs (f, f+1) at random positions among ``num_frames`` frames.
+
+    The F - 2n unused frames are spread over the n + 1 gaps around the pairs uniformly at random
+    (stars and bars), so every arrangement of disjoint pairs is possible.
+    """
+    if 2 * num_pairs > num_frames:
+        raise ValueError(f"cannot place {num_pairs} disjoint frame pairs in {num_frames} frames")
+    free = num_frames - 2 * num_pairs
+    # choose which of the free + n slots are pairs: positions of n "bars" among free + n items
+    slots = torch.randperm(free + num_pairs, generator=generator)[:num_pairs].sort().values.tolist()
+    pairs = []
+    for k, slot in enumerate(slots):
+        start = slot + k  # each earlier pair occupies one extra frame
+        pairs.append((start, start + 1))
+    return pairs
+
+
+@dataclass
+class LossTerms:
+    total: torch.Tensor
+    disc: torch.Tensor
+    tv: torch.Tensor
+    reg: torch.Tensor
+
+    def as_floats(self) -> dict[str, float]:
+        return {k: float(getattr(self, k).detach()) for k in ("total", "disc", "tv", "reg")}
+
+
+def make_optimizer(name: str, params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+class MotionPrompt:
+    """The guidance object the sampler calls at every step (see module docstring)."""
+
+    def __init__(
+        self,
+        config: MotionPromptConfig,
+        flow_estimator: FlowEstimator,
+        discriminator: Discriminator,
+    ):
+        self.config = config
+        self.flow_estimator = flow_estimator
+        self.discriminator = discriminator
+        self.trace: list[dict[str, Any]] = []
+
+    # ------------------------------------------------------------------ setup
+    def prepare(self, backbone: Backbone, prompt: str, sampler: SamplerConfig, scheduler) -> None:
+        cfg = self.config
+        self.backbone = backbone
+        self.scheduler = scheduler
+        self.sampler = sampler
+        self.opt_range = cfg.resolved_opt_range(sampler.steps)
+        self.token_strings = [TOKEN_FORMAT.format(k) for k in range(cfg.num_tokens)]
+        self.token_ids = backbone.text.add_tokens(self.token_strings)
+        # init each token from its quality word ('authentic', 'real', 'clear', ...)
+        init = torch.stack([backbone.text.word_embedding(w) for w in cfg.token_init_words()]).float()
+        backbone.text.set_rows(self.token_ids, init)
+        self.init_embeddings = init.detach().clone()
+        self.tokens = torch.nn.Parameter(init.detach().clone())  # float32, the only thing optimized
+        self.optimizer = make_optimizer(cfg.optimizer, [self.tokens], cfg.lr)
+        tokens_text = " ".join(self.token_strings)
+        self.prompt = prompt
+        self.guided_prompt = f"{prompt} {tokens_text}" if cfg.placement == "end" else f"{tokens_text} {prompt}"
+        self.pair_generator = torch.Generator().manual_seed(sampler.seed)
+        self.skipped_updates = 0
+        self.trace = []
+
+    def override(self) -> dict[int, torch.Tensor]:
+        return {token_id: self.tokens[k] for k, token_id in enumerate(self.token_ids)}
+
+    def token_cosine(self) -> list[float]:
+        with torch.no_grad():
+            return F.cosine_similarity(self.tokens, self.init_embeddings, dim=-1).tolist()
+
+    def in_range(self, step: int) -> bool:
+        return self.opt_range[0] <= step < self.opt_range[1]
+
+    # ------------------------------------------------------------------ objective
+    def objective(
+        self,
+        latents: torch.Tensor,
+        t: torch.Tensor,
+        uncond: torch.Tensor,
+        uncond_output: torch.Tensor | None,
+        pairs: list[tuple[int, int]],
+    ) -> LossTerms:
+        """The MotionPrompt loss for the current token values at (x_t, t), differentiable w.r.t. them."""
+        cfg, backbone = self.config, self.backbone
+        cond = backbone.encode_prompt([self.guided_prompt], self.override())
+        model_output = cfg_output(backbone, latents, t, cond, uncond, self.sampler.cfg_scale, uncond_output)
+        alpha_bar = self.scheduler.alphas_cumprod[int(t)]
+        x0 = tweedie_x0(latents, model_output, alpha_bar, backbone.prediction_type)  # (B, C, F, h, w), fp32
+        frame_index = [f for pair in pairs for f in pair]
+        # gather the selected frames -> (B * 2n, C, h, w), undo the VAE latent scale
+        x0_frames = x0[:, :, frame_index].permute(0, 2, 1, 3, 4).flatten(0, 1) / backbone.latent_scale(t)
+        images = backbone.decode(x0_frames.to(backbone.dtype), checkpoint=cfg.checkpoint_vae).float()
+        if cfg.flow_size is not None:
+            images = F.interpolate(images, size=(cfg.flow_size, cfg.flow_size), mode="bilinear", align_corners=False)
+        frame_a, frame_b = images[0::2], images[1::2]
+        flow = self.flow_estimator(frame_a, frame_b).float()
+        disc = F.softplus(-self.discriminator(flow).float()).mean()
+        tv = flow_tv_loss(flow, reduction="mean")
+        reg = (self.tokens - self.init_embeddings).pow(2).sum()
+        total = cfg.l_disc * disc + cfg.l_tv * tv + cfg.l_reg * reg
+        return LossTerms(total=total, disc=disc, tv=tv, reg=reg)
+
+    def optimize_step(
+        self, latents: torch.Tensor, t: torch.Tensor, uncond: torch.Tensor, uncond_output: torch.Tensor | None
+    ) -> list[dict[str, Any]]:
+        """K optimizer iterations at one sampling step; returns the per-iteration loss terms."""
+        iterations = []
+        num_pairs = self.config.decoded_frames // 2
+        latents = latents.detach()
+        for _ in range(self.config.iterations):
+            pairs = select_frame_pairs(latents.shape[2], num_pairs, self.pair_generator)
+            self.optimizer.zero_grad(set_to_none=True)
+            terms = self.objective(latents, t, uncond, uncond_output, pairs)
+            record = {**terms.as_floats(), "pairs": pairs, "skipped": False}
+            if torch.isfinite(terms.total):
+                terms.total.backward()
+            if not torch.isfinite(terms.total) or self.tokens.grad is None or not torch.isfinite(self.tokens.grad).all():
+                # a NaN/inf loss or gradient never reaches the tokens (hence never the latents)
+                self.skipped_updates += 1
+                record["skipped"] = True
+                self.optimizer.zero_grad(set_to_none=True)
+            else:
+                self.optimizer.step()
+            iterations.append(record)
+        return iterations
+
+    # ------------------------------------------------------------------ sampler interface
+    def condition(self, step, t, latents, cond, uncond) -> StepCondition | None:
+        entry: dict[str, Any] = {"step": step, "timestep": int(t), "optimized": self.in_range(step)}
+        if not self.in_range(step):
+            entry["cosine"] = self.token_cosine()
+            self.trace.append(entry)
+            return None  # before and after the range: the original prompt P
+        backbone = self.backbone
+        uncond_output = None
+        if self.sampler.cfg_scale > 1.0:
+            with torch.no_grad():
+                uncond_output = backbone.predict(latents, t, uncond)
+        backbone.set_denoiser_checkpointing(self.config.checkpoint_denoiser)
+        try:
+            with torch.enable_grad():
+                entry["iterations"] = self.optimize_step(latents, t, uncond, uncond_output)
+        finally:
+            backbone.set_denoiser_checkpointing(False)
+        with torch.no_grad():
+            backbone.text.set_rows(self.token_ids, self.tokens.detach())
+            guided_cond = backbone.encode_prompt([self.guided_prompt], self.override())
+        entry["cosine"] = self.token_cosine()
+        self.trace.append(entry)
+        last = entry["iterations"][-1]
+        info = {"loss": f"{last['total']:.4g}", "cos": f"{entry['cosine'][0]:.4f}"}
+        return StepCondition(cond=guided_cond, uncond_output=uncond_output, info=info)
+
+    def finish(self) -> dict[str, Any]:
+        return {
+            "guided_prompt": self.guided_prompt,
+            "tokens": self.token_strings,
+            "init_words": self.config.token_init_words(),
+            "opt_range": list(self.opt_range),
+            "skipped_updates": self.skipped_updates,
+            "final_cosine": self.token_cosine(),
+            "token_drift_l2": [float(v) for v in (self.tokens.detach() - self.init_embeddings).norm(dim=-1)],
+            "trace": self.trace,
+        }
+
+
+def finite_or_nan(value: float) -> float | None:
+    """JSON has no NaN: store non-finite numbers as None."""
+    return value if math.isfinite(value) else None

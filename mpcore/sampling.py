@@ -1,0 +1,134 @@
+"""The guided DDIM loop.
+
+DDIM (Song et al., "Denoising Diffusion Implicit Models", ICLR 2021, eq. 12) through diffusers'
+``DDIMScheduler``, with classifier-free guidance (Ho & Salimans 2022):
+``out = out_uncond + s * (out_cond - out_uncond)``. Guidance is an object asked for the condition
+of every step; with ``guidance=None`` the loop is exactly diffusers' AnimateDiff pipeline loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+from tqdm.auto import tqdm
+
+from mpcore.config import SamplerConfig
+from mpcore.interfaces import Backbone
+
+
+@dataclass
+class StepCondition:
+    """What a guidance object returns for one step: the condition to denoise with, and optionally
+    the unconditional model output it already computed for (x_t, t) (reused, not recomputed)."""
+
+    cond: torch.Tensor
+    uncond_output: torch.Tensor | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class Guidance(Protocol):
+    def prepare(self, backbone: Backbone, prompt: str, config: SamplerConfig, scheduler) -> None: ...
+
+    def condition(
+        self, step: int, t: torch.Tensor, latents: torch.Tensor, cond: torch.Tensor, uncond: torch.Tensor
+    ) -> StepCondition | None:
+        """The condition for step ``step``, or None to use the plain prompt's."""
+        ...
+
+    def finish(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class SampleResult:
+    latents: torch.Tensor
+    """Final clean latents (B, C, F, h, w), still multiplied by the VAE scale."""
+    guidance: dict[str, Any] | None = None
+
+
+def cfg_output(
+    backbone: Backbone,
+    latents: torch.Tensor,
+    t: torch.Tensor,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    cfg_scale: float,
+    uncond_output: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Classifier-free guided model output. Batches [uncond, cond] as diffusers does, unless the
+    unconditional output is given (it does not depend on the learnable token)."""
+    if cfg_scale <= 1.0:
+        return backbone.predict(latents, t, cond)
+    if uncond_output is not None:
+        out_cond = backbone.predict(latents, t, cond)
+        return uncond_output + cfg_scale * (out_cond - uncond_output)
+    out = backbone.predict(torch.cat([latents] * 2), t, torch.cat([uncond, cond]))
+    out_uncond, out_cond = out.chunk(2)
+    return out_uncond + cfg_scale * (out_cond - out_uncond)
+
+
+def initial_latents(backbone: Backbone, config: SamplerConfig, scheduler, generator: torch.Generator) -> torch.Tensor:
+    f = backbone.vae_scale_factor
+    shape = (1, backbone.latent_channels, config.frames, config.height // f, config.width // f)
+    latents = randn_tensor(shape, generator=generator, device=backbone.device, dtype=backbone.dtype)
+    return latents * scheduler.init_noise_sigma
+
+
+def sample(
+    backbone: Backbone,
+    prompt: str,
+    config: SamplerConfig,
+    guidance: Guidance | None = None,
+    progress: bool = True,
+    description: str = "sampling",
+) -> SampleResult:
+    """Sample one video for ``prompt``; ``guidance`` (e.g. MotionPrompt) may change each step's condition."""
+    scheduler = backbone.make_scheduler()
+    scheduler.set_timesteps(config.steps, device=backbone.device)
+    generator = torch.Generator(device=backbone.device).manual_seed(config.seed)
+    latents = initial_latents(backbone, config, scheduler, generator)
+
+    with torch.no_grad():
+        cond = backbone.encode_prompt([prompt])
+        uncond = backbone.encode_prompt([config.negative_prompt]) if config.cfg_scale > 1.0 else cond
+    if guidance is not None:
+        guidance.prepare(backbone, prompt, config, scheduler)
+
+    bar = tqdm(scheduler.timesteps, desc=description, disable=not progress, leave=False, unit="step")
+    for step, t in enumerate(bar):
+        step_condition = None
+        if guidance is not None:
+            step_condition = guidance.condition(step, t, latents, cond, uncond)
+            if step_condition is not None and step_condition.info:
+                bar.set_postfix(step_condition.info, refresh=False)
+        with torch.no_grad():
+            if step_condition is None:
+                model_output = cfg_output(backbone, latents, t, cond, uncond, config.cfg_scale)
+            else:
+                model_output = cfg_output(
+                    backbone, latents, t, step_condition.cond, uncond, config.cfg_scale, step_condition.uncond_output
+                )
+            # DDIM update x_t -> x_{t-1} (eq. 12; eta > 0 draws the sigma_t noise from the same generator)
+            latents = scheduler.step(model_output, t, latents, eta=config.eta, generator=generator).prev_sample
+    bar.close()
+    return SampleResult(latents=latents, guidance=guidance.finish() if guidance is not None else None)
+
+
+def tweedie_x0(
+    latents: torch.Tensor, model_output: torch.Tensor, alpha_bar: torch.Tensor | float, prediction_type: str
+) -> torch.Tensor:
+    """Clean-sample estimate from x_t (Tweedie / DDIM eq. 12's "predicted x0").
+
+    epsilon:       x0 = (x_t - sqrt(1 - a_t) * eps) / sqrt(a_t)
+    v_prediction:  x0 = sqrt(a_t) * x_t - sqrt(1 - a_t) * v
+    """
+    alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float32, device=latents.device)
+    sqrt_a, sqrt_1ma = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    x_t, out = latents.float(), model_output.float()
+    if prediction_type == "epsilon":
+        return (x_t - sqrt_1ma * out) / sqrt_a
+    if prediction_type == "v_prediction":
+        return sqrt_a * x_t - sqrt_1ma * out
+    raise ValueError(f"unsupported prediction_type {prediction_type!r}; expected epsilon or v_prediction")

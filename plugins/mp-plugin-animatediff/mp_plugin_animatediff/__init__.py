@@ -1,0 +1,64 @@
+"""AnimateDiff backbone plugin for mpcore (registered through the ``mpcore`` entry-point group)."""
+
+from __future__ import annotations
+
+import click
+
+from mpcore import hookimpl
+from mpcore.config import PAPER_DEFAULTS
+from mpcore.interfaces import BackboneSpec
+
+__version__ = "0.1.0"
+
+
+def sampler_defaults(model: str | None) -> dict:
+    from mp_plugin_animatediff.tiny import TINY_SAMPLER_DEFAULTS
+
+    if model == "tiny":
+        return dict(TINY_SAMPLER_DEFAULTS)
+    # the paper samples with 50 DDIM steps; AnimateDiff's resolution and clip length
+    return dict(frames=16, height=512, width=512, steps=50, cfg_scale=7.5)
+
+
+def check(model: str | None, motion_adapter: str | None = None, base_config: str | None = None, **_) -> None:
+    """Cheap checks before any weights load: local paths that do not exist."""
+    from mp_plugin_animatediff import loading
+
+    if model and model != "tiny":
+        loading.check_source(model, "base model", "--model")
+        loading.check_source(motion_adapter or loading.DEFAULT_MOTION_ADAPTER, "motion adapter", "--motion-adapter")
+        if base_config:
+            loading.check_source(base_config, "base config", "--base-config")
+
+
+def load(**kwargs):
+    from mp_plugin_animatediff.backbone import load as load_backbone
+
+    return load_backbone(**kwargs)
+
+
+@hookimpl
+def register_backbones(register):
+    register(
+        BackboneSpec(
+            name="animatediff",
+            load=load,
+            check=check,
+            description="AnimateDiff: SD-1.5 base (folder, hub id or single file) + motion adapter; --model tiny for a random offline model",
+            motionprompt_defaults=PAPER_DEFAULTS["animatediff"],
+            sampler_defaults=sampler_defaults,
+            options=[
+                click.Option(
+                    ["--motion-adapter"],
+                    default=None,
+                    help="[animatediff] motion adapter: hub id, diffusers folder or original .ckpt "
+                    "(default guoyww/animatediff-motion-adapter-v1-5-2)",
+                ),
+                click.Option(
+                    ["--base-config"],
+                    default=None,
+                    help="[animatediff] diffusers SD-1.5 folder or hub id giving component configs for a single-file --model",
+                ),
+            ],
+        )
+    )

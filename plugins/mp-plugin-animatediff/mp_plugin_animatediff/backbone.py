@@ -1,0 +1,148 @@
+"""The AnimateDiff backbone adapter: diffusers' AnimateDiff components behind mpcore's interface."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+from diffusers import AnimateDiffPipeline, DDIMScheduler
+
+from mp_plugin_animatediff import loading, tiny
+from mpcore.interfaces import Backbone
+from mpcore.text import HFTextTokens
+
+ATTENTION_CHOICES = ("auto", "sdpa", "xformers")
+
+
+class AnimateDiffBackbone(Backbone):
+    """SD-1.5 UNet + motion adapter (``UNetMotionModel``), AutoencoderKL and CLIP ViT-L/14 text encoder."""
+
+    name = "animatediff"
+
+    def __init__(self, pipe: AnimateDiffPipeline, scheduler_config: dict, device: torch.device, dtype: torch.dtype,
+                 source: dict[str, Any], is_random_init: bool = False):
+        self.pipe = pipe
+        self.unet = pipe.unet
+        self.vae = pipe.vae
+        self.scheduler_config = dict(scheduler_config)
+        self.device = device
+        self.dtype = dtype
+        self.source = source
+        self.is_random_init = is_random_init
+        self.text = HFTextTokens(pipe.tokenizer, pipe.text_encoder, device, dtype)
+        self.latent_channels = self.unet.config.in_channels
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.prediction_type = self.scheduler_config.get("prediction_type", "epsilon")
+        for module in (self.unet, self.vae, pipe.text_encoder):
+            module.requires_grad_(False)
+            module.eval()
+
+    def make_scheduler(self) -> DDIMScheduler:
+        return DDIMScheduler.from_config(self.scheduler_config)
+
+    def predict(self, latents: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        # UNetMotionModel takes one text condition per frame: (B * F, L, D), as the pipeline passes it
+        frames = latents.shape[2]
+        return self.unet(latents, t, encoder_hidden_states=cond.repeat_interleave(frames, dim=0)).sample
+
+    def latent_scale(self, t=None) -> float:
+        return float(self.vae.config.scaling_factor)
+
+    def decode(self, latents: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
+        """Frame-by-frame VAE decode; with ``checkpoint`` the decoder's blocks are gradient-checkpointed
+        (diffusers' per-block checkpointing, active only while autograd records)."""
+        with self._vae_checkpointing(checkpoint):
+            frames = [self.vae.decode(latents[i : i + 1].to(self.vae.dtype)).sample for i in range(latents.shape[0])]
+        return torch.cat(frames)
+
+    @contextlib.contextmanager
+    def _vae_checkpointing(self, enabled: bool):
+        previous = self.vae.is_gradient_checkpointing
+        if enabled:
+            self.vae.enable_gradient_checkpointing()
+        else:
+            self.vae.disable_gradient_checkpointing()
+        try:
+            yield
+        finally:
+            if previous:
+                self.vae.enable_gradient_checkpointing()
+            else:
+                self.vae.disable_gradient_checkpointing()
+
+    def set_denoiser_checkpointing(self, enabled: bool) -> None:
+        if enabled:
+            self.unet.enable_gradient_checkpointing()
+        else:
+            self.unet.disable_gradient_checkpointing()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            **self.source,
+            "random_init": self.is_random_init,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "device": str(self.device),
+            "scheduler": {k: v for k, v in self.scheduler_config.items() if not k.startswith("_")},
+            "unet_parameters": sum(p.numel() for p in self.unet.parameters()),
+        }
+
+
+def _configure_attention(pipe: AnimateDiffPipeline, attention: str, device: torch.device) -> str:
+    if attention not in ATTENTION_CHOICES:
+        raise ValueError(f"--attention must be one of {', '.join(ATTENTION_CHOICES)}, got {attention!r}")
+    try:
+        import xformers  # noqa: F401
+
+        have_xformers = True
+    except ImportError:
+        have_xformers = False
+    if attention == "xformers" and (not have_xformers or device.type != "cuda"):
+        raise RuntimeError(
+            "--attention xformers needs a CUDA device and the xformers package (pip install 'mpcore[xformers]'); "
+            "use --attention sdpa (torch scaled-dot-product attention) instead"
+        )
+    if attention == "xformers" or (attention == "auto" and have_xformers and device.type == "cuda"):
+        pipe.enable_xformers_memory_efficient_attention()
+        return "xformers"
+    return "sdpa"  # diffusers' default processors use torch SDPA
+
+
+def load(
+    model: str | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    offload: bool = False,
+    attention: str = "auto",
+    motion_adapter: str | None = None,
+    base_config: str | None = None,
+) -> AnimateDiffBackbone:
+    """Load AnimateDiff. ``model="tiny"`` builds the tiny random-init model from ``seed``."""
+    device = torch.device(device)
+    model = model or loading.DEFAULT_BASE
+    if model == "tiny":
+        parts = tiny.tiny_components(seed)
+        pipe = AnimateDiffPipeline(**parts)
+        scheduler_config = dict(parts["scheduler"].config)
+        source = {"model": "tiny", "motion_adapter": "tiny", "seed": seed}
+    else:
+        adapter = motion_adapter or loading.DEFAULT_MOTION_ADAPTER
+        pipe, scheduler_config = loading.load_pipeline(model, adapter, dtype, base_config)
+        source = {"model": model, "motion_adapter": adapter}
+    pipe.set_progress_bar_config(disable=True)
+    attention_used = _configure_attention(pipe, attention, device)
+    if offload:
+        if device.type != "cuda":
+            raise RuntimeError("--offload (model CPU offload) needs a CUDA --device; on CPU everything is on the CPU already")
+        if pipe.unet.dtype != dtype:
+            pipe.to(dtype=dtype)
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        if pipe.unet.dtype != dtype:
+            pipe.to(dtype=dtype)
+        pipe.to(device=device)
+    source["attention"] = attention_used
+    source["offload"] = offload
+    return AnimateDiffBackbone(pipe, scheduler_config, device, dtype, source, is_random_init=(model == "tiny"))

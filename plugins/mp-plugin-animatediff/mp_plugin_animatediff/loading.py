@@ -1,0 +1,139 @@
+"""Loading AnimateDiff as users download it.
+
+Base model (SD-1.5 family): a diffusers folder, a hub id, or a single-file LDM checkpoint
+(``.safetensors``/``.ckpt``, e.g. community bases such as RealisticVision). Motion adapter: a
+diffusers ``MotionAdapter`` folder or hub id, or an original motion-module file
+(``mm_sd_v15_v2.ckpt`` / ``v3_sd15_mm.ckpt``), whose configuration is read off its keys and shapes.
+Facts: ../shared/reference/animatediff/FACTS.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter
+from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
+
+from mpcore.weights import CHECKPOINT_SUFFIXES, CheckpointMismatchError, read_state_dict, shapes, state_dict_diff
+
+# AnimateDiff's own DDIM settings (animate.py: linear betas, leading spacing + offset 1,
+# set_alpha_to_one True, no clipping); used when the base model brings no scheduler config.
+ANIMATEDIFF_SCHEDULER = dict(
+    beta_start=0.00085, beta_end=0.012, beta_schedule="linear", steps_offset=1, clip_sample=False, set_alpha_to_one=True
+)
+MOTION_HEADS = 8  # every SD-1.5 motion module: 8 heads, dim_head = C / 8
+MOTION_NORM_GROUPS = 32
+DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+DEFAULT_MOTION_ADAPTER = "guoyww/animatediff-motion-adapter-v1-5-2"
+
+
+class ModelNotFoundError(FileNotFoundError):
+    pass
+
+
+def looks_local(name: str) -> bool:
+    """A path rather than a hub id: exists, or starts like a path, or ends like a checkpoint file."""
+    return (
+        Path(name).expanduser().exists()
+        or name.startswith((".", "/", "~"))
+        or name.endswith(CHECKPOINT_SUFFIXES)
+        or name.count("/") > 1
+    )
+
+
+def check_source(name: str, what: str, flag: str) -> None:
+    """Fail early, before any model loads, when a local path is missing."""
+    if looks_local(name) and not Path(name).expanduser().exists():
+        raise ModelNotFoundError(
+            f"{what} not found at {Path(name).expanduser()}. Pass {flag} with a diffusers folder, a "
+            f"single-file checkpoint ({', '.join(CHECKPOINT_SUFFIXES)}) or a Hugging Face hub id."
+        )
+
+
+def _hub_error(name: str, what: str, error: Exception) -> RuntimeError:
+    return RuntimeError(
+        f"could not load {what} {name!r}: {type(error).__name__}: {error}\n"
+        f"Without network access, download it first (e.g. `hf download {name}`) and pass the local "
+        "folder, or set HF_HUB_OFFLINE=1 to use the local cache."
+    )
+
+
+# ----------------------------------------------------------------------------- motion adapter
+
+
+def motion_adapter_config_from_keys(state: dict[str, torch.Tensor]) -> dict:
+    """Read a MotionAdapter configuration off an original motion-module state dict (FACTS.md §2-4)."""
+    prefix = "down_blocks.{}.motion_modules.{}.temporal_transformer.norm.weight"
+    channels = []
+    while prefix.format(len(channels), 0) in state:
+        channels.append(state[prefix.format(len(channels), 0)].shape[0])
+    if not channels:
+        raise CheckpointMismatchError(
+            "no 'down_blocks.0.motion_modules.0.temporal_transformer.*' keys: not an AnimateDiff motion-module file"
+        )
+    layers = 0
+    while prefix.format(0, layers) in state:
+        layers += 1
+    pe = [v for k, v in state.items() if k.endswith("pos_encoder.pe")]
+    return dict(
+        block_out_channels=tuple(channels),
+        motion_layers_per_block=layers,
+        motion_num_attention_heads=MOTION_HEADS,
+        motion_norm_num_groups=MOTION_NORM_GROUPS,
+        motion_max_seq_length=pe[0].shape[1] if pe else 32,
+        # v2 has a mid-block motion module, v3 does not (FACTS.md trap 2)
+        use_motion_mid_block="mid_block.motion_modules.0.temporal_transformer.norm.bias" in state,
+    )
+
+
+def load_original_motion_module(path: str | Path, dtype: torch.dtype = torch.float32) -> MotionAdapter:
+    """A MotionAdapter from an original AnimateDiff motion-module file, strictly.
+
+    Stored ``pos_encoder.pe`` buffers are dropped: diffusers recomputes the same sinusoids as
+    ``pos_embed.pe``; every other key must match in name and shape.
+    """
+    state = {k: v for k, v in read_state_dict(path).items() if "motion_modules." in k}
+    adapter = MotionAdapter(**motion_adapter_config_from_keys(state))
+    converted = convert_animatediff_checkpoint_to_diffusers(state)
+    expected = {k: v for k, v in shapes(adapter.state_dict()).items() if not k.endswith("pos_embed.pe")}
+    diff = state_dict_diff(expected, shapes(converted))
+    if diff:
+        raise CheckpointMismatchError(f"motion module {path} does not match the inferred MotionAdapter:\n{diff}")
+    adapter.load_state_dict(converted, strict=False)
+    return adapter.to(dtype)
+
+
+def load_motion_adapter(source: str, dtype: torch.dtype) -> MotionAdapter:
+    path = Path(source).expanduser()
+    if path.is_file():
+        return load_original_motion_module(path, dtype)
+    try:
+        return MotionAdapter.from_pretrained(str(path) if path.exists() else source, torch_dtype=dtype)
+    except OSError as error:
+        raise _hub_error(source, "motion adapter", error) from error
+
+
+# ----------------------------------------------------------------------------- base model
+
+
+def load_pipeline(
+    model: str, motion_adapter: str, dtype: torch.dtype, base_config: str | None = None
+) -> tuple[AnimateDiffPipeline, dict]:
+    """The diffusers AnimateDiff pipeline and the DDIM scheduler config to sample with."""
+    adapter = load_motion_adapter(motion_adapter, dtype)
+    path = Path(model).expanduser()
+    try:
+        if path.is_file():
+            kwargs = {"config": base_config} if base_config else {}
+            pipe = AnimateDiffPipeline.from_single_file(str(path), motion_adapter=adapter, torch_dtype=dtype, **kwargs)
+            scheduler_config = dict(DDIMScheduler(**ANIMATEDIFF_SCHEDULER).config)
+        else:
+            pipe = AnimateDiffPipeline.from_pretrained(
+                str(path) if path.exists() else model, motion_adapter=adapter, torch_dtype=dtype
+            )
+            # the base model's scheduler config, read as DDIM
+            scheduler_config = dict(DDIMScheduler.from_config(pipe.scheduler.config).config)
+    except OSError as error:
+        raise _hub_error(model, "base model", error) from error
+    return pipe, scheduler_config
