@@ -12,6 +12,11 @@ from typing import Any, Callable, Protocol
 
 import torch
 
+TINY_MODEL = "tiny"
+"""Reserved model name: a backbone given ``--model tiny`` builds a tiny random-init model of its
+architecture, offline and deterministic in the seed. Its output is noise; with it the CLI defaults
+to a random flow estimator and discriminator so the whole path runs anywhere."""
+
 
 class FlowEstimator(Protocol):
     """``flow = f(frame_a, frame_b)``: frames (B, 3, H, W) in [-1, 1]; flow (B, 2, H, W) in pixels."""

@@ -132,3 +132,10 @@ def tweedie_x0(
     if prediction_type == "v_prediction":
         return sqrt_a * x_t - sqrt_1ma * out
     raise ValueError(f"unsupported prediction_type {prediction_type!r}; expected epsilon or v_prediction")
+
+
+@torch.no_grad()
+def decode_video(backbone: Backbone, latents: torch.Tensor) -> torch.Tensor:
+    """Decode the first video of final latents (B, C, F, h, w) to frames (F, 3, H, W) in [-1, 1]."""
+    frames = latents[0].permute(1, 0, 2, 3) / backbone.latent_scale(0)
+    return backbone.decode(frames, checkpoint=False).float().clamp(-1, 1)

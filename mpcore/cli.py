@@ -1,0 +1,332 @@
+"""The ``mpcore`` command line (click). ``python -m mpcore`` is the same program.
+
+Every check that can fail cheaply (unknown plugin, invalid config, unwritable output, missing
+files) runs before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mpcore import __version__, plugins
+from mpcore.config import ConfigError, MotionPromptConfig, SamplerConfig, apply_overrides, parse_override, to_dict
+from mpcore.interfaces import TINY_MODEL
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+SAMPLER_FLAGS = {  # CLI flag name -> SamplerConfig field
+    "frames": "frames",
+    "height": "height",
+    "width": "width",
+    "steps": "steps",
+    "cfg": "cfg_scale",
+    "seed": "seed",
+    "eta": "eta",
+    "negative_prompt": "negative_prompt",
+}
+
+
+def echo(message: str) -> None:
+    click.echo(message, err=True)
+
+
+def _parse_scalar(raw: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+def _resolve_device(device: str | None):
+    import torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise click.BadParameter(str(error), param_hint="--device") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise click.BadParameter("CUDA is not available on this machine; use --device cpu", param_hint="--device")
+    return resolved
+
+
+def _resolve_dtype(name: str, device):
+    import torch
+
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:48] or "video"
+
+
+def resolve_configs(spec, model: str | None, sampler_flags: dict[str, Any], overrides: list[str]):
+    """SamplerConfig and MotionPromptConfig: backbone defaults, then CLI flags, then ``-o`` overrides."""
+    defaults = spec.sampler_defaults(model) if callable(spec.sampler_defaults) else dict(spec.sampler_defaults)
+    sampler = SamplerConfig(**defaults)
+    sampler = apply_overrides(sampler, {SAMPLER_FLAGS[k]: str(v) for k, v in sampler_flags.items() if v is not None})
+    motion = MotionPromptConfig(**spec.motionprompt_defaults)
+    motion = apply_overrides(motion, overrides)
+    return sampler, motion
+
+
+def build_cli() -> click.Group:
+    """The command group, with the installed backbones' extra options and plugin commands added."""
+
+    @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+    @click.version_option(__version__, prog_name="mpcore")
+    def cli():
+        """MotionPrompt: natural motion for video diffusion models, at sampling time."""
+
+    @cli.command("plugins")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+    def plugins_command(as_json: bool):
+        """List installed backbones, flow estimators and discriminators, and where each comes from."""
+        state = plugins.load_plugins()
+        rows = []
+        for kind in plugins.KINDS:
+            for name, item in sorted(plugins.registry(kind, state).items()):
+                rows.append(
+                    {
+                        "name": name,
+                        "kind": kind,
+                        "version": item.version,
+                        "distribution": item.distribution,
+                        "plugin": item.plugin,
+                        "description": getattr(item.spec, "description", ""),
+                    }
+                )
+        failed = [{"plugin": name, "error": error} for name, error in sorted(state.failed.items())]
+        if as_json:
+            click.echo(json.dumps({"plugins": rows, "failed": failed}, indent=2))
+            return
+        header = ("NAME", "KIND", "VERSION", "DISTRIBUTION")
+        table = [header] + [(r["name"], r["kind"], r["version"] or "-", r["distribution"] or "(in-process)") for r in rows]
+        widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+        for row in table:
+            click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+        for item in failed:
+            click.echo(f"FAILED {item['plugin']}: {item['error']}")
+
+    state = plugins.load_plugins()
+    backbones = plugins.registry("backbone", state)
+    backbone_options: dict[str, tuple[click.Option, list[str]]] = {}
+    for name, item in backbones.items():
+        for option in item.spec.options:
+            if option.name in backbone_options:
+                backbone_options[option.name][1].append(name)
+            else:
+                backbone_options[option.name] = (option, [name])
+
+    run_command = click.Command(
+        "run",
+        callback=_run,
+        help=_run.__doc__,
+        params=_run_params() + [option for option, _ in backbone_options.values()],
+    )
+    run_command.backbone_options = {k: owners for k, (_, owners) in backbone_options.items()}  # type: ignore[attr-defined]
+    cli.add_command(run_command)
+    state.manager.hook.register_commands(cli=cli)
+    return cli
+
+
+def _run_params() -> list[click.Parameter]:
+    O = click.Option
+    return [
+        O(["--backbone"], default="animatediff", show_default=True, help="Backbone plugin name (see `mpcore plugins`)."),
+        O(["--model"], default=None, help=f"Model weights: hub id, folder or file; '{TINY_MODEL}' = tiny random model (offline)."),
+        O(["--prompt", "-p"], required=True, help="Text prompt."),
+        O(["--negative-prompt"], default=None, help="Negative prompt for classifier-free guidance."),
+        O(["--frames"], type=int, default=None, help="Number of frames."),
+        O(["--height"], type=int, default=None, help="Frame height in pixels."),
+        O(["--width"], type=int, default=None, help="Frame width in pixels."),
+        O(["--steps"], type=int, default=None, help="DDIM steps (paper: 50)."),
+        O(["--cfg"], type=float, default=None, help="Classifier-free guidance scale."),
+        O(["--seed"], type=int, default=None, help="Seed of the initial noise (and of the frame-pair choice)."),
+        O(["--eta"], type=float, default=None, help="DDIM eta (0 = deterministic)."),
+        O(["--guidance"], type=click.Choice(["motionprompt", "none"]), default="motionprompt", show_default=True,
+          help="'none' gives the plain baseline."),
+        O(["--flow"], default="raft", show_default=True, help="Flow estimator plugin name."),
+        O(["--flow-weights"], default=None, help="Flow estimator weights: path, plugin-specific name, or 'random'."),
+        O(["--flow-option", "flow_options"], multiple=True, metavar="KEY=VALUE", help="Flow estimator option (repeatable)."),
+        O(["--discriminator"], default=None, help="Discriminator .safetensors (config JSON beside it), or 'random'."),
+        O(["--discriminator-type"], default=None, help="Discriminator plugin (default: 'type' in its config JSON, else vit)."),
+        O(["-o", "--set", "overrides"], multiple=True, metavar="KEY=VALUE",
+          help="MotionPrompt setting, e.g. -o lr=0.001 -o opt_range=4,15 -o iterations=3 (repeatable)."),
+        O(["--compare"], is_flag=True, help="Also sample the baseline (same seed) and write baseline | MotionPrompt side by side."),
+        O(["--out"], default=None, help="Output .mp4, .gif or folder (PNG frames). Default: outputs/<prompt>_<seed>.mp4"),
+        O(["--fps"], type=int, default=8, show_default=True, help="Frames per second of the written video."),
+        O(["--device"], default=None, help="torch device (default: cuda if available, else cpu)."),
+        O(["--dtype"], type=click.Choice(DTYPES), default="auto", show_default=True,
+          help="Model weight dtype (auto: float16 on CUDA, float32 on CPU). Token, optimizer state and loss stay float32."),
+        O(["--offload"], is_flag=True, help="Model CPU offload (diffusers/accelerate hooks) for small GPUs."),
+        O(["--attention"], type=click.Choice(["auto", "sdpa", "xformers"]), default="auto", show_default=True,
+          help="Attention implementation; xformers needs CUDA and the xformers extra."),
+        O(["--progress/--no-progress"], default=True, help="Show progress bars."),
+    ]
+
+
+def _run(**kwargs):
+    """Sample a video with MotionPrompt guidance (or the plain baseline) and write video, manifest and plots."""
+    try:
+        _run_checked(**kwargs)
+    except (ConfigError, plugins.UnknownPluginError, FileNotFoundError) as error:
+        raise click.ClickException(str(error)) from None
+
+
+def _run_checked(**kwargs):
+    from mpcore import video
+
+    ctx = click.get_current_context()
+    owners = ctx.command.backbone_options  # type: ignore[attr-defined]
+    backbone_name = kwargs["backbone"]
+    model = kwargs["model"]
+
+    # ---- cheap checks first: plugins, options, configs, paths
+    spec = plugins.get("backbone", backbone_name).spec
+    options = {}
+    for name, allowed in owners.items():
+        value = kwargs.pop(name)
+        if value is None:
+            continue
+        if backbone_name not in allowed:
+            flag = "--" + name.replace("_", "-")
+            raise click.UsageError(f"{flag} is an option of backbone(s) {', '.join(allowed)}, not {backbone_name}")
+        options[name] = value
+    sampler_flags = {k: kwargs[k] for k in SAMPLER_FLAGS}
+    sampler, motion = resolve_configs(spec, model, sampler_flags, list(kwargs["overrides"]))
+    sampler.validate()
+    guided = kwargs["guidance"] == "motionprompt"
+    if guided:
+        motion.validate(sampler)
+    flow_options = dict(parse_override(o) for o in kwargs["flow_options"])
+
+    out = Path(kwargs["out"] or f"outputs/{_slug(kwargs['prompt'])}_{sampler.seed}.mp4")
+    out = video.check_output_writable(out)
+    paths = {
+        "video": out,
+        "manifest": video.derived_path(out, "", ".json"),
+        "compare": video.derived_path(out, "_compare") if kwargs["compare"] and guided else None,
+        "trace_plot": video.derived_path(out, "_trace", ".png") if guided else None,
+    }
+
+    tiny = model == TINY_MODEL
+    flow_weights = kwargs["flow_weights"] or ("random" if tiny else None)
+    discriminator = kwargs["discriminator"] or ("random" if tiny else None)
+    disc_type = kwargs["discriminator_type"]
+    if guided:
+        flow_spec = plugins.get("flow", kwargs["flow"]).spec
+        if discriminator is None:
+            raise click.UsageError(
+                "MotionPrompt needs a trained flow discriminator: pass --discriminator PATH.safetensors "
+                "(its config JSON beside it), or --guidance none for the plain baseline "
+                f"(--discriminator random only makes sense with --model {TINY_MODEL})."
+            )
+        if discriminator != "random":
+            disc_path = Path(discriminator).expanduser()
+            if not disc_path.is_file():
+                raise click.UsageError(f"discriminator file not found: {disc_path}")
+            config_path = disc_path.with_suffix(".json")
+            if disc_type is None and config_path.is_file():
+                disc_type = json.loads(config_path.read_text()).get("type")
+        disc_spec = plugins.get("discriminator", disc_type or "vit").spec
+        if discriminator == "random" and disc_spec.random is None:
+            raise click.UsageError(f"discriminator plugin {disc_spec.name!r} cannot build a random discriminator")
+    if spec.check is not None:
+        spec.check(model=model, **options)
+    device = _resolve_device(kwargs["device"])
+    dtype = _resolve_dtype(kwargs["dtype"], device)
+
+    # ---- load
+    from mpcore.sampling import decode_video, sample
+
+    if tiny:
+        echo(f"note: --model {TINY_MODEL} is a tiny RANDOM-INIT model: its output is noise. It exists so the "
+             "whole path runs offline; use real weights for real videos.")
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    backbone = spec.load(model=model, device=device, dtype=dtype, seed=sampler.seed, offload=kwargs["offload"],
+                         attention=kwargs["attention"], **options)
+    timings["load_backbone_s"] = time.perf_counter() - start
+    guidance = None
+    flow_info = disc_info = None
+    if guided:
+        from mpcore.motionprompt import MotionPrompt
+
+        flow_estimator = flow_spec.load(flow_weights, device, seed=sampler.seed, **{k: _parse_scalar(v) for k, v in flow_options.items()})
+        if discriminator == "random":
+            disc = disc_spec.random(seed=sampler.seed, device=device)
+        else:
+            disc = disc_spec.load(discriminator, device)
+        flow_info = {"name": flow_spec.name, "weights": flow_weights, "options": flow_options}
+        disc_info = {"name": disc_spec.name, "path": discriminator}
+        guidance = MotionPrompt(motion, flow_estimator, disc)
+
+    # ---- sample: baseline first (it must not see the learnable tokens), then guided
+    progress = kwargs["progress"]
+    results = {}
+    if not guided or kwargs["compare"]:
+        start = time.perf_counter()
+        results["baseline"] = sample(backbone, kwargs["prompt"], sampler, None, progress, "baseline")
+        timings["baseline_s"] = time.perf_counter() - start
+    if guided:
+        start = time.perf_counter()
+        results["motionprompt"] = sample(backbone, kwargs["prompt"], sampler, guidance, progress, "motionprompt")
+        timings["motionprompt_s"] = time.perf_counter() - start
+
+    # ---- write
+    from mpcore.manifest import build_manifest, write_json_atomic
+
+    frames = {name: video.to_uint8_frames(decode_video(backbone, r.latents)) for name, r in results.items()}
+    main_frames = frames["motionprompt" if guided else "baseline"]
+    video.write_video(main_frames, paths["video"], fps=kwargs["fps"])
+    if paths["compare"] is not None:
+        video.write_video(video.side_by_side(frames["baseline"], frames["motionprompt"]), paths["compare"], fps=kwargs["fps"])
+    guidance_result = results["motionprompt"].guidance if guided else None
+    if paths["trace_plot"] is not None:
+        from mpcore.trace_plot import plot_trace
+
+        plot_trace(guidance_result, paths["trace_plot"], title=f"MotionPrompt: {kwargs['prompt']}")
+    manifest = build_manifest(
+        command=["mpcore", *sys.argv[1:]],
+        prompt=kwargs["prompt"],
+        seed=sampler.seed,
+        guidance=kwargs["guidance"],
+        backbone=backbone.describe(),
+        sampler=to_dict(sampler),
+        motionprompt={**to_dict(motion), "opt_range": list(motion.resolved_opt_range(sampler.steps)),
+                      "opt_range_source": "explicit" if motion.opt_range is not None else
+                      f"paper range {list(motion.paper_opt_range)} at 50 steps, scaled to {sampler.steps}"}
+        if guided else None,
+        flow=flow_info,
+        discriminator=disc_info,
+        device=str(device),
+        dtype=str(dtype).replace("torch.", ""),
+        outputs={k: str(v) for k, v in paths.items() if v is not None},
+        timings=timings,
+        warnings=[f"--model {TINY_MODEL} is a random-init model: the video is noise"] if tiny else [],
+        result=guidance_result,
+    )
+    write_json_atomic(manifest, paths["manifest"])
+    for name, path in paths.items():
+        if path is not None:
+            echo(f"wrote {name}: {path}")
+
+
+def main() -> None:
+    build_cli()(prog_name="mpcore")
+
+
+if __name__ == "__main__":
+    main()
