@@ -1,0 +1,86 @@
+"""Config validation names the field and the allowed range; -o overrides are typed by field."""
+
+from __future__ import annotations
+
+import pytest
+
+from mpcore.config import PAPER_DEFAULTS, ConfigError, MotionPromptConfig, SamplerConfig, apply_overrides, scale_opt_range
+
+
+@pytest.mark.parametrize(
+    "field,value,fragment",
+    [
+        ("steps", 0, ">= 1"),
+        ("cfg_scale", -1.0, ">= 0"),
+        ("frames", 0, ">= 1"),
+        ("height", 60, "multiple of 8"),
+        ("width", 0, "multiple of 8"),
+        ("eta", 1.5, "[0, 1]"),
+        ("seed", -2, ">= 0"),
+    ],
+)
+def test_sampler_validation(field, value, fragment):
+    with pytest.raises(ConfigError) as error:
+        SamplerConfig(**{field: value}).validate()
+    assert f"{field}=" in str(error.value) and fragment in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "field,value,fragment",
+    [
+        ("num_tokens", 0, ">= 1"),
+        ("init_words", (), "at least one"),
+        ("placement", "middle", "end | front"),
+        ("iterations", 0, ">= 1"),
+        ("opt_range", (5, 5), "inside [0, steps=50]"),
+        ("opt_range", (10, 60), "inside [0, steps=50]"),
+        ("opt_range", (-1, 3), "inside [0, steps=50]"),
+        ("decoded_frames", 3, "even number in [2, frames=16]"),
+        ("decoded_frames", 18, "even number in [2, frames=16]"),
+        ("decoded_frames", 0, "even number"),
+        ("l_disc", -1.0, ">= 0"),
+        ("l_tv", float("nan"), "finite"),
+        ("l_reg", -0.1, ">= 0"),
+        ("lr", 0.0, "> 0"),
+        ("optimizer", "lbfgs", "adam | adamw | sgd"),
+        ("flow_size", 4, ">= 8"),
+    ],
+)
+def test_motionprompt_validation(field, value, fragment):
+    config = MotionPromptConfig(**{field: value})
+    with pytest.raises(ConfigError) as error:
+        config.validate(SamplerConfig())
+    assert f"{field}=" in str(error.value) and fragment in str(error.value)
+
+
+def test_paper_defaults_are_valid_at_50_steps():
+    for name, defaults in PAPER_DEFAULTS.items():
+        config = MotionPromptConfig(**defaults)
+        config.validate(SamplerConfig(frames=16))
+    assert MotionPromptConfig(**PAPER_DEFAULTS["animatediff"]).resolved_opt_range(50) == (4, 15)  # 3 < i < 15
+
+
+def test_default_range_scales_with_steps_explicit_does_not():
+    assert scale_opt_range((4, 15), 10) == (1, 3)
+    assert scale_opt_range((4, 15), 2) == (0, 1)
+    assert scale_opt_range((4, 15), 25) == (2, 8)
+    assert scale_opt_range((4, 15), 1) == (0, 1)
+    config = MotionPromptConfig(opt_range=(2, 4))
+    assert config.resolved_opt_range(10) == (2, 4)
+    with pytest.raises(ConfigError, match="opt_range"):
+        config.validate(SamplerConfig(steps=3))
+
+
+def test_overrides_are_typed():
+    config = apply_overrides(
+        MotionPromptConfig(),
+        ["lr=0.001", "opt_range=2,9", "init_words=real, clear", "checkpoint_denoiser=true", "iterations=5", "flow_size=none"],
+    )
+    assert config.lr == 0.001 and config.opt_range == (2, 9) and config.init_words == ("real", "clear")
+    assert config.checkpoint_denoiser is True and config.iterations == 5 and config.flow_size is None
+    with pytest.raises(ConfigError, match="unknown setting 'learning_rate'"):
+        apply_overrides(MotionPromptConfig(), ["learning_rate=1"])
+    with pytest.raises(ConfigError, match="iterations='many'"):
+        apply_overrides(MotionPromptConfig(), ["iterations=many"])
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides(MotionPromptConfig(), ["lr"])
