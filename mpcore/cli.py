@@ -179,9 +179,12 @@ def _run_params() -> list[click.Parameter]:
 
 def _run(**kwargs):
     """Sample a video with MotionPrompt guidance (or the plain baseline) and write video, manifest and plots."""
+    from mpcore.video import OutputError
+    from mpcore.weights import CheckpointMismatchError
+
     try:
         _run_checked(**kwargs)
-    except (ConfigError, plugins.UnknownPluginError, FileNotFoundError) as error:
+    except (ConfigError, OutputError, CheckpointMismatchError, plugins.UnknownPluginError, FileNotFoundError) as error:
         raise click.ClickException(str(error)) from None
 
 
@@ -269,8 +272,10 @@ def _run_checked(**kwargs):
             disc = disc_spec.random(seed=sampler.seed, device=device)
         else:
             disc = disc_spec.load(discriminator, device)
-        flow_info = {"name": flow_spec.name, "weights": flow_weights, "options": flow_options}
-        disc_info = {"name": disc_spec.name, "path": discriminator}
+        flow_info = {"name": flow_spec.name, "weights": flow_weights, "options": flow_options,
+                     **(flow_estimator.describe() if hasattr(flow_estimator, "describe") else {})}
+        disc_info = {"name": disc_spec.name, "path": discriminator,
+                     **(disc.describe() if hasattr(disc, "describe") else {})}
         guidance = MotionPrompt(motion, flow_estimator, disc)
 
     # ---- sample: baseline first (it must not see the learnable tokens), then guided

@@ -1,0 +1,110 @@
+"""`mpcore run` end to end on the tiny model, and its early, clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from mpcore import plugins
+from mpcore.cli import build_cli
+from mpcore.video import read_video
+
+TINY = ["run", "--backbone", "animatediff", "--model", "tiny", "--prompt", "a fox", "--frames", "4",
+        "--height", "32", "--width", "32", "--steps", "4", "--no-progress"]
+
+
+def invoke(args):
+    plugins.load_plugins(reload=True)
+    return CliRunner().invoke(build_cli(), args)
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Fail loudly if any backbone weights are loaded."""
+    import mp_plugin_animatediff.backbone as backbone
+
+    def refuse(**kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(backbone, "load", refuse)
+
+
+def test_run_writes_video_compare_manifest_and_trace(tmp_path):
+    out = tmp_path / "clips" / "fox.mp4"
+    result = invoke(TINY + ["--compare", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "RANDOM-INIT" in result.output  # says its output is noise
+    video = read_video(out)
+    assert video.shape == (4, 32, 32, 3)
+    compare = read_video(tmp_path / "clips" / "fox_compare.mp4")
+    assert compare.shape[0] == 4 and compare.shape[2] > 2 * 32
+    assert (tmp_path / "clips" / "fox_trace.png").stat().st_size > 1000
+    manifest = json.loads((tmp_path / "clips" / "fox.json").read_text())
+    assert manifest["seed"] == 0 and manifest["sampler"]["steps"] == 4 and manifest["sampler"]["frames"] == 4
+    assert manifest["motionprompt"]["lr"] == 0.005 and manifest["motionprompt"]["opt_range"] == [0, 1]
+    assert manifest["versions"]["torch"] and manifest["versions"]["diffusers"]
+    assert manifest["backbone"]["model"] == "tiny" and manifest["backbone"]["random_init"] is True
+    trace = manifest["result"]["trace"]
+    assert [entry["step"] for entry in trace] == [0, 1, 2, 3]
+    assert trace[0]["optimized"] and {"total", "disc", "tv", "reg"} <= set(trace[0]["iterations"][0])
+    assert not list(tmp_path.glob("clips/.*tmp*")), "temp files left behind"
+
+
+def test_same_seed_twice_identical_video_and_guidance_changes_it(tmp_path):
+    runs = {}
+    for name, extra in {"a": [], "b": [], "plain": ["--guidance", "none"]}.items():
+        result = invoke(TINY + ["--out", str(tmp_path / name), "-o", "iterations=2"] + extra)
+        assert result.exit_code == 0, result.output
+        runs[name] = read_video(tmp_path / name)
+    assert runs["a"].shape == (4, 32, 32, 3)
+    assert np.array_equal(runs["a"], runs["b"])
+    assert not np.array_equal(runs["a"], runs["plain"])
+    assert not (tmp_path / "plain_trace.png").exists()
+
+
+def test_unknown_backbone_lists_installed(tmp_path):
+    result = invoke(["run", "--backbone", "sora", "--prompt", "x", "--out", str(tmp_path / "x.mp4")])
+    assert result.exit_code != 0
+    assert "unknown backbone 'sora'; installed: animatediff" in result.output
+
+
+def test_unwritable_output_fails_before_loading(tmp_path, no_model_loading):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = invoke(TINY + ["--out", str(blocker / "fox.mp4")])
+    assert result.exit_code != 0 and "Error:" in result.output
+    assert str(blocker) in result.output
+    result = invoke(TINY + ["--out", str(tmp_path / "fox.avi")])
+    assert result.exit_code != 0 and ".mp4" in result.output
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["-o", "lr=0"], "lr=0.0; allowed: a finite number > 0"),
+        (["-o", "decoded_frames=6"], "decoded_frames=6; allowed: an even number in [2, frames=4]"),
+        (["-o", "opt_range=2,9"], "opt_range=(2, 9)"),
+        (["-o", "nonsense=1"], "unknown setting 'nonsense'"),
+        (["--eta", "2"], "eta=2.0; allowed: [0, 1]"),
+        (["--height", "30"], "height=30"),
+        (["--flow", "farneback"], "unknown flow 'farneback'; installed: raft"),
+    ],
+)
+def test_invalid_settings_fail_before_loading(tmp_path, no_model_loading, args, message):
+    result = invoke(TINY + ["--out", str(tmp_path / "x.mp4")] + args)
+    assert result.exit_code != 0
+    assert message in result.output
+
+
+def test_real_model_needs_a_discriminator_and_existing_paths(tmp_path, no_model_loading):
+    base = ["run", "--prompt", "a fox", "--out", str(tmp_path / "x.mp4")]
+    result = invoke(base + ["--model", "some-user/some-sd15"])
+    assert result.exit_code != 0 and "needs a trained flow discriminator" in result.output
+    result = invoke(base + ["--model", "some-user/some-sd15", "--discriminator", str(tmp_path / "d.safetensors")])
+    assert result.exit_code != 0 and "discriminator file not found" in result.output
+    result = invoke(base + ["--model", str(tmp_path / "missing.safetensors"), "--guidance", "none"])
+    assert result.exit_code != 0 and "base model not found" in result.output
