@@ -123,6 +123,12 @@ def _json_key(key: Any) -> str:
     return safe if isinstance(safe, str) else json.dumps(safe)
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 def write_json_atomic(data: Any, path: str | Path) -> Path:
     """Write ``json_safe(data)`` as indented strict JSON (no NaN) to ``path`` atomically.
 
@@ -136,6 +142,7 @@ def write_json_atomic(data: Any, path: str | Path) -> Path:
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as file:
             file.write(text)
+        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; give the file a normal mode
         os.replace(tmp_name, path)
     except BaseException:
         try:

@@ -106,3 +106,14 @@ def test_build_manifest():
     json.dumps(manifest, allow_nan=False)
     with pytest.raises(ValueError, match="reserved"):
         build_manifest(mpcore_manifest_version=2)
+
+
+def test_written_json_has_a_normal_file_mode(tmp_path):
+    import os
+
+    from mpcore.manifest import write_json_atomic
+
+    path = write_json_atomic({"a": 1}, tmp_path / "m.json")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~umask
