@@ -120,3 +120,43 @@ def test_frame_pairs_are_adjacent_disjoint_seeded(frames, pairs):
         assert len(positions) > 1, "positions are not random"
     with pytest.raises(ValueError):
         select_frame_pairs(3, 2, torch.Generator())
+
+
+def _objective_and_grad(backbone, config, flow_estimator, discriminator, sampler_config):
+    guidance = MotionPrompt(config, flow_estimator, discriminator)
+    scheduler = backbone.make_scheduler()
+    scheduler.set_timesteps(sampler_config.steps)
+    guidance.prepare(backbone, "a fox", sampler_config, scheduler)
+    latents = torch.randn(1, 4, sampler_config.frames, 8, 8, generator=torch.Generator().manual_seed(0)).to(backbone.dtype)
+    uncond = backbone.encode_prompt([""]).detach()
+    backbone.set_denoiser_checkpointing(config.checkpoint_denoiser)
+    try:
+        terms = guidance.objective(latents, scheduler.timesteps[1], uncond, None, [(0, 1)])
+        terms.total.backward()
+    finally:
+        backbone.set_denoiser_checkpointing(False)
+    return guidance, terms.total.detach(), guidance.tokens.grad.clone()
+
+
+def test_denoiser_checkpointing_gives_the_same_objective_and_gradient(tiny_backbone, sampler_config, motion_config, flow_estimator, discriminator):
+    plain = _objective_and_grad(tiny_backbone, motion_config, flow_estimator, discriminator, sampler_config)
+    lean_config = dataclasses.replace(motion_config, checkpoint_denoiser=True)
+    lean = _objective_and_grad(tiny_backbone, lean_config, flow_estimator, discriminator, sampler_config)
+    assert torch.allclose(plain[1], lean[1], atol=1e-5)
+    assert torch.allclose(plain[2], lean[2], atol=1e-5)
+    assert plain[2].abs().sum() > 0
+
+
+def test_half_precision_weights_keep_token_optimizer_and_loss_float32(sampler_config, motion_config, flow_estimator, discriminator):
+    from mp_plugin_animatediff.backbone import load
+
+    backbone = load("tiny", seed=0, dtype=torch.bfloat16)
+    assert backbone.unet.dtype == torch.bfloat16
+    guidance = MotionPrompt(dataclasses.replace(motion_config, iterations=1), flow_estimator, discriminator)
+    result = sample(backbone, "a fox", sampler_config, guidance=guidance, progress=False)
+    assert result.latents.dtype == torch.bfloat16 and torch.isfinite(result.latents.float()).all()
+    assert guidance.tokens.dtype == torch.float32
+    state = guidance.optimizer.state[guidance.tokens]
+    assert state["exp_avg"].dtype == torch.float32 and state["exp_avg_sq"].dtype == torch.float32
+    assert result.guidance["skipped_updates"] == 0
+    assert result.guidance["final_cosine"][0] < 1.0

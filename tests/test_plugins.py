@@ -119,3 +119,26 @@ def test_readme_shows_the_template_plugin_exactly():
     template = ROOT / "plugins" / "mp-plugin-template"
     assert (template / "pyproject.toml").read_text().rstrip() in readme
     assert (template / "mp_plugin_template" / "__init__.py").read_text().rstrip() in readme
+
+
+def test_plugins_can_add_cli_commands(monkeypatch, tmp_path):
+    _fake_entry_points(monkeypatch, tmp_path, {
+        "mp_hello_command": """
+            import click
+            from mpcore import hookimpl
+
+            @hookimpl
+            def register_commands(cli):
+                @cli.command()
+                @click.argument("name")
+                def hello(name):
+                    click.echo(f"hello {name}")
+        """,
+    })
+    from click.testing import CliRunner
+
+    from mpcore.cli import build_cli
+
+    plugins.load_plugins(reload=True)
+    result = CliRunner().invoke(build_cli(), ["hello", "fox"])
+    assert result.exit_code == 0 and result.output == "hello fox\n"

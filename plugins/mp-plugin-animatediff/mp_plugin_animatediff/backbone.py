@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from diffusers import AnimateDiffPipeline, DDIMScheduler
+from diffusers.utils import logging as diffusers_logging
 
 from mp_plugin_animatediff import loading, tiny
 from mpcore.interfaces import Backbone
@@ -109,6 +110,17 @@ def _configure_attention(pipe: AnimateDiffPipeline, attention: str, device: torc
     return "sdpa"  # diffusers' default processors use torch SDPA
 
 
+@contextlib.contextmanager
+def _quiet_diffusers():
+    """Silence diffusers' "modules that should be kept in float32: []" notice on our own casts."""
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(level)
+
+
 def load(
     model: str | None = None,
     device: str | torch.device = "cpu",
@@ -124,7 +136,8 @@ def load(
     model = model or loading.DEFAULT_BASE
     if model == "tiny":
         parts = tiny.tiny_components(seed)
-        pipe = AnimateDiffPipeline(**parts)
+        with _quiet_diffusers():
+            pipe = AnimateDiffPipeline(**parts)
         scheduler_config = dict(parts["scheduler"].config)
         source = {"model": "tiny", "motion_adapter": "tiny", "seed": seed}
     else:
@@ -136,13 +149,15 @@ def load(
     if offload:
         if device.type != "cuda":
             raise RuntimeError("--offload (model CPU offload) needs a CUDA --device; on CPU everything is on the CPU already")
-        if pipe.unet.dtype != dtype:
-            pipe.to(dtype=dtype)
+        with _quiet_diffusers():
+            if pipe.unet.dtype != dtype:
+                pipe.to(dtype=dtype)
         pipe.enable_model_cpu_offload(device=device)
     else:
-        if pipe.unet.dtype != dtype:
-            pipe.to(dtype=dtype)
-        pipe.to(device=device)
+        with _quiet_diffusers():
+            if pipe.unet.dtype != dtype:
+                pipe.to(dtype=dtype)
+            pipe.to(device=device)
     source["attention"] = attention_used
     source["offload"] = offload
     return AnimateDiffBackbone(pipe, scheduler_config, device, dtype, source, is_random_init=(model == "tiny"))

@@ -128,3 +128,112 @@ def original_motion_module_state(adapter: MotionAdapter) -> dict[str, torch.Tens
             block = key.rsplit(".attn", 1)[0]
             state[pe_key] = adapter.state_dict()[f"{block}.pos_embed.pe"].clone()
     return state
+
+
+# ----------------------------------------------------------------------------- single-file (LDM) layout
+# The CompVis/LDM key layout of SD-1.5 single-file checkpoints (``model.diffusion_model.*``,
+# ``first_stage_model.*``, ``cond_stage_model.transformer.*``), written from the tiny model so
+# the single-file loading path can be tested offline. Mapping facts: FACTS.md §6 and the layout
+# of the LDM UNet (input_blocks / middle_block / output_blocks) and VAE (down / mid / up).
+
+_RESNET = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("time_emb_proj", "emb_layers.1"),
+           ("norm2", "out_layers.0"), ("conv2", "out_layers.3"), ("conv_shortcut", "skip_connection")]
+_VAE_RESNET = [("conv_shortcut", "nin_shortcut")]
+_VAE_ATTENTION = [("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"), ("to_out.0", "proj_out")]
+
+
+def _rename(rest: str, pairs) -> str:
+    for ours, theirs in pairs:
+        if rest.startswith(ours + "."):
+            return theirs + rest[len(ours):]
+    return rest
+
+
+def ldm_unet_state(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
+    """diffusers SD UNet -> LDM ``model.diffusion_model.*`` keys."""
+    per_level = unet.config.layers_per_block
+    out = {}
+    for key, value in unet.state_dict().items():
+        parts = key.split(".")
+        if parts[0] == "time_embedding":
+            new = {"linear_1": "time_embed.0", "linear_2": "time_embed.2"}[parts[1]] + "." + ".".join(parts[2:])
+        elif parts[0] in ("conv_in", "conv_norm_out", "conv_out"):
+            new = {"conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}[parts[0]] + "." + parts[1]
+        elif parts[0] == "down_blocks":
+            level, kind = int(parts[1]), parts[2]
+            if kind == "downsamplers":  # downsamplers.0.conv.* -> input_blocks.N.0.op.*
+                new = f"input_blocks.{(per_level + 1) * (level + 1)}.0.op." + ".".join(parts[5:])
+            else:
+                index = (per_level + 1) * level + int(parts[3]) + 1
+                rest = ".".join(parts[4:])
+                new = f"input_blocks.{index}.0." + _rename(rest, _RESNET) if kind == "resnets" else f"input_blocks.{index}.1.{rest}"
+        elif parts[0] == "mid_block":
+            rest = ".".join(parts[3:])  # mid_block.{attentions,resnets}.j.rest
+            if parts[1] == "attentions":
+                new = f"middle_block.1.{rest}"
+            else:
+                new = f"middle_block.{2 * int(parts[2])}." + _rename(rest, _RESNET)
+        elif parts[0] == "up_blocks":
+            level, kind = int(parts[1]), parts[2]
+            has_attention = any(k.startswith(f"up_blocks.{level}.attentions.") for k in unet.state_dict())
+            if kind == "upsamplers":
+                slot = 2 if has_attention else 1
+                new = f"output_blocks.{(per_level + 1) * level + per_level}.{slot}." + ".".join(parts[4:])
+            else:
+                index = (per_level + 1) * level + int(parts[3])
+                rest = ".".join(parts[4:])
+                new = f"output_blocks.{index}.0." + _rename(rest, _RESNET) if kind == "resnets" else f"output_blocks.{index}.1.{rest}"
+        else:
+            raise KeyError(f"unmapped UNet key {key}")
+        out["model.diffusion_model." + new] = value.clone()
+    return out
+
+
+def ldm_vae_state(vae: AutoencoderKL) -> dict[str, torch.Tensor]:
+    """diffusers AutoencoderKL -> LDM ``first_stage_model.*`` keys (attention linears as 1x1 convs)."""
+    levels = len(vae.config.block_out_channels)
+    out = {}
+    for key, value in vae.state_dict().items():
+        parts = key.split(".")
+        side, rest = parts[0], parts[1:]
+        if side in ("quant_conv", "post_quant_conv"):
+            new = key
+        elif rest[0] in ("conv_in", "conv_out"):
+            new = key
+        elif rest[0] == "conv_norm_out":
+            new = f"{side}.norm_out." + ".".join(rest[1:])
+        elif rest[0] == "mid_block":
+            tail = ".".join(rest[3:])  # mid_block.{attentions,resnets}.j.rest
+            if rest[1] == "attentions":
+                new = f"{side}.mid.attn_1." + _rename(tail, _VAE_ATTENTION)
+                if value.dim() == 2:
+                    value = value[:, :, None, None]
+            else:
+                new = f"{side}.mid.block_{int(rest[2]) + 1}." + _rename(tail, _VAE_RESNET)
+        elif rest[0] in ("down_blocks", "up_blocks"):
+            level = int(rest[1]) if side == "encoder" else levels - 1 - int(rest[1])
+            group = "down" if side == "encoder" else "up"
+            if rest[2] in ("downsamplers", "upsamplers"):
+                sample = "downsample" if side == "encoder" else "upsample"
+                new = f"{side}.{group}.{level}.{sample}." + ".".join(rest[4:])
+            else:
+                new = f"{side}.{group}.{level}.block.{rest[3]}." + _rename(".".join(rest[4:]), _VAE_RESNET)
+        else:
+            raise KeyError(f"unmapped VAE key {key}")
+        out["first_stage_model." + new] = value.clone()
+    return out
+
+
+def save_tiny_single_file(path: str | Path, seed: int = 0) -> Path:
+    """The tiny base model as one LDM-layout ``.safetensors`` file, like community SD-1.5 bases."""
+    from safetensors.torch import save_file
+
+    parts = tiny_components(seed)
+    state = {**ldm_unet_state(parts["unet"]), **ldm_vae_state(parts["vae"])}
+    for key, value in parts["text_encoder"].state_dict().items():
+        # released SD-1.5 files store "cond_stage_model.transformer.text_model.*" (newer
+        # transformers versions drop the "text_model." level from CLIPTextModel's own keys)
+        key = key if key.startswith("text_model.") else "text_model." + key
+        state["cond_stage_model.transformer." + key] = value.clone()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return Path(path)

@@ -76,3 +76,26 @@ def test_xformers_request_without_cuda_is_a_clear_error():
         load("tiny", attention="xformers")
     with pytest.raises(RuntimeError, match="--offload .* needs a CUDA"):
         load("tiny", offload=True)
+
+
+def test_single_file_ldm_checkpoint_loads_like_the_folder(tmp_path, monkeypatch):
+    """A community-style single-file SD-1.5 base (LDM key layout), offline with --base-config."""
+    from mp_plugin_animatediff.backbone import load
+    from mp_plugin_animatediff.tiny import save_tiny, save_tiny_single_file
+    from mpcore.config import SamplerConfig
+    from mpcore.sampling import sample
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    base, adapter = save_tiny(tmp_path, seed=2)
+    checkpoint = save_tiny_single_file(tmp_path / "tiny_sd15.safetensors", seed=2)
+    single = load(str(checkpoint), motion_adapter=str(adapter), base_config=str(base))
+    reference = load("tiny", seed=2)
+    for part in ("unet", "vae"):
+        ours, theirs = getattr(single, part).state_dict(), getattr(reference, part).state_dict()
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours), part
+    ours, theirs = single.pipe.text_encoder.state_dict(), reference.pipe.text_encoder.state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    # a single file brings no scheduler config: AnimateDiff's own DDIM settings are used
+    assert single.scheduler_config["beta_schedule"] == "linear" and single.scheduler_config["steps_offset"] == 1
+    config = SamplerConfig(steps=3, frames=2, height=32, width=32)
+    assert torch.equal(sample(single, "x", config, progress=False).latents, sample(reference, "x", config, progress=False).latents)
