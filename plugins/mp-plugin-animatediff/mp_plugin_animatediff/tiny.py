@@ -21,55 +21,68 @@ from mpcore.clip_vocab import BOS, EOS, VOCAB_SIZE, build_clip_tokenizer
 TINY_SAMPLER_DEFAULTS = dict(frames=8, height=64, width=64, steps=25, cfg_scale=7.5)
 
 
-def tiny_components(seed: int = 0) -> dict:
-    """Random-init components (SD-1.5 layout, tiny widths), deterministic in ``seed``."""
+# Widths of the random-init models: "tiny" for tests and `--model tiny`, "mid" for benchmarks
+# (~20M UNet parameters; costs closer to a real model's proportions on a CPU).
+SIZES = {
+    "tiny": dict(unet_channels=(32, 64), down=("CrossAttnDownBlock2D", "DownBlock2D"), up=("UpBlock2D", "CrossAttnUpBlock2D"),
+                 text_width=32, text_ffn=37, text_layers=2, vae_channels=(16, 32, 32), vae_layers=1, norm_groups=8,
+                 motion_mid_block=False),
+    "mid": dict(unet_channels=(64, 128, 256), down=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+                up=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), text_width=256, text_ffn=1024,
+                text_layers=4, vae_channels=(32, 64, 128), vae_layers=2, norm_groups=32, motion_mid_block=True),
+}
+
+
+def tiny_components(seed: int = 0, size: str = "tiny") -> dict:
+    """Random-init components (SD-1.5 layout, small widths from ``SIZES``), deterministic in ``seed``."""
+    arch = SIZES[size]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(
-            block_out_channels=(32, 64),
+            block_out_channels=arch["unet_channels"],
             layers_per_block=1,
             sample_size=16,
             in_channels=4,
             out_channels=4,
-            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-            cross_attention_dim=32,
+            down_block_types=arch["down"],
+            up_block_types=arch["up"],
+            cross_attention_dim=arch["text_width"],
             attention_head_dim=8,
-            norm_num_groups=8,
+            norm_num_groups=arch["norm_groups"],
         )
         vae = AutoencoderKL(
-            block_out_channels=(16, 32, 32),
+            block_out_channels=arch["vae_channels"],
             in_channels=3,
             out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 3,
-            up_block_types=("UpDecoderBlock2D",) * 3,
+            down_block_types=("DownEncoderBlock2D",) * len(arch["vae_channels"]),
+            up_block_types=("UpDecoderBlock2D",) * len(arch["vae_channels"]),
             latent_channels=4,
-            norm_num_groups=8,
-            layers_per_block=1,
+            norm_num_groups=arch["norm_groups"],
+            layers_per_block=arch["vae_layers"],
             sample_size=64,
         )
         text_encoder = CLIPTextModel(
             CLIPTextConfig(
                 vocab_size=VOCAB_SIZE,
-                hidden_size=32,
-                intermediate_size=37,
+                hidden_size=arch["text_width"],
+                intermediate_size=arch["text_ffn"],
                 num_attention_heads=4,
-                num_hidden_layers=2,
+                num_hidden_layers=arch["text_layers"],
                 max_position_embeddings=77,
                 bos_token_id=VOCAB_SIZE - 2,
                 eos_token_id=VOCAB_SIZE - 1,
                 pad_token_id=VOCAB_SIZE - 1,
                 hidden_act="quick_gelu",
-                projection_dim=32,
+                projection_dim=arch["text_width"],
             )
         )
         motion_adapter = MotionAdapter(
-            block_out_channels=(32, 64),
+            block_out_channels=arch["unet_channels"],
             motion_layers_per_block=1,
             motion_num_attention_heads=MOTION_HEADS,
             motion_norm_num_groups=MOTION_NORM_GROUPS,
             motion_max_seq_length=32,
-            use_motion_mid_block=False,
+            use_motion_mid_block=arch["motion_mid_block"],
         )
         # diffusers zero-initialises proj_out of every motion module: randomise them so the tiny
         # model's frames actually interact (a real trained adapter is not zero either)

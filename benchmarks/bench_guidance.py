@@ -1,0 +1,571 @@
+#!/usr/bin/env python
+"""Cost of MotionPrompt guidance: unguided vs guided wall time and peak memory, as ratios.
+
+One invocation measures every requested mode for one backbone configuration and reports
+``fast/baseline`` and ``lean/baseline`` ratios of time and memory:
+
+* ``baseline`` -- :func:`mpcore.sampling.sample` with ``guidance=None``;
+* ``fast``     -- MotionPrompt with the paper's AnimateDiff settings
+  (``PAPER_DEFAULTS["animatediff"]``: K=3 iterations, range 3 < i < 15 at 50 steps scaled to
+  ``--steps``, 2 decoded frames, ...), no gradient checkpointing (memory traded for time);
+* ``lean``     -- the same with ``checkpoint_denoiser=True`` and ``checkpoint_vae=True`` (gradient
+  checkpointing of the UNet and per-block checkpointing of the VAE decoder).
+
+Guided modes use the random-init RAFT flow estimator and the random-init ViT discriminator of the
+``raft`` / ``vit`` plugins: their judgments are meaningless, their cost is the real one (RAFT-small
+at its real size; the ViT discriminator is the plugin's tiny smoke-test one).
+
+Every mode runs in its own fresh worker process (this script re-invoked with the hidden
+``--worker MODE`` flag), so the peak memory of one mode cannot leak into another:
+
+* CUDA: ``torch.cuda.max_memory_allocated`` over the timed runs (stats reset after the warm-up);
+  the increase is measured over ``memory_allocated`` right after the backbone loaded.
+* CPU: the process's peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``) read after the backbone loaded
+  (before the flow estimator, discriminator, warm-up and sampling) and at the end. The total peak
+  includes the Python interpreter and the torch/diffusers libraries, so on CPU the meaningful
+  number is the *increase* over the loaded-model peak; the CPU "mem x" ratio uses it. RSS cannot
+  be reset, so the warm-up (same shapes as the timed run) is inside the CPU peak.
+
+Wall time: ``time.perf_counter`` around ``sample()`` only (model loading excluded), after one
+untimed warm-up of 2 sampling steps (guided modes: one optimized step, so the backward path is
+warm too); with ``--repeats N`` the median of N runs.
+
+Results: ``<out>/bench_guidance_<config>_<device>.json`` (overwritten; rows + ratios) and one
+markdown row per mode appended to ``<out>/bench_guidance.md``. Both are written atomically.
+
+Examples::
+
+    python benchmarks/bench_guidance.py --config tiny            # CPU, ~1 min
+    python benchmarks/bench_guidance.py --config mid             # CPU, a few minutes
+    python benchmarks/bench_guidance.py --config real --device cuda \\
+        --model stable-diffusion-v1-5/stable-diffusion-v1-5 \\
+        --motion-adapter guoyww/animatediff-motion-adapter-v1-5-2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+PROMPT = "a horse galloping along a beach at sunset, waves rolling in"
+SEED = 0
+MODES = ("baseline", "fast", "lean")
+CONFIGS: dict[str, dict[str, Any]] = {
+    # frames, height, width of the sampled video
+    "tiny": dict(frames=8, height=64, width=64),
+    "mid": dict(frames=8, height=128, width=128),
+    "real": dict(frames=16, height=512, width=512),
+}
+STALL_WARN = 0.10
+"""Above this fraction of CPU-stall time (Linux PSI) during the timed runs, a row is flagged as contended."""
+SMOKE_STEPS = 4
+WARMUP_STEPS = 2
+
+PAPER = {"time_x": 2.69, "mem_x": 3.13, "where": "A100, AnimateDiff, 50 DDIM steps (MotionPrompt paper)"}
+TARGETS = [
+    # (mode, quantity, limit)
+    ("fast", "time", 1.8),
+    ("lean", "mem", 1.3),
+    ("lean", "time", 2.3),
+]
+MD_HEADER = (
+    "# MotionPrompt guidance cost (bench_guidance.py)\n\n"
+    f"Paper: {PAPER['time_x']}x time, {PAPER['mem_x']}x memory ({PAPER['where']}). "
+    "Our targets: fast <= 1.8x time; lean <= 1.3x memory and <= 2.3x time.\n"
+    "time x / mem x are relative to the baseline (unguided) row of the same run. On CUDA, peak mem is "
+    "max_memory_allocated and mem x the ratio of total peaks; on CPU, peak mem is the process's peak RSS "
+    "(total, and in parentheses the increase over the loaded model) and mem x the ratio of the increases.\n\n"
+    "| config | device | mode | s/video | time x | peak mem | mem x | notes |\n"
+    "|---|---|---|---|---|---|---|---|\n"
+)
+
+
+# ----------------------------------------------------------------------------- arguments
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Unguided vs MotionPrompt-guided sampling: wall time and peak memory ratios.",
+    )
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="tiny",
+                        help="(default tiny) tiny: reserved tiny random AnimateDiff, 64x64x8; mid: mid-size random AnimateDiff "
+                             "built here, 128x128x8; real: --model/--motion-adapter, 512x512x16")
+    parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default 50, the paper's; --smoke: 4)")
+    parser.add_argument("--modes", default=None, help="comma-separated subset of baseline,fast,lean "
+                        "(default all; --smoke: baseline,fast)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
+                        help="model dtype (auto: float16 on CUDA, float32 on CPU)")
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs per mode; the median is reported (default 1)")
+    parser.add_argument("--out", default="benchmarks/results", help="results folder (default benchmarks/results)")
+    parser.add_argument("--model", default=None, help="[real] base model: SD-1.5 diffusers folder, hub id or single file")
+    parser.add_argument("--motion-adapter", default=None, help="[real] motion adapter: hub id, folder or .ckpt")
+    parser.add_argument("--smoke", action="store_true", help="tiny config, 4 steps, baseline,fast (for tests)")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
+    if args.smoke:
+        args.config = "tiny"
+    if args.steps is None:
+        args.steps = SMOKE_STEPS if args.smoke else 50
+    if args.modes is None:
+        args.modes = "baseline,fast" if args.smoke else ",".join(MODES)
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown or not modes:
+        raise SystemExit(f"--modes: unknown mode(s) {unknown}; choose from {', '.join(MODES)}")
+    args.mode_list = list(dict.fromkeys(modes))
+    if args.steps < 1:
+        raise SystemExit("--steps must be >= 1")
+    if args.repeats < 1:
+        raise SystemExit("--repeats must be >= 1")
+    if args.config == "real" and not args.model:
+        raise SystemExit("--config real needs --model (and usually --motion-adapter)")
+    if args.device is None:
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    return args
+
+
+def resolve_dtype(name: str, device):
+    import torch
+
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+# ----------------------------------------------------------------------------- the mid-size model
+
+
+def load_mid(device, dtype, seed: int = 0):
+    from diffusers import AnimateDiffPipeline
+
+    from mp_plugin_animatediff.backbone import AnimateDiffBackbone
+
+    from mp_plugin_animatediff.tiny import tiny_components
+
+    parts = tiny_components(seed, size="mid")
+    pipe = AnimateDiffPipeline(**parts)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.to(device=device, dtype=dtype)
+    source = {"model": "bench-mid (random init)", "motion_adapter": "bench-mid (random init)", "seed": seed,
+              "attention": "sdpa", "offload": False}
+    return AnimateDiffBackbone(pipe, dict(parts["scheduler"].config), device, dtype, source, is_random_init=True)
+
+
+def load_backbone(args, device, dtype):
+    from mp_plugin_animatediff.backbone import load
+
+    if args.config == "tiny":
+        return load("tiny", device=device, dtype=dtype, seed=SEED)
+    if args.config == "mid":
+        return load_mid(device, dtype, SEED)
+    return load(args.model, device=device, dtype=dtype, seed=SEED, motion_adapter=args.motion_adapter)
+
+
+# ----------------------------------------------------------------------------- measuring one mode
+
+
+def _rss_bytes_now() -> int | None:
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _maxrss_bytes() -> int:
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
+
+
+def _system_load() -> dict[str, Any]:
+    info: dict[str, Any] = {}
+    try:
+        info["loadavg"] = [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+    except (OSError, ValueError):
+        pass
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]  # some avg10=.. avg60=.. avg300=..
+        info["cpu_pressure_avg60"] = float(dict(kv.split("=") for kv in line.split()[1:])["avg60"])
+    except (OSError, ValueError, KeyError, IndexError):
+        pass
+    return info
+
+
+def _cpu_stall_us() -> int | None:
+    """Cumulative microseconds in which some runnable task waited for a CPU (Linux PSI), or None."""
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+        return int(dict(kv.split("=") for kv in line.split()[1:])["total"])
+    except (OSError, ValueError, KeyError, IndexError):
+        return None
+
+
+def motion_config(mode: str, **changes):
+    from mpcore.config import PAPER_DEFAULTS, MotionPromptConfig
+
+    return MotionPromptConfig(**{**PAPER_DEFAULTS["animatediff"], "checkpoint_denoiser": mode == "lean",
+                                  "checkpoint_vae": mode == "lean", **changes})
+
+
+def run_worker(args) -> dict[str, Any]:
+    """Measure one mode in this (fresh) process."""
+    import torch
+
+    from mpcore import plugins
+    from mpcore.config import SamplerConfig
+    from mpcore.motionprompt import MotionPrompt
+    from mpcore.sampling import sample
+
+    mode = args.worker
+    device = torch.device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    cuda = device.type == "cuda"
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(device)
+
+    load_before = _system_load()
+    start = time.perf_counter()
+    backbone = load_backbone(args, device, dtype)
+    sync()
+    load_s = time.perf_counter() - start
+    if cuda:
+        loaded_bytes = torch.cuda.memory_allocated(device)
+    else:
+        loaded_bytes = _maxrss_bytes()
+    rss_loaded_now = _rss_bytes_now()
+
+    sampler = SamplerConfig(steps=args.steps, seed=SEED, **CONFIGS[args.config])
+    sampler.validate(backbone.vae_scale_factor)
+    guided = mode != "baseline"
+    flow = disc = None
+    if guided:
+        flow = plugins.get("flow", "raft").spec.load("random", device, seed=SEED)
+        disc = plugins.get("discriminator", "vit").spec.random(seed=SEED, device=device)
+        motion_config(mode).validate(sampler)
+
+    # untimed warm-up, same shapes; guided: one optimized step so the backward path is warm
+    warm = SamplerConfig(steps=WARMUP_STEPS, seed=SEED, **CONFIGS[args.config])
+    start = time.perf_counter()
+    warm_guidance = MotionPrompt(motion_config(mode, opt_range=(0, 1), iterations=1), flow, disc) if guided else None
+    sample(backbone, PROMPT, warm, warm_guidance, progress=False)
+    sync()
+    warmup_s = time.perf_counter() - start
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+
+    walls, result = [], None
+    stall_start = _cpu_stall_us()
+    for _ in range(args.repeats):
+        guidance = MotionPrompt(motion_config(mode), flow, disc) if guided else None
+        sync()
+        start = time.perf_counter()
+        result = sample(backbone, PROMPT, sampler, guidance, progress=False)
+        sync()
+        walls.append(time.perf_counter() - start)
+    stall_end = _cpu_stall_us()
+    # fraction of the timed wall time in which some task waited for a CPU: ~0 on an otherwise idle
+    # machine; large values mean other processes competed for the cores and the timing is unreliable
+    cpu_stall = (stall_end - stall_start) / 1e6 / sum(walls) if stall_start is not None and stall_end is not None else None
+
+    if cuda:
+        peak = torch.cuda.max_memory_allocated(device)
+        memory = {"peak_mem_bytes": peak, "peak_increase_bytes": peak - loaded_bytes, "loaded_mem_bytes": loaded_bytes,
+                  "peak_reserved_bytes": torch.cuda.max_memory_reserved(device),
+                  "memory_measure": "torch.cuda.max_memory_allocated (timed runs; increase over allocated after backbone load)"}
+    else:
+        peak = _maxrss_bytes()
+        memory = {"peak_mem_bytes": peak, "peak_increase_bytes": peak - loaded_bytes, "loaded_mem_bytes": loaded_bytes,
+                  "loaded_rss_now_bytes": rss_loaded_now,
+                  "memory_measure": "process peak RSS (ru_maxrss); increase over the peak RSS after backbone load "
+                                    "(includes flow/discriminator weights, warm-up and sampling)"}
+
+    motion = motion_config(mode)
+    info = result.guidance if guided else None
+    row = {
+        "mode": mode,
+        "wall_s": statistics.median(walls),
+        "wall_s_all": walls,
+        **memory,
+        "steps": args.steps,
+        "opt_range": list(motion.resolved_opt_range(args.steps)) if guided else None,
+        "iterations": motion.iterations if guided else None,
+        "decoded_frames": motion.decoded_frames if guided else None,
+        "checkpoint_denoiser": motion.checkpoint_denoiser if guided else None,
+        "checkpoint_vae": motion.checkpoint_vae if guided else None,
+        "skipped_updates": info["skipped_updates"] if info else None,
+        "token_drift_l2": info["token_drift_l2"] if info else None,
+        "frames": sampler.frames,
+        "size": [sampler.height, sampler.width],
+        "cfg_scale": sampler.cfg_scale,
+        "device": str(device),
+        "dtype": str(dtype).replace("torch.", ""),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_stall_fraction": cpu_stall,
+        "load_s": load_s,
+        "warmup_s": warmup_s,
+        "backbone": backbone.describe(),
+        "flow": flow.describe() if flow is not None and hasattr(flow, "describe") else None,
+        "discriminator": disc.describe() if disc is not None and hasattr(disc, "describe") else None,
+        "system_load_before": load_before,
+        "system_load_after": _system_load(),
+    }
+    if cuda:
+        row["gpu"] = torch.cuda.get_device_name(device)
+    return row
+
+
+# ----------------------------------------------------------------------------- orchestration
+
+
+def git_sha() -> tuple[str | None, bool | None]:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                             check=True, timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
+                               text=True, check=True, timeout=30).stdout.strip() != ""
+        return sha or None, dirty
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; results are ordinary files
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def measure_mode(args, mode: str) -> dict[str, Any]:
+    """Run one mode in a fresh subprocess (this script with --worker) and return its row."""
+    fd, out = tempfile.mkstemp(prefix=f"bench_guidance_{mode}_", suffix=".json")
+    os.close(fd)
+    command = [sys.executable, str(Path(__file__).resolve()), "--worker", mode, "--worker-out", out,
+               "--config", args.config, "--steps", str(args.steps), "--device", args.device, "--dtype", args.dtype,
+               "--repeats", str(args.repeats)]
+    if args.model:
+        command += ["--model", args.model]
+    if args.motion_adapter:
+        command += ["--motion-adapter", args.motion_adapter]
+    try:
+        completed = subprocess.run(command, cwd=REPO)
+        if completed.returncode != 0:
+            raise RuntimeError(f"worker for mode {mode!r} failed with exit code {completed.returncode}: {' '.join(command)}")
+        return json.loads(Path(out).read_text())
+    finally:
+        os.unlink(out)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b <= 0:
+        return None
+    return a / b
+
+
+def compute_ratios(rows: list[dict[str, Any]], cpu: bool) -> dict[str, Any]:
+    by_mode = {row["mode"]: row for row in rows}
+    base = by_mode.get("baseline")
+    ratios: dict[str, Any] = {}
+    if base is None:
+        return ratios
+    for mode in ("fast", "lean"):
+        row = by_mode.get(mode)
+        if row is None:
+            continue
+        total = _ratio(row["peak_mem_bytes"], base["peak_mem_bytes"])
+        increase = _ratio(row["peak_increase_bytes"], base["peak_increase_bytes"])
+        ratios[f"{mode}/baseline"] = {
+            "time": _ratio(row["wall_s"], base["wall_s"]),
+            "mem_total": total,
+            "mem_increase": increase,
+            "mem": increase if cpu else total,
+            "mem_basis": "peak_increase (CPU RSS)" if cpu else "peak_total (CUDA allocated)",
+        }
+    return ratios
+
+
+def check_targets(ratios: dict[str, Any]) -> list[dict[str, Any]]:
+    checks = []
+    for mode, quantity, limit in TARGETS:
+        value = ratios.get(f"{mode}/baseline", {}).get(quantity)
+        checks.append({"mode": mode, "quantity": quantity, "limit": limit, "value": value,
+                       "met": None if value is None else bool(value <= limit)})
+    return checks
+
+
+def _gib(n: int | None) -> str:
+    if n is None:
+        return "-"
+    if abs(n) >= 2**30:
+        return f"{n / 2**30:.2f} GiB"
+    return f"{n / 2**20:.0f} MiB"
+
+
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def markdown_rows(summary: dict[str, Any]) -> list[str]:
+    rows, ratios, cpu = summary["rows"], summary["ratios"], summary["cpu"]
+    config = summary["config"] + (" (smoke)" if summary["smoke"] else "")
+    lines = []
+    for row in rows:
+        ratio = ratios.get(f"{row['mode']}/baseline", {})
+        if row["mode"] == "baseline":
+            time_x, mem_x = "1.00x", "1.00x"
+        else:
+            time_x, mem_x = _x(ratio.get("time")), _x(ratio.get("mem"))
+        peak = _gib(row["peak_mem_bytes"]) + (f" (+{_gib(row['peak_increase_bytes'])})" if cpu else "")
+        notes = [f"{row['steps']} steps", f"{row['frames']}x{row['size'][0]}x{row['size'][1]}", row["dtype"],
+                 f"{row['threads']} threads"]
+        if row["mode"] != "baseline":
+            notes.append(f"K={row['iterations']} range {row['opt_range']}")
+            if cpu and ratio.get("mem_total") is not None:
+                notes.append(f"total-RSS ratio {_x(ratio['mem_total'])}")
+            for check in summary["targets"]:
+                if check["mode"] == row["mode"] and check["met"] is not None:
+                    notes.append(f"target {check['quantity']} <= {check['limit']}x: {'met' if check['met'] else 'NOT met'}")
+            if row.get("skipped_updates"):
+                notes.append(f"{row['skipped_updates']} skipped updates")
+        if summary["repeats"] > 1:
+            notes.append(f"median of {summary['repeats']}")
+        stall = row.get("cpu_stall_fraction")
+        if stall is not None:
+            notes.append(f"cpu stall {stall:.0%}" + (" (CONTENDED: timing unreliable)" if stall > STALL_WARN else ""))
+        notes.append(f"{summary['git_sha'] or 'no-git'}{'-dirty' if summary['git_dirty'] else ''}")
+        notes.append(summary["timestamp"][:10])
+        lines.append(f"| {config} | {row['device']} | {row['mode']} | {row['wall_s']:.2f} | {time_x} | {peak} | {mem_x} | "
+                     f"{'; '.join(notes)} |")
+    return lines
+
+
+def append_markdown(path: Path, lines: list[str]) -> None:
+    existing = path.read_text() if path.exists() else MD_HEADER
+    if not existing.endswith("\n"):
+        existing += "\n"
+    write_atomic(path, existing + "\n".join(lines) + "\n")
+
+
+def report_text(summary: dict[str, Any], lines: list[str]) -> str:
+    out = ["| config | device | mode | s/video | time x | peak mem | mem x | notes |", "|---|---|---|---|---|---|---|---|", *lines, ""]
+    if summary["cpu"]:
+        out.append("CPU: peak mem = process peak RSS (total, + increase over the loaded model). The total includes "
+                   "the interpreter and libraries; the increase is the meaningful number, and mem x is its ratio.")
+    else:
+        out.append("CUDA: peak mem = torch.cuda.max_memory_allocated; mem x = ratio of total peaks.")
+    out.append(f"Paper: {PAPER['time_x']}x time, {PAPER['mem_x']}x memory ({PAPER['where']}).")
+    for check in summary["targets"]:
+        status = "n/a (mode not run)" if check["met"] is None else ("met" if check["met"] else "NOT met")
+        out.append(f"Target {check['mode']} {check['quantity']} <= {check['limit']}x: {_x(check['value'])} -> {status}")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = resolve_args(build_parser().parse_args(argv))
+    if args.worker:
+        if args.worker not in MODES or not args.worker_out:
+            raise SystemExit("--worker MODE needs a known mode and --worker-out")
+        row = run_worker(args)
+        write_atomic(Path(args.worker_out), json.dumps(row, indent=2))
+        return row
+
+    import torch
+
+    import mpcore
+
+    device_type = torch.device(args.device).type
+    cpu = device_type != "cuda"
+    rows = []
+    for mode in args.mode_list:
+        print(f"[bench_guidance] {args.config}: measuring {mode} in a fresh process "
+              f"({args.steps} steps, {args.repeats} repeat(s)) ...", file=sys.stderr, flush=True)
+        row = measure_mode(args, mode)
+        print(f"[bench_guidance] {mode}: {row['wall_s']:.2f} s, peak {_gib(row['peak_mem_bytes'])} "
+              f"(+{_gib(row['peak_increase_bytes'])})", file=sys.stderr, flush=True)
+        stall = row.get("cpu_stall_fraction")
+        if stall is not None and stall > STALL_WARN:
+            print(f"[bench_guidance] WARNING: other processes competed for the CPU during {mode} "
+                  f"({stall:.0%} stall time); its timing is unreliable", file=sys.stderr, flush=True)
+        rows.append(row)
+
+    sha, dirty = git_sha()
+    timestamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    for row in rows:
+        row.update(mpcore=mpcore.__version__, git_sha=sha, timestamp=timestamp)
+    ratios = compute_ratios(rows, cpu)
+    summary: dict[str, Any] = {
+        "benchmark": "bench_guidance",
+        "config": args.config,
+        "smoke": args.smoke,
+        "device": device_type,
+        "cpu": cpu,
+        "prompt": PROMPT,
+        "seed": SEED,
+        "repeats": args.repeats,
+        "warmup_steps": WARMUP_STEPS,
+        "git_sha": sha,
+        "git_dirty": dirty,
+        "timestamp": timestamp,
+        "torch": torch.__version__,
+        "mpcore": mpcore.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "memory_note": ("CPU: peak_mem_bytes is the process peak RSS (includes interpreter and libraries); "
+                        "peak_increase_bytes (over the peak RSS after loading the backbone) is the meaningful "
+                        "number; ratios.mem uses it.") if cpu else
+                       "CUDA: torch.cuda.max_memory_allocated; ratios.mem uses the total peaks.",
+        "paper": PAPER,
+        "rows": rows,
+        "ratios": ratios,
+    }
+    summary["targets"] = check_targets(ratios)
+
+    out = Path(args.out)
+    if not out.is_absolute():
+        out = Path.cwd() / out
+    name = f"{args.config}-smoke" if args.smoke else args.config
+    json_path = out / f"bench_guidance_{name}_{device_type}.json"
+    write_atomic(json_path, json.dumps(summary, indent=2) + "\n")
+    lines = markdown_rows(summary)
+    md_path = out / "bench_guidance.md"
+    append_markdown(md_path, lines)
+    print(report_text(summary, lines))
+    print(f"wrote {json_path}\nappended {len(lines)} row(s) to {md_path}")
+    summary["json_path"], summary["md_path"] = str(json_path), str(md_path)
+    return summary
+
+
+if __name__ == "__main__":
+    main()
