@@ -4,7 +4,8 @@ At each DDIM step i inside the optimization range (DESIGN.md "The method"):
 
 1. encode P + S with the learnable rows -> c*, predict the output with CFG (the unconditional
    output is computed once per step, it does not depend on S);
-2. Tweedie estimate of the clean video x0_hat (:func:`mpcore.sampling.tweedie_x0`);
+2. Tweedie estimate of the clean video x0_hat, for the selected frames only
+   (:func:`mpcore_kernels.subset_tweedie`, fused with the gather and the VAE latent scale);
 3. pick adjacent frame pairs at seeded random positions and decode ONLY those frames;
 4. flow of each pair; loss = l_disc * mean softplus(-D(flow)) + l_tv * TV(flow) + l_reg * ||e_S - e_S_init||^2
    (softplus(-D) is the generator side of the non-saturating GAN loss);
@@ -22,11 +23,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from mpcore_kernels import flow_tv_loss
+from mpcore_kernels import flow_tv_loss, subset_tweedie
 
 from mpcore.config import MotionPromptConfig, SamplerConfig
 from mpcore.interfaces import Backbone, Discriminator, FlowEstimator
-from mpcore.sampling import StepCondition, cfg_output, tweedie_x0
+from mpcore.sampling import StepCondition, cfg_output
 
 TOKEN_FORMAT = "<mp_{}>"
 
@@ -130,10 +131,16 @@ class MotionPrompt:
         cond = backbone.encode_prompt([self.guided_prompt], self.override())
         model_output = cfg_output(backbone, latents, t, cond, uncond, self.sampler.cfg_scale, uncond_output)
         alpha_bar = self.scheduler.alphas_cumprod[int(t)]
-        x0 = tweedie_x0(latents, model_output, alpha_bar, backbone.prediction_type)  # (B, C, F, h, w), fp32
         frame_index = [f for pair in pairs for f in pair]
-        # gather the selected frames -> (B * 2n, C, h, w), undo the VAE latent scale
-        x0_frames = x0[:, :, frame_index].permute(0, 2, 1, 3, 4).flatten(0, 1) / backbone.latent_scale(t)
+        # Tweedie x0 of the selected frames only -> (B * 2n, C, h, w), fp32, VAE latent scale undone
+        x0_frames = subset_tweedie(
+            latents,
+            model_output,
+            frame_index,
+            alpha_bar,
+            prediction_type=backbone.prediction_type,
+            latent_scale=backbone.latent_scale(t),
+        )
         images = backbone.decode(x0_frames.to(backbone.dtype), checkpoint=cfg.checkpoint_vae).float()
         if cfg.flow_size is not None:
             images = F.interpolate(images, size=(cfg.flow_size, cfg.flow_size), mode="bilinear", align_corners=False)
