@@ -57,6 +57,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from mpcore.manifest import git_revision, write_text_atomic
+
 REPO = Path(__file__).resolve().parent.parent
 PROMPT = "a horse galloping along a beach at sunset, waves rolling in"
 SEED = 0
@@ -340,32 +342,6 @@ def run_worker(args) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- orchestration
 
 
-def git_sha() -> tuple[str | None, bool | None]:
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                             check=True, timeout=30).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True,
-                               text=True, check=True, timeout=30).stdout.strip() != ""
-        return sha or None, dirty
-    except (OSError, subprocess.SubprocessError):
-        return None, None
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; results are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
 
 def measure_mode(args, mode: str) -> dict[str, Any]:
     """Run one mode in a fresh subprocess (this script with --worker) and return its row."""
@@ -474,7 +450,7 @@ def append_markdown(path: Path, lines: list[str]) -> None:
     existing = path.read_text() if path.exists() else MD_HEADER
     if not existing.endswith("\n"):
         existing += "\n"
-    write_atomic(path, existing + "\n".join(lines) + "\n")
+    write_text_atomic(existing + "\n".join(lines) + "\n", path)
 
 
 def report_text(summary: dict[str, Any], lines: list[str]) -> str:
@@ -497,7 +473,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args.worker not in MODES or not args.worker_out:
             raise SystemExit("--worker MODE needs a known mode and --worker-out")
         row = run_worker(args)
-        write_atomic(Path(args.worker_out), json.dumps(row, indent=2))
+        write_text_atomic(json.dumps(row, indent=2), Path(args.worker_out))
         return row
 
     import torch
@@ -519,7 +495,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   f"({stall:.0%} stall time); its timing is unreliable", file=sys.stderr, flush=True)
         rows.append(row)
 
-    sha, dirty = git_sha()
+    sha, dirty = git_revision(REPO)
     timestamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     for row in rows:
         row.update(mpcore=mpcore.__version__, git_sha=sha, timestamp=timestamp)
@@ -557,7 +533,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out = Path.cwd() / out
     name = f"{args.config}-smoke" if args.smoke else args.config
     json_path = out / f"bench_guidance_{name}_{device_type}.json"
-    write_atomic(json_path, json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(json.dumps(summary, indent=2) + "\n", json_path)
     lines = markdown_rows(summary)
     md_path = out / "bench_guidance.md"
     append_markdown(md_path, lines)

@@ -12,6 +12,7 @@ import enum
 import json
 import math
 import os
+import subprocess
 import platform
 import sys
 import tempfile
@@ -129,14 +130,10 @@ def _umask() -> int:
     return current
 
 
-def write_json_atomic(data: Any, path: str | Path) -> Path:
-    """Write ``json_safe(data)`` as indented strict JSON (no NaN) to ``path`` atomically.
-
-    The text is serialized first, written to a temporary file in the same directory and moved onto
-    ``path`` with :func:`os.replace`; on failure the temporary is removed. Returns ``path``.
-    """
+def write_text_atomic(text: str, path: str | Path) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and :func:`os.replace`,
+    with an ordinary file mode; on failure the temporary is removed. Returns ``path``."""
     path = Path(path)
-    text = json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -151,6 +148,25 @@ def write_json_atomic(data: Any, path: str | Path) -> Path:
             pass
         raise
     return path
+
+
+def write_json_atomic(data: Any, path: str | Path) -> Path:
+    """Write ``json_safe(data)`` as indented strict JSON (no NaN) to ``path`` atomically.
+
+    The text is serialized before any file is created, then written by :func:`write_text_atomic`.
+    """
+    return write_text_atomic(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n", path)
+
+
+def git_revision(folder: str | Path) -> tuple[str | None, bool | None]:
+    """(short SHA, dirty?) of the git checkout holding ``folder``; (None, None) outside one."""
+    try:
+        run = lambda *args: subprocess.run(  # noqa: E731
+            ["git", *args], cwd=folder, capture_output=True, text=True, check=True, timeout=30
+        ).stdout.strip()
+        return run("rev-parse", "--short", "HEAD") or None, run("status", "--porcelain", "--untracked-files=no") != ""
+    except (OSError, subprocess.SubprocessError):
+        return None, None
 
 
 def platform_info() -> dict[str, Any]:

@@ -275,10 +275,20 @@ def _check_inputs(
             values = None
         if values is None or len(values) != len(frame_index):
             raise ValueError(f"frame_index must be a sequence of ints, got {frame_index!r}")
+        num_frames = x_t.shape[2]
+        # range check on the host list: no device round trip (a sync on CUDA) for the common case
+        if any(v < 0 or v >= num_frames for v in values):
+            raise ValueError(f"frame_index {values} out of range for {num_frames} frames")
         index = torch.tensor(values, dtype=torch.int64, device=x_t.device)
+        return _finish_check(x_t, index, alpha_bar, latent_scale)
     num_frames = x_t.shape[2]
+    # a tensor of indices: checked on its own device (costs a sync on CUDA; pass a list to avoid it)
     if index.numel() and (int(index.min()) < 0 or int(index.max()) >= num_frames):
         raise ValueError(f"frame_index {index.tolist()} out of range for {num_frames} frames")
+    return _finish_check(x_t, index, alpha_bar, latent_scale)
+
+
+def _finish_check(x_t: torch.Tensor, index: torch.Tensor, alpha_bar, latent_scale) -> tuple[torch.Tensor, float, float]:
     a = _as_float(alpha_bar, "alpha_bar")
     if not 0.0 < a <= 1.0:
         raise ValueError(f"alpha_bar must be in (0, 1], got {a}")
