@@ -7,6 +7,7 @@ files) runs before any model is loaded.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 import time
@@ -317,6 +318,7 @@ def _run_checked(**kwargs):
         flow=flow_info,
         discriminator=disc_info,
         device=str(device),
+        kernels=os.environ.get("MPCORE_KERNELS", "auto"),
         dtype=str(dtype).replace("torch.", ""),
         outputs={k: str(v) for k, v in paths.items() if v is not None},
         timings=timings,

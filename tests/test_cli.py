@@ -47,6 +47,7 @@ def test_run_writes_video_compare_manifest_and_trace(tmp_path):
     assert manifest["seed"] == 0 and manifest["sampler"]["steps"] == 4 and manifest["sampler"]["frames"] == 4
     assert manifest["motionprompt"]["lr"] == 0.005 and manifest["motionprompt"]["opt_range"] == [0, 1]
     assert manifest["versions"]["torch"] and manifest["versions"]["diffusers"]
+    assert manifest["kernels"] == "auto"
     assert manifest["backbone"]["model"] == "tiny" and manifest["backbone"]["random_init"] is True
     trace = manifest["result"]["trace"]
     assert [entry["step"] for entry in trace] == [0, 1, 2, 3]
