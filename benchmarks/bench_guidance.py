@@ -57,7 +57,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mpcore.manifest import git_revision, write_text_atomic
+from mpcore.files import write_text_atomic
+from mpcore.cli import resolve_dtype
+from mpcore.manifest import cpu_stall_us, git_revision
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPT = "a horse galloping along a beach at sunset, waves rolling in"
@@ -144,14 +146,6 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def resolve_dtype(name: str, device):
-    import torch
-
-    if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
-    return getattr(torch, name)
-
-
 # ----------------------------------------------------------------------------- the mid-size model
 
 
@@ -213,15 +207,6 @@ def _system_load() -> dict[str, Any]:
     return info
 
 
-def _cpu_stall_us() -> int | None:
-    """Cumulative microseconds in which some runnable task waited for a CPU (Linux PSI), or None."""
-    try:
-        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
-        return int(dict(kv.split("=") for kv in line.split()[1:])["total"])
-    except (OSError, ValueError, KeyError, IndexError):
-        return None
-
-
 def motion_config(mode: str, **changes):
     from mpcore.config import PAPER_DEFAULTS, MotionPromptConfig
 
@@ -278,7 +263,7 @@ def run_worker(args) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats(device)
 
     walls, result = [], None
-    stall_start = _cpu_stall_us()
+    stall_start = cpu_stall_us()
     for _ in range(args.repeats):
         guidance = MotionPrompt(motion_config(mode), flow, disc) if guided else None
         sync()
@@ -286,7 +271,7 @@ def run_worker(args) -> dict[str, Any]:
         result = sample(backbone, PROMPT, sampler, guidance, progress=False)
         sync()
         walls.append(time.perf_counter() - start)
-    stall_end = _cpu_stall_us()
+    stall_end = cpu_stall_us()
     # fraction of the timed wall time in which some task waited for a CPU: ~0 on an otherwise idle
     # machine; large values mean other processes competed for the cores and the timing is unreliable
     cpu_stall = (stall_end - stall_start) / 1e6 / sum(walls) if stall_start is not None and stall_end is not None else None

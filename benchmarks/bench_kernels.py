@@ -76,7 +76,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from mpcore.manifest import git_revision, write_text_atomic
+from mpcore.files import write_text_atomic
+from mpcore.manifest import cpu_stall_us, git_revision
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -234,18 +235,6 @@ def versions() -> dict[str, str | None]:
 
         kernels_version = getattr(mpcore_kernels, "__version__", None)
     return {"torch": torch.__version__, "triton": triton_version, "mpcore_kernels": kernels_version}
-
-
-def _cpu_stall_us() -> int | None:
-    """Cumulative microseconds in which some task waited for a CPU (Linux PSI), or None."""
-    try:
-        with open("/proc/pressure/cpu") as handle:
-            for line in handle:
-                if line.startswith("some"):
-                    return int(line.rsplit("total=", 1)[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def _loadavg() -> list[float] | None:
@@ -477,11 +466,11 @@ def measure(case: Case, provider: str, args, timer: Timer) -> dict[str, Any]:
                 repeats = max(args.min_repeats, int(args.budget_s / (3 * per_call)))
             row["repeats"] = repeats
 
-            stall0, wall0 = _cpu_stall_us(), time.perf_counter()  # contention over the timed phases only
+            stall0, wall0 = cpu_stall_us(), time.perf_counter()  # contention over the timed phases only
             fwd = timer.samples(forward, repeats)
             bwd = timer.samples(backward, repeats, prepare=forward)
             whole = timer.samples(full, repeats)
-            stall1, wall1 = _cpu_stall_us(), time.perf_counter()
+            stall1, wall1 = cpu_stall_us(), time.perf_counter()
             if stall0 is not None and stall1 is not None and wall1 > wall0:
                 row["cpu_stall_fraction"] = round((stall1 - stall0) / 1e6 / (wall1 - wall0), 4)
             fwd_s, bwd_s, full_s = statistics.median(fwd), statistics.median(bwd), statistics.median(whole)

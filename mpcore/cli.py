@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from mpcore import __version__, plugins
-from mpcore.config import ConfigError, MotionPromptConfig, SamplerConfig, apply_overrides, parse_override, to_dict
+from mpcore.config import PAPER_STEPS, ConfigError, MotionPromptConfig, SamplerConfig, apply_overrides, parse_override, to_dict
 from mpcore.interfaces import TINY_MODEL
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -60,7 +60,8 @@ def _resolve_device(device: str | None):
     return resolved
 
 
-def _resolve_dtype(name: str, device):
+def resolve_dtype(name: str, device):
+    """``--dtype`` -> torch dtype; ``auto`` is float16 on CUDA, float32 elsewhere."""
     import torch
 
     if name == "auto":
@@ -250,7 +251,7 @@ def _run_checked(**kwargs):
     if spec.check is not None:
         spec.check(model=model, **options)
     device = _resolve_device(kwargs["device"])
-    dtype = _resolve_dtype(kwargs["dtype"], device)
+    dtype = resolve_dtype(kwargs["dtype"], device)
 
     # ---- load
     from mpcore.sampling import decode_video, sample
@@ -313,7 +314,7 @@ def _run_checked(**kwargs):
         sampler=to_dict(sampler),
         motionprompt={**to_dict(motion), "opt_range": list(motion.resolved_opt_range(sampler.steps)),
                       "opt_range_source": "explicit" if motion.opt_range is not None else
-                      f"paper range {list(motion.paper_opt_range)} at 50 steps, scaled to {sampler.steps}"}
+                      f"paper range {list(motion.paper_opt_range)} at {PAPER_STEPS} steps, scaled to {sampler.steps}"}
         if guided else None,
         flow=flow_info,
         discriminator=disc_info,

@@ -11,11 +11,9 @@ import dataclasses
 import enum
 import json
 import math
-import os
-import subprocess
 import platform
+import subprocess
 import sys
-import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path, PurePath
@@ -23,12 +21,12 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from mpcore.files import write_text_atomic
+
 MANIFEST_VERSION = 1
 
 CORE_PACKAGES = ("torch", "diffusers", "transformers", "timm", "torchvision", "mpcore", "mpcore-kernels")
 """Distributions whose versions every manifest records (besides python and the mpcore plugins)."""
-
-PLUGIN_ENTRY_POINT_GROUP = "mpcore"
 
 _MODULE_FALLBACK = {"mpcore": "mpcore", "mpcore-kernels": "mpcore_kernels"}
 """Run from a source checkout (PYTHONPATH) these are not installed distributions; if the module is
@@ -47,16 +45,9 @@ def _distribution_version(name: str) -> str | None:
 
 def plugin_distributions() -> list[str]:
     """Names of the installed distributions that declare an entry point in the ``mpcore`` group."""
-    names = set()
-    for dist in metadata.distributions():
-        try:
-            if any(ep.group == PLUGIN_ENTRY_POINT_GROUP for ep in dist.entry_points):
-                name = dist.metadata["Name"]
-                if name:
-                    names.add(name)
-        except Exception:  # a broken distribution's metadata must not break the manifest
-            continue
-    return sorted(names)
+    from mpcore.plugins import ENTRY_POINT_GROUP
+
+    return sorted({ep.dist.name for ep in metadata.entry_points(group=ENTRY_POINT_GROUP) if ep.dist is not None})
 
 
 def package_versions(extra: Iterable[str] = ()) -> dict[str, str | None]:
@@ -124,36 +115,11 @@ def _json_key(key: Any) -> str:
     return safe if isinstance(safe, str) else json.dumps(safe)
 
 
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
-
-
-def write_text_atomic(text: str, path: str | Path) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and :func:`os.replace`,
-    with an ordinary file mode; on failure the temporary is removed. Returns ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp makes 0600; give the file a normal mode
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.remove(tmp_name)
-        except OSError:
-            pass
-        raise
-    return path
-
-
 def write_json_atomic(data: Any, path: str | Path) -> Path:
     """Write ``json_safe(data)`` as indented strict JSON (no NaN) to ``path`` atomically.
 
-    The text is serialized before any file is created, then written by :func:`write_text_atomic`.
+    The text is serialized before any file is created, then written by
+    :func:`mpcore.files.write_text_atomic`.
     """
     return write_text_atomic(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n", path)
 
@@ -167,6 +133,20 @@ def git_revision(folder: str | Path) -> tuple[str | None, bool | None]:
         return run("rev-parse", "--short", "HEAD") or None, run("status", "--porcelain", "--untracked-files=no") != ""
     except (OSError, subprocess.SubprocessError):
         return None, None
+
+
+def cpu_stall_us() -> int | None:
+    """Cumulative microseconds in which some runnable task waited for a CPU (Linux PSI
+    ``/proc/pressure/cpu``), or None where the kernel does not report it. Benchmarks read it
+    before and after a timed region to flag runs that competed with other processes."""
+    try:
+        with open("/proc/pressure/cpu") as handle:
+            for line in handle:
+                if line.startswith("some"):
+                    return int(line.rsplit("total=", 1)[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def platform_info() -> dict[str, Any]:

@@ -19,9 +19,10 @@ object API with the Agg canvas, so no display and no global backend switch are n
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
+
+from mpcore.files import atomic_path
 
 LOSS_TERMS = ("total", "disc", "tv", "reg")
 _TERM_COLORS = {"total": "black", "disc": "tab:blue", "tv": "tab:orange", "reg": "tab:green"}
@@ -156,16 +157,6 @@ def plot_trace(guidance_result: dict[str, Any], out: str | Path, title: str = ""
         heading += f"  (skipped updates: {skipped_total})"
     fig.suptitle(heading)
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.png")
-    try:
+    with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise
-    return out
+    return Path(out)

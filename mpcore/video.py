@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mpcore.files import atomic_path
+
 VIDEO_SUFFIXES = (".mp4", ".gif")
 """File suffixes that select a video file output; anything without a suffix is a PNG-frame folder."""
 
@@ -226,9 +228,8 @@ def _remove(path: Path) -> None:
 def write_video(frames: np.ndarray, out: str | Path, fps: int = 8) -> Path:
     """Write uint8 frames ``(F, H, W, 3)`` to ``out`` (``.mp4``, ``.gif`` or a PNG folder), atomically.
 
-    The data goes to ``.<name>.tmp-<pid><suffix>`` (a file, keeping the real suffix so the encoder
-    picks the format) or ``.<name>.tmp-<pid>`` (a folder) in the destination directory and is then
-    moved onto ``out``; an existing output is replaced. If anything fails, the temporary is removed
+    A file goes through :func:`mpcore.files.atomic_path`; a folder is written as
+    ``.<name>.tmp-<pid>`` beside it and renamed into place. An existing output is replaced. If anything fails, the temporary is removed
     and the error re-raised. Returns the final path.
     """
     _check_frames(frames)
@@ -237,20 +238,17 @@ def write_video(frames: np.ndarray, out: str | Path, fps: int = 8) -> Path:
     fps = int(fps)
     out = Path(out)
     kind = output_kind(out)
+    if kind != "frames":
+        with atomic_path(out) as tmp:
+            (_write_mp4 if kind == "mp4" else _write_gif)(frames, tmp, fps)
+        return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}{out.suffix if kind != 'frames' else ''}")
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     _remove(tmp)  # a leftover from a crashed run with the same pid
     try:
-        if kind == "mp4":
-            _write_mp4(frames, tmp, fps)
-            os.replace(tmp, out)
-        elif kind == "gif":
-            _write_gif(frames, tmp, fps)
-            os.replace(tmp, out)
-        else:
-            tmp.mkdir()
-            _write_png_folder(frames, tmp)
-            _move_folder_into_place(tmp, out)
+        tmp.mkdir()
+        _write_png_folder(frames, tmp)
+        _move_folder_into_place(tmp, out)
     except BaseException:
         _remove(tmp)
         raise

@@ -33,10 +33,8 @@ import operator
 from collections.abc import Sequence
 
 import torch
-import triton
-import triton.language as tl
 
-from mpcore_kernels._dispatch import accumulation_dtype, use_triton
+from mpcore_kernels._dispatch import accumulation_dtype, triton_available, use_triton
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
@@ -44,99 +42,103 @@ _MAX_BLOCK = 1024
 
 
 # --------------------------------------------------------------------------------------- kernels
-@triton.jit
-def _fwd_kernel(
-    x_ptr,
-    m_ptr,
-    idx_ptr,
-    out_ptr,
-    coef_ptr,
-    K,
-    C,
-    H,
-    W,
-    stride_b,
-    stride_c,
-    stride_f,
-    stride_h,
-    stride_w,
-    mstride_b,
-    mstride_c,
-    mstride_f,
-    mstride_h,
-    mstride_w,
-    ACC_DTYPE: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    # axis 0: one output row (b, k, c) = one selected (H, W) plane; axis 1: a block of its pixels
-    row = tl.program_id(0).to(tl.int64)
-    b = row // (K * C)
-    k = (row // C) % K
-    c = row % C
-    f = tl.load(idx_ptr + k).to(tl.int64)
+if triton_available():  # without Triton only the reference exists (and is used)
+    import triton
+    import triton.language as tl
 
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < H * W
-    h = (offs // W).to(tl.int64)
-    w = (offs % W).to(tl.int64)
+    @triton.jit
+    def _fwd_kernel(
+        x_ptr,
+        m_ptr,
+        idx_ptr,
+        out_ptr,
+        coef_ptr,
+        K,
+        C,
+        H,
+        W,
+        stride_b,
+        stride_c,
+        stride_f,
+        stride_h,
+        stride_w,
+        mstride_b,
+        mstride_c,
+        mstride_f,
+        mstride_h,
+        mstride_w,
+        ACC_DTYPE: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
+        # axis 0: one output row (b, k, c) = one selected (H, W) plane; axis 1: a block of its pixels
+        row = tl.program_id(0).to(tl.int64)
+        b = row // (K * C)
+        k = (row // C) % K
+        c = row % C
+        f = tl.load(idx_ptr + k).to(tl.int64)
 
-    coef_x = tl.load(coef_ptr)
-    coef_m = tl.load(coef_ptr + 1)
-    x_off = b * stride_b + c * stride_c + f * stride_f + h * stride_h + w * stride_w
-    m_off = b * mstride_b + c * mstride_c + f * mstride_f + h * mstride_h + w * mstride_w
-    x = tl.load(x_ptr + x_off, mask=mask, other=0.0).to(ACC_DTYPE)
-    m = tl.load(m_ptr + m_off, mask=mask, other=0.0).to(ACC_DTYPE)
-    out = x * coef_x - m * coef_m
-    tl.store(out_ptr + row * H * W + offs, out, mask=mask)
+        offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < H * W
+        h = (offs // W).to(tl.int64)
+        w = (offs % W).to(tl.int64)
 
-
-@triton.jit
-def _bwd_kernel(
-    grad_out_ptr,
-    idx_ptr,
-    grad_x_ptr,
-    grad_m_ptr,
-    coef_ptr,
-    K,
-    C,
-    F,
-    H,
-    W,
-    gstride_n,
-    gstride_c,
-    gstride_h,
-    gstride_w,
-    ACC_DTYPE: tl.constexpr,
-    NEED_GRAD_X: tl.constexpr,
-    NEED_GRAD_M: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    row = tl.program_id(0).to(tl.int64)
-    b = row // (K * C)
-    k = (row // C) % K
-    c = row % C
-    n = b * K + k
-    f = tl.load(idx_ptr + k).to(tl.int64)
-
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < H * W
-    h = (offs // W).to(tl.int64)
-    w = (offs % W).to(tl.int64)
-
-    g = tl.load(
-        grad_out_ptr + n * gstride_n + c * gstride_c + h * gstride_h + w * gstride_w, mask=mask, other=0.0
-    ).to(ACC_DTYPE)
-    # grad buffers are contiguous (B, C, F, H, W); atomics make duplicate frame indices accumulate
-    dst = ((b * C + c) * F + f) * H * W + offs
-    if NEED_GRAD_M:
-        coef_m = tl.load(coef_ptr + 1)
-        tl.atomic_add(grad_m_ptr + dst, -(g * coef_m), mask=mask)
-    if NEED_GRAD_X:
         coef_x = tl.load(coef_ptr)
-        tl.atomic_add(grad_x_ptr + dst, g * coef_x, mask=mask)
+        coef_m = tl.load(coef_ptr + 1)
+        x_off = b * stride_b + c * stride_c + f * stride_f + h * stride_h + w * stride_w
+        m_off = b * mstride_b + c * mstride_c + f * mstride_f + h * mstride_h + w * mstride_w
+        x = tl.load(x_ptr + x_off, mask=mask, other=0.0).to(ACC_DTYPE)
+        m = tl.load(m_ptr + m_off, mask=mask, other=0.0).to(ACC_DTYPE)
+        out = x * coef_x - m * coef_m
+        tl.store(out_ptr + row * H * W + offs, out, mask=mask)
 
 
-_TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
+    @triton.jit
+    def _bwd_kernel(
+        grad_out_ptr,
+        idx_ptr,
+        grad_x_ptr,
+        grad_m_ptr,
+        coef_ptr,
+        K,
+        C,
+        F,
+        H,
+        W,
+        gstride_n,
+        gstride_c,
+        gstride_h,
+        gstride_w,
+        ACC_DTYPE: tl.constexpr,
+        NEED_GRAD_X: tl.constexpr,
+        NEED_GRAD_M: tl.constexpr,
+        BLOCK: tl.constexpr,
+    ):
+        row = tl.program_id(0).to(tl.int64)
+        b = row // (K * C)
+        k = (row // C) % K
+        c = row % C
+        n = b * K + k
+        f = tl.load(idx_ptr + k).to(tl.int64)
+
+        offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < H * W
+        h = (offs // W).to(tl.int64)
+        w = (offs % W).to(tl.int64)
+
+        g = tl.load(
+            grad_out_ptr + n * gstride_n + c * gstride_c + h * gstride_h + w * gstride_w, mask=mask, other=0.0
+        ).to(ACC_DTYPE)
+        # grad buffers are contiguous (B, C, F, H, W); atomics make duplicate frame indices accumulate
+        dst = ((b * C + c) * F + f) * H * W + offs
+        if NEED_GRAD_M:
+            coef_m = tl.load(coef_ptr + 1)
+            tl.atomic_add(grad_m_ptr + dst, -(g * coef_m), mask=mask)
+        if NEED_GRAD_X:
+            coef_x = tl.load(coef_ptr)
+            tl.atomic_add(grad_x_ptr + dst, g * coef_x, mask=mask)
+
+
+    _TL_DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
 
 
 def _block_and_grid(rows: int, plane: int) -> tuple[int, tuple[int, int]]:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from mpcore.files import atomic_path, write_text_atomic
 from mpcore.weights import CheckpointMismatchError, shapes, state_dict_diff
 
 FORMAT_VERSION = 1
@@ -192,19 +193,14 @@ def freeze(model: ViTDiscriminator) -> ViTDiscriminator:
 
 def save(model: ViTDiscriminator, path: str | os.PathLike) -> None:
     """Write ``path`` (.safetensors weights) and ``path.with_suffix('.json')`` (config), each through
-    a temporary file and ``os.replace`` so a reader never sees a half-written file."""
+    :func:`mpcore.files.atomic_path` so a reader never sees a half-written file."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"discriminator weights are saved as .safetensors; got {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().cpu().contiguous() for name, tensor in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(state, str(tmp), metadata={"type": TYPE, "version": str(FORMAT_VERSION)})
-    os.replace(tmp, path)
-    config_path = path.with_suffix(".json")
-    tmp = config_path.with_name(config_path.name + ".tmp")
-    tmp.write_text(json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, config_path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"type": TYPE, "version": str(FORMAT_VERSION)})
+    write_text_atomic(json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n", path.with_suffix(".json"))
 
 
 def read_config(config_path: str | os.PathLike) -> ViTDiscriminatorConfig:
