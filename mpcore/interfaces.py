@@ -68,7 +68,6 @@ class Backbone(abc.ABC):
     latent_channels: int = 4
     vae_scale_factor: int = 8
     prediction_type: str = "epsilon"
-    default_sampler: dict[str, Any] = {}
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
     text: TextTokens

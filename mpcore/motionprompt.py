@@ -17,7 +17,6 @@ requires grad: model parameters are frozen and get no gradients.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -215,7 +214,3 @@ class MotionPrompt:
             "trace": self.trace,
         }
 
-
-def finite_or_nan(value: float) -> float | None:
-    """JSON has no NaN: store non-finite numbers as None."""
-    return value if math.isfinite(value) else None

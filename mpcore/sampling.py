@@ -116,24 +116,6 @@ def sample(
     return SampleResult(latents=latents, guidance=guidance.finish() if guidance is not None else None)
 
 
-def tweedie_x0(
-    latents: torch.Tensor, model_output: torch.Tensor, alpha_bar: torch.Tensor | float, prediction_type: str
-) -> torch.Tensor:
-    """Clean-sample estimate from x_t (Tweedie / DDIM eq. 12's "predicted x0").
-
-    epsilon:       x0 = (x_t - sqrt(1 - a_t) * eps) / sqrt(a_t)
-    v_prediction:  x0 = sqrt(a_t) * x_t - sqrt(1 - a_t) * v
-    """
-    alpha_bar = torch.as_tensor(alpha_bar, dtype=torch.float32, device=latents.device)
-    sqrt_a, sqrt_1ma = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
-    x_t, out = latents.float(), model_output.float()
-    if prediction_type == "epsilon":
-        return (x_t - sqrt_1ma * out) / sqrt_a
-    if prediction_type == "v_prediction":
-        return sqrt_a * x_t - sqrt_1ma * out
-    raise ValueError(f"unsupported prediction_type {prediction_type!r}; expected epsilon or v_prediction")
-
-
 @torch.no_grad()
 def decode_video(backbone: Backbone, latents: torch.Tensor) -> torch.Tensor:
     """Decode the first video of final latents (B, C, F, h, w) to frames (F, 3, H, W) in [-1, 1]."""

@@ -68,10 +68,6 @@ class HFTextTokens(TextTokens):
             hidden = self.text_encoder(inputs.input_ids.to(self.device), attention_mask=attention_mask)[0]
         return hidden.to(dtype=self.dtype, device=self.device)
 
-    def token_count(self, prompt: str) -> int:
-        """Number of tokens of ``prompt`` including start/end tokens."""
-        return len(self.tokenizer(prompt).input_ids)
-
     @contextlib.contextmanager
     def _overriding(self, override):
         self._override = override

@@ -7,7 +7,9 @@ import torch
 from diffusers import AnimateDiffPipeline
 
 from mpcore.config import SamplerConfig
-from mpcore.sampling import decode_video, sample, tweedie_x0
+from mpcore_kernels import subset_tweedie_reference
+
+from mpcore.sampling import decode_video, sample
 
 
 def pipeline_latents(backbone, prompt, config: SamplerConfig):
@@ -68,9 +70,14 @@ def test_same_seed_same_video_other_seed_differs(tiny_backbone, sampler_config):
 
 
 def test_tweedie_forms_match_hand_computation():
-    x_t = torch.tensor([[1.0, -2.0]])
-    out = torch.tensor([[0.5, 0.25]])
+    # (B, C, F, H, W) = (1, 1, 1, 1, 2): one frame holding the values [1, -2]
+    x_t = torch.tensor([[1.0, -2.0]]).view(1, 1, 1, 1, 2)
+    out = torch.tensor([[0.5, 0.25]]).view(1, 1, 1, 1, 2)
     a = 0.64  # sqrt(a) = 0.8, sqrt(1 - a) = 0.6
+
+    def tweedie_x0(x_t, out, a, prediction_type):
+        return subset_tweedie_reference(x_t, out, [0], a, prediction_type=prediction_type).view(1, 2)
+
     eps_x0 = tweedie_x0(x_t, out, a, "epsilon")
     v_x0 = tweedie_x0(x_t, out, a, "v_prediction")
     assert torch.allclose(eps_x0, torch.tensor([[(1 - 0.6 * 0.5) / 0.8, (-2 - 0.6 * 0.25) / 0.8]]))
