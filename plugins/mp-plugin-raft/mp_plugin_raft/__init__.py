@@ -21,8 +21,11 @@ __all__ = ["RAFTFlow", "load", "pad_amounts", "register_flow_estimators", "__ver
 
 DESCRIPTION = (
     "RAFT optical flow (Teed & Deng 2020, torchvision). weights: a torchvision enum name "
-    "(None = DEFAULT; downloads), a local .pth/.pt/.safetensors torchvision RAFT state dict, or "
-    "'random' (seeded random init, offline smoke runs). options: size=small|large, num_flow_updates=12."
+    "(None = DEFAULT; downloads), a local .pth/.pt/.safetensors file holding a torchvision RAFT state dict "
+    "or an original princeton-vl RAFT checkpoint (raft-things.pth, raft-sintel.pth, raft-kitti.pth, "
+    "raft-chairs.pth, raft-small.pth; format detected from the keys, strict load), or 'random' (seeded "
+    "random init, offline smoke runs). options: size=small|large (default: inferred from a weights file, "
+    "else small), num_flow_updates=12."
 )
 
 

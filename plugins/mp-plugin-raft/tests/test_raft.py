@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import re
 import urllib.error
 from importlib import metadata
+from pathlib import Path
 
 import pluggy
 import pytest
@@ -17,6 +20,7 @@ from mpcore.weights import CheckpointMismatchError
 
 torch.set_num_threads(2)
 UPDATES = 2
+DATA = Path(__file__).parent / "data"
 
 
 def frames(batch=1, height=32, width=32, seed=0):
@@ -107,6 +111,197 @@ def test_wrong_size_state_dict_is_readable(tmp_path, model):
     torch.save(model.raft.state_dict(), path)
     with pytest.raises(CheckpointMismatchError, match="raft_large"):
         load(str(path), "cpu", size="large", num_flow_updates=UPDATES)
+
+
+def test_torchvision_size_is_inferred(tmp_path):
+    path = tmp_path / "raft_large.pth"
+    torch.save(load("random", "cpu", seed=3, size="large").raft.state_dict(), path)
+    loaded = load(str(path), "cpu", num_flow_updates=1)  # no size given
+    assert loaded.size == "large"
+    assert loaded.describe()["format"] == "torchvision" and loaded.describe()["size"] == "large"
+
+
+# --- checkpoints of the original princeton-vl/RAFT code (Teed & Deng 2020) -------------------------
+# tests/data/raft_original_{large,small}.json list key -> shape of those checkpoints as the original
+# module tree (core/raft.py, core/extractor.py, core/update.py) writes them from nn.DataParallel,
+# including the duplicate norm3 entries of the large cnet (the same module as downsample.1).
+
+ORIGINAL_FILES = {"large": "raft-things.pth", "small": "raft-small.pth"}
+
+# original key -> torchvision key, spot checks across encoders, GRU, flow head and mask head
+PLACEMENTS = {
+    "large": {
+        "module.fnet.conv1.weight": "feature_encoder.convnormrelu.0.weight",
+        "module.fnet.layer2.0.downsample.0.weight": "feature_encoder.layer2.0.downsample.0.weight",
+        "module.fnet.layer3.1.conv2.bias": "feature_encoder.layer3.1.convnormrelu2.0.bias",
+        "module.fnet.conv2.weight": "feature_encoder.conv.weight",
+        "module.cnet.norm1.running_mean": "context_encoder.convnormrelu.1.running_mean",
+        "module.cnet.layer1.1.norm2.bias": "context_encoder.layer1.1.convnormrelu2.1.bias",
+        "module.cnet.layer3.0.norm3.weight": "context_encoder.layer3.0.downsample.1.weight",
+        "module.cnet.layer3.0.downsample.1.running_var": "context_encoder.layer3.0.downsample.1.running_var",
+        "module.cnet.conv2.bias": "context_encoder.conv.bias",
+        "module.update_block.encoder.convc1.weight": "update_block.motion_encoder.convcorr1.0.weight",
+        "module.update_block.encoder.convc2.weight": "update_block.motion_encoder.convcorr2.0.weight",
+        "module.update_block.encoder.convf2.bias": "update_block.motion_encoder.convflow2.0.bias",
+        "module.update_block.encoder.conv.weight": "update_block.motion_encoder.conv.0.weight",
+        "module.update_block.gru.convz1.weight": "update_block.recurrent_block.convgru1.convz.weight",
+        "module.update_block.gru.convq2.weight": "update_block.recurrent_block.convgru2.convq.weight",
+        "module.update_block.gru.convr2.bias": "update_block.recurrent_block.convgru2.convr.bias",
+        "module.update_block.flow_head.conv1.weight": "update_block.flow_head.conv1.weight",
+        "module.update_block.flow_head.conv2.bias": "update_block.flow_head.conv2.bias",
+        "module.update_block.mask.0.weight": "mask_predictor.convrelu.0.weight",
+        "module.update_block.mask.2.weight": "mask_predictor.conv.weight",
+        "module.update_block.mask.2.bias": "mask_predictor.conv.bias",
+    },
+    "small": {
+        "module.fnet.conv1.weight": "feature_encoder.convnormrelu.0.weight",
+        "module.fnet.layer1.0.conv3.weight": "feature_encoder.layer1.0.convnormrelu3.0.weight",
+        "module.fnet.layer2.0.downsample.0.bias": "feature_encoder.layer2.0.downsample.0.bias",
+        "module.cnet.layer3.1.conv2.weight": "context_encoder.layer3.1.convnormrelu2.0.weight",
+        "module.cnet.conv2.weight": "context_encoder.conv.weight",
+        "module.update_block.encoder.convc1.weight": "update_block.motion_encoder.convcorr1.0.weight",
+        "module.update_block.encoder.convf1.weight": "update_block.motion_encoder.convflow1.0.weight",
+        "module.update_block.encoder.conv.bias": "update_block.motion_encoder.conv.0.bias",
+        "module.update_block.gru.convz.weight": "update_block.recurrent_block.convgru1.convz.weight",
+        "module.update_block.gru.convq.bias": "update_block.recurrent_block.convgru1.convq.bias",
+        "module.update_block.flow_head.conv2.weight": "update_block.flow_head.conv2.weight",
+    },
+}
+
+
+def original_checkpoint(size, seed=0):
+    """A random state dict with the keys and shapes of an original RAFT checkpoint (module. prefix)."""
+    manifest = json.loads((DATA / f"raft_original_{size}.json").read_text())
+    generator = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, shape in manifest.items():
+        if key.endswith("num_batches_tracked"):
+            state[key] = torch.tensor(1000 + len(state))
+        elif key.endswith("running_var"):
+            state[key] = torch.rand(shape, generator=generator) + 0.5
+        else:
+            state[key] = torch.randn(shape, generator=generator) * 0.05
+    # the original blocks register one norm module as both norm3 and downsample.1: same tensors
+    for key in state:
+        if re.search(r"\.layer[23]\.0\.norm3\.", key) and size == "large":
+            state[key] = state[key.replace(".norm3.", ".downsample.1.")]
+    return state
+
+
+def without_prefix(state):
+    return {key[len("module."):]: value for key, value in state.items()}
+
+
+@pytest.fixture(scope="module", params=["large", "small"])
+def original(request, tmp_path_factory):
+    """(size, checkpoint dict, path, model loaded with no size given)."""
+    size = request.param
+    state = original_checkpoint(size)
+    path = tmp_path_factory.mktemp(size) / ORIGINAL_FILES[size]
+    torch.save(state, path)
+    return size, state, path, load(str(path), "cpu", num_flow_updates=1)
+
+
+def test_original_manifests_have_the_expected_entries():
+    large = json.loads((DATA / "raft_original_large.json").read_text())
+    small = json.loads((DATA / "raft_original_small.json").read_text())
+    assert all(key.startswith("module.") for key in [*large, *small])
+    assert len(large) == 169 + 10  # torchvision's 169 + the 2 x 5 duplicate norm3 entries
+    assert len(small) == 106  # no norm tensors at all (InstanceNorm2d without affine, 'none')
+    assert "module.update_block.mask.2.weight" in large and not any(".mask." in key for key in small)
+
+
+def test_original_checkpoint_loads_strictly_with_inferred_size(original):
+    size, state, path, model = original
+    assert model.size == size
+    assert model.describe() == {
+        "name": "raft",
+        "size": size,
+        "weights": str(path),
+        "format": "original",
+        "num_flow_updates": 1,
+        "is_random_init": False,
+    }
+    loaded = model.raft.state_dict()
+    for original_key, torchvision_key in PLACEMENTS[size].items():
+        assert torch.equal(loaded[torchvision_key], state[original_key]), (original_key, torchvision_key)
+    # nothing is left at its random init: every loaded tensor is one of the file's
+    for key, value in loaded.items():
+        assert any(value.shape == other.shape and torch.equal(value, other) for other in state.values()), key
+
+
+def test_original_checkpoint_flow_runs(original):
+    model = original[3]
+    a, b = frames(1, 64, 64)
+    flow = model(a, b)
+    assert flow.shape == (1, 2, 64, 64)
+    assert torch.isfinite(flow).all()
+
+
+def test_original_checkpoint_without_module_prefix(tmp_path):
+    state = without_prefix(original_checkpoint("large", seed=1))
+    path = tmp_path / "raft-sintel.pth"
+    torch.save(state, path)
+    model = load(str(path), "cpu", num_flow_updates=1)
+    assert model.size == "large" and model.describe()["format"] == "original"
+    assert torch.equal(model.raft.state_dict()["update_block.recurrent_block.convgru2.convz.weight"],
+                       state["update_block.gru.convz2.weight"])
+
+
+def test_original_checkpoint_without_duplicates_or_batch_counters(tmp_path):
+    # e.g. a de-duplicated (safetensors) copy, or a file written before BatchNorm had num_batches_tracked
+    state = original_checkpoint("large", seed=2)
+    reduced = {key: value for key, value in state.items()
+               if ".norm3." not in key and not key.endswith("num_batches_tracked")}
+    assert len(state) - len(reduced) == 10 + 15  # 10 norm3 aliases, 15 other BatchNorm counters
+    path = tmp_path / "raft-kitti.pth"
+    torch.save(reduced, path)
+    loaded = load(str(path), "cpu", num_flow_updates=1).raft.state_dict()
+    assert torch.equal(loaded["context_encoder.layer2.0.downsample.1.bias"],
+                       state["module.cnet.layer2.0.norm3.bias"])
+    assert loaded["context_encoder.convnormrelu.1.num_batches_tracked"].item() == 0
+
+
+def test_original_checkpoint_with_inconsistent_duplicate_is_refused(tmp_path):
+    state = original_checkpoint("large")
+    state["module.cnet.layer2.0.norm3.weight"] = state["module.cnet.layer2.0.norm3.weight"] + 1
+    path = tmp_path / "raft-chairs.pth"
+    torch.save(state, path)
+    with pytest.raises(CheckpointMismatchError, match=r"module\.cnet\.layer2\.0\.norm3\.weight"):
+        load(str(path), "cpu")
+
+
+@pytest.mark.parametrize("size", ["large", "small"])
+def test_original_checkpoint_mismatch_names_keys_in_original_naming(tmp_path, size):
+    state = original_checkpoint(size)
+    removed = "module.update_block.flow_head.conv1.weight"
+    del state[removed]
+    state["module.update_block.bogus.weight"] = torch.zeros(3)
+    path = tmp_path / ORIGINAL_FILES[size]
+    torch.save(state, path)
+    with pytest.raises(CheckpointMismatchError) as info:
+        load(str(path), "cpu")
+    message = str(info.value)
+    assert str(path) in message and f"raft_{size}" in message and "original" in message
+    assert "missing" in message and removed in message
+    assert "unexpected" in message and "module.update_block.bogus.weight" in message
+
+
+def test_original_checkpoint_with_wrong_explicit_size(tmp_path):
+    path = tmp_path / "raft-things.pth"
+    torch.save(original_checkpoint("large"), path)
+    with pytest.raises(CheckpointMismatchError) as info:
+        load(str(path), "cpu", size="small")
+    message = str(info.value)
+    assert "raft_small" in message and "size='large'" in message
+    assert "module.cnet.conv2.weight: checkpoint (256, 128, 1, 1), model (160, 96, 1, 1)" in message
+
+
+def test_unrelated_file_is_refused(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({"encoder.weight": torch.zeros(2, 2)}, path)
+    with pytest.raises(CheckpointMismatchError, match="not a RAFT state dict"):
+        load(str(path), "cpu")
 
 
 def test_missing_file_names_path(tmp_path):
