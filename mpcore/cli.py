@@ -74,11 +74,17 @@ def _slug(text: str) -> str:
 
 
 def resolve_configs(spec, model: str | None, sampler_flags: dict[str, Any], overrides: list[str]):
-    """SamplerConfig and MotionPromptConfig: backbone defaults, then CLI flags, then ``-o`` overrides."""
+    """SamplerConfig and MotionPromptConfig: backbone defaults, then CLI flags, then ``-o`` overrides.
+
+    The tiny random model defaults to the weight-free ``tvl1`` flow estimator, so it runs offline.
+    """
     defaults = spec.sampler_defaults(model) if callable(spec.sampler_defaults) else dict(spec.sampler_defaults)
     sampler = SamplerConfig(**defaults)
     sampler = apply_overrides(sampler, {SAMPLER_FLAGS[k]: str(v) for k, v in sampler_flags.items() if v is not None})
-    motion = MotionPromptConfig(**spec.motionprompt_defaults)
+    motion_defaults = dict(spec.motionprompt_defaults)
+    if model == TINY_MODEL:
+        motion_defaults["flow_estimator"] = "tvl1"
+    motion = MotionPromptConfig(**motion_defaults)
     motion = apply_overrides(motion, overrides)
     return sampler, motion
 
@@ -139,6 +145,9 @@ def build_cli() -> click.Group:
     )
     run_command.backbone_options = {k: owners for k, (_, owners) in backbone_options.items()}  # type: ignore[attr-defined]
     cli.add_command(run_command)
+    from mpcore.flows_cli import flows  # imported here: flows_cli imports helpers from this module
+
+    cli.add_command(flows)
     state.manager.hook.register_commands(cli=cli)
     return cli
 
@@ -159,7 +168,8 @@ def _run_params() -> list[click.Parameter]:
         O(["--eta"], type=float, default=None, help="DDIM eta (0 = deterministic)."),
         O(["--guidance"], type=click.Choice(["motionprompt", "none"]), default="motionprompt", show_default=True,
           help="'none' gives the plain baseline."),
-        O(["--flow"], default="raft", show_default=True, help="Flow estimator plugin name."),
+        O(["--flow"], default=None,
+          help="Flow estimator plugin name (= -o flow_estimator=NAME; default raft, tvl1 with --model tiny)."),
         O(["--flow-weights"], default=None, help="Flow estimator weights: path, plugin-specific name, or 'random'."),
         O(["--flow-option", "flow_options"], multiple=True, metavar="KEY=VALUE", help="Flow estimator option (repeatable)."),
         O(["--discriminator"], default=None, help="Discriminator .safetensors (config JSON beside it), or 'random'."),
@@ -210,7 +220,8 @@ def _run_checked(**kwargs):
             raise click.UsageError(f"{flag} is an option of backbone(s) {', '.join(allowed)}, not {backbone_name}")
         options[name] = value
     sampler_flags = {k: kwargs[k] for k in SAMPLER_FLAGS}
-    sampler, motion = resolve_configs(spec, model, sampler_flags, list(kwargs["overrides"]))
+    flow_flag = [f"flow_estimator={kwargs['flow']}"] if kwargs["flow"] else []
+    sampler, motion = resolve_configs(spec, model, sampler_flags, flow_flag + list(kwargs["overrides"]))
     sampler.validate()
     guided = kwargs["guidance"] == "motionprompt"
     if guided:
@@ -227,11 +238,12 @@ def _run_checked(**kwargs):
     }
 
     tiny = model == TINY_MODEL
-    flow_weights = kwargs["flow_weights"] or ("random" if tiny else None)
+    # the tiny model's flow: the weight-free estimator, or RAFT at random init when asked for by name
+    flow_weights = kwargs["flow_weights"] or ("random" if tiny and motion.flow_estimator == "raft" else None)
     discriminator = kwargs["discriminator"] or ("random" if tiny else None)
     disc_type = kwargs["discriminator_type"]
     if guided:
-        flow_spec = plugins.get("flow", kwargs["flow"]).spec
+        flow_spec = plugins.get("flow", motion.flow_estimator).spec
         if discriminator is None:
             raise click.UsageError(
                 "MotionPrompt needs a trained flow discriminator: pass --discriminator PATH.safetensors "

@@ -85,6 +85,9 @@ class MotionPromptConfig:
     """Gradient checkpointing of the denoiser during optimization ("lean" mode: less memory, more time)."""
     checkpoint_vae: bool = True
     """Per-block gradient checkpointing of the VAE decoder while decoding the selected frames."""
+    flow_estimator: str = "raft"
+    """Flow estimator plugin by name (`mpcore plugins`): 'raft' is the paper's choice (weights are a
+    download); 'tvl1' needs no weights."""
     flow_size: int | None = None
     """Resize decoded frames to this side length before the flow estimator (None = decoded size)."""
     paper_opt_range: tuple[int, int] = (4, 15)
@@ -118,6 +121,12 @@ class MotionPromptConfig:
             _require(value >= 0 and math.isfinite(value), name, value, "a finite number >= 0")
         _require(self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "a finite number > 0")
         _require(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, " | ".join(OPTIMIZERS))
+        _require(
+            isinstance(self.flow_estimator, str) and self.flow_estimator.strip() != "",
+            "flow_estimator",
+            self.flow_estimator,
+            "an installed flow estimator's name (see `mpcore plugins`)",
+        )
         _require(
             self.flow_size is None or self.flow_size >= 8,
             "flow_size",

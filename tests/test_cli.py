@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,6 +48,9 @@ def test_run_writes_video_compare_manifest_and_trace(tmp_path):
     assert manifest["versions"]["torch"] and manifest["versions"]["diffusers"]
     assert manifest["kernels"] == "auto"
     assert manifest["backbone"]["model"] == "tiny" and manifest["backbone"]["random_init"] is True
+    # the tiny model's default flow estimator is the weight-free one, recorded by name
+    assert manifest["motionprompt"]["flow_estimator"] == "tvl1"
+    assert manifest["flow"]["name"] == "tvl1" and manifest["flow"]["weights"] is None
     trace = manifest["result"]["trace"]
     assert [entry["step"] for entry in trace] == [0, 1, 2, 3]
     assert trace[0]["optimized"] and {"total", "disc", "tv", "reg"} <= set(trace[0]["iterations"][0])
@@ -65,6 +67,16 @@ def test_same_seed_twice_identical_video_and_guidance_changes_it(tmp_path):
     assert np.array_equal(runs["a"], runs["b"])
     assert not np.array_equal(runs["a"], runs["plain"])
     assert not (tmp_path / "plain_trace.png").exists()
+
+
+@pytest.mark.parametrize("flag", [["--flow", "raft"], ["-o", "flow_estimator=raft"]])
+def test_flow_estimator_is_chosen_by_name_in_the_config(tmp_path, flag):
+    out = tmp_path / "fox.mp4"
+    result = invoke(TINY + ["--steps", "2", "--out", str(out)] + flag)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    assert manifest["motionprompt"]["flow_estimator"] == "raft"
+    assert manifest["flow"]["name"] == "raft" and manifest["flow"]["is_random_init"] is True  # tiny: random RAFT
 
 
 def test_unknown_backbone_lists_installed(tmp_path):
@@ -92,7 +104,7 @@ def test_unwritable_output_fails_before_loading(tmp_path, no_model_loading):
         (["-o", "nonsense=1"], "unknown setting 'nonsense'"),
         (["--eta", "2"], "eta=2.0; allowed: [0, 1]"),
         (["--height", "30"], "height=30"),
-        (["--flow", "farneback"], "unknown flow 'farneback'; installed: raft"),
+        (["--flow", "farneback"], "unknown flow 'farneback'; installed: raft, tvl1"),
     ],
 )
 def test_invalid_settings_fail_before_loading(tmp_path, no_model_loading, args, message):
