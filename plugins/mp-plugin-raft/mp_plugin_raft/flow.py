@@ -112,6 +112,8 @@ class RAFTFlow(nn.Module):
             raise ValueError(f"RAFT frames must be (B, 3, H, W); got frame_a {tuple(frame_a.shape)}")
         if frame_a.shape != frame_b.shape:
             raise ValueError(f"RAFT frames must have the same shape; got {tuple(frame_a.shape)} and {tuple(frame_b.shape)}")
+        if not (torch.isfinite(frame_a).all() and torch.isfinite(frame_b).all()):
+            raise ValueError("RAFT frames contain NaN or inf values")
         height, width = frame_a.shape[-2:]
         left, right, top, bottom = pad_amounts(height, width, 8, self.min_side)
         dtype = next(self.raft.parameters()).dtype

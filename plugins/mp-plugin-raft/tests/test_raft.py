@@ -321,6 +321,17 @@ def test_bad_arguments():
         load("random", "cpu", num_flow_updates=0)
 
 
+def test_bad_frames_give_clear_errors(model):
+    a, b = frames(height=16, width=16)
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        model(a[:, :1], b[:, :1])  # grey frames: RAFT takes RGB
+    with pytest.raises(ValueError, match="same shape"):
+        model(a, b[..., :8])
+    b[0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        model(a, b)
+
+
 def test_download_failure_says_what_to_do(monkeypatch):
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")
