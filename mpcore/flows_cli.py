@@ -3,7 +3,9 @@
 * ``mpcore flows eval --estimator NAME`` -- EPE on the Middlebury motorcycle stereo pair, warp error
   on real clips, cost at 256 x 256, beside OpenCV DIS and Farneback (:mod:`mpcore.flow_eval`);
 * ``mpcore flows show A.png B.png --estimator NAME --out flow.png`` -- the flow between two images
-  as a Middlebury color-coded PNG (:mod:`mpcore.flow_viz`).
+  as a Middlebury color-coded PNG (:mod:`mpcore.flow_viz`);
+* ``mpcore flows extract --videos DIR --out CACHE --estimator NAME`` -- flows of random frame pairs
+  of every video under DIR, into a flow cache for training the discriminator (:mod:`mpcore.flow_extract`).
 
 As in ``mpcore run``, every cheap check (unknown estimator, bad options, unwritable output, missing
 files or optional packages) runs before any data or model is loaded. Progress goes to stderr, results
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -62,9 +65,9 @@ def _check_out_file(path: str, suffix: str | None = None) -> Path:
     return out
 
 
-def _load_estimator(spec, weights: str | None, device, options: dict[str, Any]):
+def _load_estimator(spec, weights: str | None, device, options: dict[str, Any], seed: int = 0):
     try:
-        return spec.load(weights, device, seed=0, **options)
+        return spec.load(weights, device, seed=seed, **options)
     except (TypeError, ValueError, RuntimeError, OSError, ImportError) as error:
         raise click.ClickException(f"could not load flow estimator {spec.name!r} (weights {weights!r}): {error}") from None
 
@@ -83,7 +86,8 @@ def estimator_options(command: Callable) -> Callable:
 
 @click.group("flows")
 def flows():
-    """Evaluate and visualize optical-flow estimators (Middlebury EPE, warp error, color-coded flow)."""
+    """Evaluate and visualize optical-flow estimators (Middlebury EPE, warp error, color-coded flow),
+    and extract flow datasets for training the discriminator."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -254,3 +258,152 @@ def show_command(image_a, image_b, estimator, weights, options, device, out, siz
     stats = flow_viz.magnitude_stats(flow)
     click.echo(f"flow {frames.shape[2]}x{frames.shape[1]}: max |flow| = {stats['max']:.3f} px, mean |flow| = {stats['mean']:.3f} px")
     echo(f"wrote {out_path}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# flows extract
+
+
+def parse_gap(text: str) -> tuple[int, int]:
+    """``"2"`` -> (2, 2); ``"1-3"`` -> (1, 3). Raises ``click.BadParameter`` unless 1 <= min <= max."""
+    parts = str(text).strip().split("-")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or not 1 <= values[0] <= values[1]:
+        raise click.BadParameter(f"expected N or MIN-MAX with 1 <= MIN <= MAX (e.g. --gap 1 or --gap 1-3); got {text!r}",
+                                 param_hint="--gap")
+    return values[0], values[1]
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"224"`` -> (224, 224); ``"256x448"`` -> (256, 448) as (H, W). Both sides >= 8."""
+    parts = str(text).lower().strip().split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) < 8:
+        raise click.BadParameter(f"expected S (square) or HxW with sides >= 8 (e.g. --size 224 or --size 256x448); got {text!r}",
+                                 param_hint="--size")
+    return values[0], values[1]
+
+
+def format_extract_summary(summary: dict[str, Any]) -> str:
+    """The human summary of :func:`mpcore.flow_extract.extract_flows`."""
+    height, width = summary["size"]
+    gap = summary["gap"]
+    gap_text = str(gap[0]) if gap[0] == gap[1] else f"{gap[0]}-{gap[1]}"
+    lines = [
+        f"flow cache {summary['out']}: {summary['pairs']} pairs from {summary['videos_used']} of {summary['videos']} videos "
+        f"({summary['videos_skipped']} skipped)",
+        f"estimator {summary.get('estimator', {}).get('name')}, frames {height}x{width} (HxW), gap {gap_text}, "
+        f"{summary['pairs_per_video']} pairs/video, seed {summary['seed']}, label {summary['label']}",
+        f"mean |flow| {summary['mean_flow_magnitude']:.3f} px; {summary['seconds']:.1f} s "
+        f"({summary['seconds_per_pair']:.3f} s/pair, flow only {summary['seconds_flow_per_pair']:.3f} s/pair)",
+    ]
+    if summary["videos_with_fewer_pairs"]:
+        lines.append(f"{summary['videos_with_fewer_pairs']} video(s) had fewer distinct pairs than --pairs-per-video")
+    if summary["skipped"]:
+        lines.append("skipped:")
+        lines.extend(f"  {item['source']}: {item['reason']}" for item in summary["skipped"])
+    return "\n".join(lines)
+
+
+def command_line(ctx: click.Context) -> str:
+    """The command as a shell line, rebuilt from the parsed options (every value that is not the
+    default), so the index records how to redo the run however the command was invoked."""
+    words = ["mpcore", *ctx.command_path.split()[1:]]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if not isinstance(param, click.Option) or value is None or value == () or value == param.default:
+            continue
+        long_name = max(param.opts, key=len)
+        if param.is_flag:
+            if value:
+                words.append(long_name)
+            elif param.secondary_opts:
+                words.append(max(param.secondary_opts, key=len))
+        elif param.multiple:
+            for item in value:
+                words.extend([long_name, str(item)])
+        else:
+            words.extend([long_name, str(value)])
+    return shlex.join(words)
+
+
+@flows.command("extract")
+@click.option("--videos", "videos_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder of videos (.mp4 .avi .gif .webm .mov .mkv) and/or frame folders (DAVIS JPEGImages/480p/<seq>/), searched recursively.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="The flow cache folder to write.")
+@estimator_options
+@click.option("--pairs-per-video", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Distinct frame pairs sampled per video (fewer if a video has fewer).")
+@click.option("--gap", default="1", show_default=True, help="Frame gap b - a of a pair: N, or a range MIN-MAX drawn per pair.")
+@click.option("--size", default="224", show_default=True,
+              help="Frames are resized to SxS (or HxW, e.g. 256x448) BEFORE the flow: the discriminator's input size.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Pair sampling seed (per video: a hash of seed and video id).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Frame pairs per estimator call.")
+@click.option("--label", default=None, help="What these videos are, stored in the index: real, fake or any NAME.")
+@click.option("--max-videos", type=click.IntRange(min=1), default=None, help="Use only the first N videos in sorted order.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing flow cache at --out.")
+@click.option("--progress/--no-progress", default=True, help="Progress bar (stderr) over the videos.")
+@click.option("--json", "as_json", is_flag=True, help="Print only the JSON summary to stdout.")
+def extract_command(videos_dir, out, estimator, weights, options, device, pairs_per_video, gap, size, seed, batch_size,
+                    label, max_videos, overwrite, progress, as_json):
+    """Compute the optical flows of random frame pairs of every video under --videos and store them
+    in a flow cache (--out) for training the discriminator: real videos (DAVIS, WebVid) and videos
+    the backbone generated each go into their own cache, extracted with the same estimator, --size
+    and --gap. Unreadable, corrupt or too-short videos are skipped and listed."""
+    from mpcore import flow_extract
+
+    # ---- cheap checks first (nothing is loaded before these pass)
+    spec = _estimator_spec(estimator)
+    parsed = _parse_options(options)
+    gap_range = parse_gap(gap)
+    frame_size = parse_size(size)
+    if label is not None and not label.strip():
+        raise click.BadParameter("must not be empty (e.g. --label real)", param_hint="--label")
+    try:
+        out_path = flow_extract.check_cache_path(out, overwrite)
+        sources = flow_extract.find_sources(videos_dir)
+    except flow_extract.ExtractError as error:
+        raise click.ClickException(str(error)) from None
+    if not sources:
+        raise click.ClickException(
+            f"no videos or frame folders under {videos_dir} (looked for {' '.join(flow_extract.VIDEO_SUFFIXES + flow_extract.GIF_SUFFIXES)} "
+            "files and folders of .jpg/.jpeg/.png frames)"
+        )
+    found = len(sources)
+    if max_videos is not None:
+        sources = sources[:max_videos]
+    resolved = _resolve_device(device)
+
+    # ---- load and extract
+    echo(f"{found} source(s) under {videos_dir}" + (f"; using the first {len(sources)}" if len(sources) < found else ""))
+    echo(f"loading flow estimator {estimator!r} on {resolved}")
+    flow = _load_estimator(spec, weights, resolved, parsed, seed=seed)
+    meta = {
+        "estimator": {"name": estimator, "weights": weights, "options": parsed},
+        "videos_dir": str(Path(videos_dir).resolve()),
+        "command": command_line(click.get_current_context()),
+        "max_videos": max_videos,
+    }
+    try:
+        summary = flow_extract.extract_flows(
+            sources, flow, out_path, size=frame_size, pairs_per_video=pairs_per_video, gap=gap_range, seed=seed,
+            batch_size=batch_size, device=resolved, label=label, meta=meta, overwrite=overwrite, progress=progress,
+        )
+    except (flow_extract.ExtractError, flow_extract.EstimatorContractError) as error:
+        raise click.ClickException(str(error)) from None
+    if as_json:
+        from mpcore.manifest import json_safe
+
+        click.echo(json.dumps(json_safe(summary), indent=2, allow_nan=False))
+    else:
+        click.echo(format_extract_summary(summary))
