@@ -7,17 +7,14 @@ files) runs before any model is loaded.
 from __future__ import annotations
 
 import json
-import os
 import re
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import click
 
 from mpcore import __version__, plugins
-from mpcore.config import PAPER_STEPS, ConfigError, MotionPromptConfig, SamplerConfig, apply_overrides, parse_override, to_dict
+from mpcore.config import MotionPromptConfig, SamplerConfig, apply_overrides
 from mpcore.interfaces import TINY_MODEL
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -137,17 +134,19 @@ def build_cli() -> click.Group:
             else:
                 backbone_options[option.name] = (option, [name])
 
-    run_command = click.Command(
-        "run",
-        callback=_run,
-        help=_run.__doc__,
-        params=_run_params() + [option for option, _ in backbone_options.values()],
-    )
-    run_command.backbone_options = {k: owners for k, (_, owners) in backbone_options.items()}  # type: ignore[attr-defined]
-    cli.add_command(run_command)
+    from mpcore import generate  # imported here: generate imports helpers from this module
+
+    for name, callback, params in [("run", _run, _run_params()), ("generate", generate.command, generate.params())]:
+        command = click.Command(name, callback=callback, help=callback.__doc__,
+                                params=params + [option for option, _ in backbone_options.values()])
+        command.backbone_options = {k: owners for k, (_, owners) in backbone_options.items()}  # type: ignore[attr-defined]
+        cli.add_command(command)
     from mpcore.flows_cli import flows  # imported here: flows_cli imports helpers from this module
 
     cli.add_command(flows)
+    from mpcore.disc_cli import disc
+
+    cli.add_command(disc)
     state.manager.hook.register_commands(cli=cli)
     return cli
 
@@ -191,157 +190,24 @@ def _run_params() -> list[click.Parameter]:
 
 def _run(**kwargs):
     """Sample a video with MotionPrompt guidance (or the plain baseline) and write video, manifest and plots."""
-    from mpcore.video import OutputError
-    from mpcore.weights import CheckpointMismatchError
+    from mpcore import runner
 
     try:
         _run_checked(**kwargs)
-    except (ConfigError, OutputError, CheckpointMismatchError, plugins.UnknownPluginError, FileNotFoundError) as error:
+    except runner.user_errors() as error:
         raise click.ClickException(str(error)) from None
 
 
 def _run_checked(**kwargs):
-    from mpcore import video
+    from mpcore import runner, video
 
-    ctx = click.get_current_context()
-    owners = ctx.command.backbone_options  # type: ignore[attr-defined]
-    backbone_name = kwargs["backbone"]
-    model = kwargs["model"]
-
-    # ---- cheap checks first: plugins, options, configs, paths
-    spec = plugins.get("backbone", backbone_name).spec
-    options = {}
-    for name, allowed in owners.items():
-        value = kwargs.pop(name)
-        if value is None:
-            continue
-        if backbone_name not in allowed:
-            flag = "--" + name.replace("_", "-")
-            raise click.UsageError(f"{flag} is an option of backbone(s) {', '.join(allowed)}, not {backbone_name}")
-        options[name] = value
-    sampler_flags = {k: kwargs[k] for k in SAMPLER_FLAGS}
-    flow_flag = [f"flow_estimator={kwargs['flow']}"] if kwargs["flow"] else []
-    sampler, motion = resolve_configs(spec, model, sampler_flags, flow_flag + list(kwargs["overrides"]))
-    sampler.validate()
-    guided = kwargs["guidance"] == "motionprompt"
-    if guided:
-        motion.validate(sampler)
-    flow_options = dict(parse_override(o) for o in kwargs["flow_options"])
-
-    out = Path(kwargs["out"] or f"outputs/{_slug(kwargs['prompt'])}_{sampler.seed}.mp4")
-    out = video.check_output_writable(out)
-    paths = {
-        "video": out,
-        "manifest": video.derived_path(out, "", ".json"),
-        "compare": video.derived_path(out, "_compare") if kwargs["compare"] and guided else None,
-        "trace_plot": video.derived_path(out, "_trace", ".png") if guided else None,
-    }
-
-    tiny = model == TINY_MODEL
-    # the tiny model's flow: the weight-free estimator, or RAFT at random init when asked for by name
-    flow_weights = kwargs["flow_weights"] or ("random" if tiny and motion.flow_estimator == "raft" else None)
-    discriminator = kwargs["discriminator"] or ("random" if tiny else None)
-    disc_type = kwargs["discriminator_type"]
-    if guided:
-        flow_spec = plugins.get("flow", motion.flow_estimator).spec
-        if discriminator is None:
-            raise click.UsageError(
-                "MotionPrompt needs a trained flow discriminator: pass --discriminator PATH.safetensors "
-                "(its config JSON beside it), or --guidance none for the plain baseline "
-                f"(--discriminator random only makes sense with --model {TINY_MODEL})."
-            )
-        if discriminator != "random":
-            disc_path = Path(discriminator).expanduser()
-            if not disc_path.is_file():
-                raise click.UsageError(f"discriminator file not found: {disc_path}")
-            config_path = disc_path.with_suffix(".json")
-            if disc_type is None and config_path.is_file():
-                disc_type = json.loads(config_path.read_text()).get("type")
-        disc_spec = plugins.get("discriminator", disc_type or "vit").spec
-        if discriminator == "random" and disc_spec.random is None:
-            raise click.UsageError(f"discriminator plugin {disc_spec.name!r} cannot build a random discriminator")
-    if spec.check is not None:
-        spec.check(model=model, **options)
-    device = _resolve_device(kwargs["device"])
-    dtype = resolve_dtype(kwargs["dtype"], device)
-
-    # ---- load
-    from mpcore.sampling import decode_video, sample
-
-    if tiny:
-        echo(f"note: --model {TINY_MODEL} is a tiny RANDOM-INIT model: its output is noise. It exists so the "
-             "whole path runs offline; use real weights for real videos.")
-    timings: dict[str, float] = {}
-    start = time.perf_counter()
-    backbone = spec.load(model=model, device=device, dtype=dtype, seed=sampler.seed, offload=kwargs["offload"],
-                         attention=kwargs["attention"], **options)
-    timings["load_backbone_s"] = time.perf_counter() - start
-    guidance = None
-    flow_info = disc_info = None
-    if guided:
-        from mpcore.motionprompt import MotionPrompt
-
-        flow_estimator = flow_spec.load(flow_weights, device, seed=sampler.seed, **{k: _parse_scalar(v) for k, v in flow_options.items()})
-        if discriminator == "random":
-            disc = disc_spec.random(seed=sampler.seed, device=device)
-        else:
-            disc = disc_spec.load(discriminator, device)
-        flow_info = {"name": flow_spec.name, "weights": flow_weights, "options": flow_options,
-                     **(flow_estimator.describe() if hasattr(flow_estimator, "describe") else {})}
-        disc_info = {"name": disc_spec.name, "path": discriminator,
-                     **(disc.describe() if hasattr(disc, "describe") else {})}
-        guidance = MotionPrompt(motion, flow_estimator, disc)
-
-    # ---- sample: baseline first (it must not see the learnable tokens), then guided
-    progress = kwargs["progress"]
-    results = {}
-    if not guided or kwargs["compare"]:
-        start = time.perf_counter()
-        results["baseline"] = sample(backbone, kwargs["prompt"], sampler, None, progress, "baseline")
-        timings["baseline_s"] = time.perf_counter() - start
-    if guided:
-        start = time.perf_counter()
-        results["motionprompt"] = sample(backbone, kwargs["prompt"], sampler, guidance, progress, "motionprompt")
-        timings["motionprompt_s"] = time.perf_counter() - start
-
-    # ---- write
-    from mpcore.manifest import build_manifest, write_json_atomic
-
-    frames = {name: video.to_uint8_frames(decode_video(backbone, r.latents)) for name, r in results.items()}
-    main_frames = frames["motionprompt" if guided else "baseline"]
-    video.write_video(main_frames, paths["video"], fps=kwargs["fps"])
-    if paths["compare"] is not None:
-        video.write_video(video.side_by_side(frames["baseline"], frames["motionprompt"]), paths["compare"], fps=kwargs["fps"])
-    guidance_result = results["motionprompt"].guidance if guided else None
-    if paths["trace_plot"] is not None:
-        from mpcore.trace_plot import plot_trace
-
-        plot_trace(guidance_result, paths["trace_plot"], title=f"MotionPrompt: {kwargs['prompt']}")
-    manifest = build_manifest(
-        command=["mpcore", *sys.argv[1:]],
-        prompt=kwargs["prompt"],
-        seed=sampler.seed,
-        guidance=kwargs["guidance"],
-        backbone=backbone.describe(),
-        sampler=to_dict(sampler),
-        motionprompt={**to_dict(motion), "opt_range": list(motion.resolved_opt_range(sampler.steps)),
-                      "opt_range_source": "explicit" if motion.opt_range is not None else
-                      f"paper range {list(motion.paper_opt_range)} at {PAPER_STEPS} steps, scaled to {sampler.steps}"}
-        if guided else None,
-        flow=flow_info,
-        discriminator=disc_info,
-        device=str(device),
-        kernels=os.environ.get("MPCORE_KERNELS", "auto"),
-        dtype=str(dtype).replace("torch.", ""),
-        outputs={k: str(v) for k, v in paths.items() if v is not None},
-        timings=timings,
-        warnings=[f"--model {TINY_MODEL} is a random-init model: the video is noise"] if tiny else [],
-        result=guidance_result,
-    )
-    write_json_atomic(manifest, paths["manifest"])
+    prompt, out = kwargs.pop("prompt"), kwargs.pop("out")
+    setup = runner.prepare(kwargs, click.get_current_context().command.backbone_options)  # type: ignore[attr-defined]
+    out = video.check_output_writable(Path(out or f"outputs/{_slug(prompt)}_{setup.sampler.seed}.mp4"))
+    models = runner.load(setup)
+    paths = runner.generate_one(setup, models, prompt, setup.sampler.seed, out)
     for name, path in paths.items():
-        if path is not None:
-            echo(f"wrote {name}: {path}")
+        echo(f"wrote {name}: {path}")
 
 
 def main() -> None:

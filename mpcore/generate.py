@@ -1,0 +1,235 @@
+"""``mpcore generate``: one video per (prompt, seed) of a prompt list, resumable.
+
+The items are :func:`generation_items` (prompt-major, then seed), each named from the prompt's
+index and the seed (``p0003_s0001``): its video ``p0003_s0001.mp4`` and its manifest
+``p0003_s0001.json`` (written last, so it marks the item complete; plus ``_compare`` and ``_trace``
+files as in ``mpcore run``). An item whose video and manifest both exist is skipped, so a killed
+run is resumed by running the same command again; every file is written atomically, so a kill
+leaves no half-written file under a final name. ``generate.json`` in the output folder holds the
+settings and the item list with each item's status, written at the start and again at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mpcore.cli import _run_params, echo
+from mpcore.prompts import Prompt
+
+SUMMARY_FILE = "generate.json"
+FORMATS = {"mp4": ".mp4", "gif": ".gif", "frames": ""}
+"""``--format`` -> suffix of each item's video path (``frames``: a folder of lossless PNG frames)."""
+
+
+class GenerateError(ValueError):
+    """The output folder or the seeds cannot be used as given."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One video to generate: a prompt of the list and a seed."""
+
+    prompt: Prompt
+    seed: int
+
+    @property
+    def name(self) -> str:
+        """File stem of the item's outputs, from the prompt index and the seed: ``p0003_s0001``."""
+        return f"p{self.prompt.index:04d}_s{self.seed:04d}"
+
+
+def generation_items(prompts: list[Prompt], seeds: list[int]) -> list[Item]:
+    """Every (prompt, seed) pair in a deterministic order: prompt-major, then seed."""
+    return [Item(prompt, seed) for prompt in prompts for seed in seeds]
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> [0, 1, 2]; ``"0-3"`` -> [0, 1, 2, 3] (inclusive); parts may be mixed: ``"0-2,10"``.
+    Seeds are integers >= 0 (a minus sign only separates a range); each may appear once."""
+    seeds: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                first, last = (int(bound) for bound in part.split("-"))
+                if last < first:
+                    raise ValueError
+                seeds.extend(range(first, last + 1))
+            else:
+                seeds.append(int(part))
+        except ValueError:
+            raise GenerateError(f"--seeds {text!r}: {part!r} is not a seed (N) or an inclusive range (A-B, A <= B); "
+                                "use e.g. 0,1,2 or 0-3") from None
+    duplicates = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if duplicates:
+        raise GenerateError(f"--seeds {text!r}: seed(s) {', '.join(map(str, duplicates))} given more than once")
+    return seeds
+
+
+def item_video_path(out_dir: Path, item: Item, fmt: str) -> Path:
+    return out_dir / f"{item.name}{FORMATS[fmt]}"
+
+
+def is_complete(item: Item, video_path: Path) -> bool:
+    """True if the item's video and manifest both exist (the manifest is written last).
+
+    A manifest of another prompt or seed (the prompt list changed under the same ``--out``)
+    raises :class:`GenerateError` rather than being silently kept.
+    """
+    manifest_path = video_path.with_name(f"{item.name}.json")
+    if not (video_path.exists() and manifest_path.is_file()):
+        return False
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False  # unreadable: generate it again
+    if manifest.get("prompt") != item.prompt.text or manifest.get("seed") != item.seed:
+        raise GenerateError(
+            f"{manifest_path} was generated for prompt {manifest.get('prompt')!r}, seed {manifest.get('seed')}, but item "
+            f"{item.name} is prompt {item.prompt.text!r}, seed {item.seed}: the prompt list changed; use a new --out"
+        )
+    return True
+
+
+def check_out_dir(out_dir: Path) -> Path:
+    """Create the output folder if needed and check it is a writable folder; return it resolved."""
+    from mpcore import video
+
+    out_dir = out_dir.expanduser().resolve()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise GenerateError(f"--out {str(out_dir)!r} exists and is not a folder")
+    video.check_output_writable(out_dir / "probe.mp4")  # creates the folder, proves it is writable
+    return out_dir
+
+
+def params() -> list[click.Parameter]:
+    """``run``'s options without --prompt, --seed and --out, plus the prompt list, seeds and output folder."""
+    O = click.Option
+    own = [
+        O(["--prompts"], required=True,
+          help="Prompt file: .txt (one per line; '#' comments) or VBench-style .json; 'example' = the list shipped with mpcore."),
+        O(["--seeds"], default=None, help="Seeds of each prompt: 0,1,2 or 0-3 (inclusive). Default: the backbone's default seed."),
+        O(["--out"], required=True, help="Output folder: <item>.mp4 + <item>.json per item, and generate.json."),
+        O(["--format", "fmt"], type=click.Choice(list(FORMATS)), default="mp4", show_default=True,
+          help="Video format of each item (frames: a folder of lossless PNG frames)."),
+        O(["--fail-fast"], is_flag=True, help="Stop at the first item that fails (default: report it, go on)."),
+    ]
+    shared = [p for p in _run_params() if p.name not in ("prompt", "seed", "out")]
+    return shared[:2] + own + shared[2:]  # after --backbone and --model
+
+
+def command(**kwargs):
+    """Generate one video per (prompt, seed) of a prompt list into a folder; resumable (complete items are skipped)."""
+    from mpcore import runner
+
+    try:
+        _generate(**kwargs)
+    except (*runner.user_errors(), GenerateError) as error:
+        raise click.ClickException(str(error)) from None
+
+
+def _generate(**kwargs):
+    from tqdm.auto import tqdm
+
+    from mpcore import runner
+    from mpcore.manifest import build_manifest, json_safe, write_json_atomic
+    from mpcore.prompts import read_prompts, resolve_prompts_path
+
+    # ---- cheap checks first: prompts, settings, seeds, output folder, what is already done
+    prompts_path = resolve_prompts_path(kwargs.pop("prompts"))
+    prompts = read_prompts(prompts_path)
+    seeds_text, out_dir, fmt, fail_fast = kwargs.pop("seeds"), Path(kwargs.pop("out")), kwargs.pop("fmt"), kwargs.pop("fail_fast")
+    setup = runner.prepare(kwargs, click.get_current_context().command.backbone_options)  # type: ignore[attr-defined]
+    seeds = parse_seeds(seeds_text) if seeds_text is not None else [setup.sampler.seed]
+    out_dir = check_out_dir(out_dir)
+    items = generation_items(prompts, seeds)
+    settings = {**setup.settings(), "format": fmt}
+    summary_path = out_dir / SUMMARY_FILE
+    check_same_settings(summary_path, json_safe(settings))
+    status: dict[str, dict[str, Any]] = {}
+    for item in items:
+        status[item.name] = {"status": "skipped" if is_complete(item, item_video_path(out_dir, item, fmt)) else "pending"}
+    todo = [item for item in items if status[item.name]["status"] == "pending"]
+
+    def write_summary(seconds: float) -> None:
+        write_json_atomic(build_manifest(
+            command=["mpcore", *sys.argv[1:]],
+            prompts={"file": str(prompts_path), "count": len(prompts)},
+            seeds=seeds,
+            settings=settings,
+            summary={**_counts(status), "seconds": seconds, "seconds_per_video": _seconds_per_video(status)},
+            items=[{"name": item.name, "prompt_index": item.prompt.index, "prompt": item.prompt.text,
+                    "category": item.prompt.category, "seed": item.seed, **status[item.name]} for item in items],
+        ), summary_path)
+
+    write_summary(0.0)
+    echo(f"{len(items)} items ({len(prompts)} prompts x {len(seeds)} seeds) in {out_dir}: "
+         f"{len(items) - len(todo)} already complete, {len(todo)} to generate")
+
+    # ---- load once (unless all is done), then one video per item
+    start = time.perf_counter()
+    try:
+        models = runner.load(setup) if todo else None
+        for item in tqdm(todo, desc="generate", unit="video", disable=not setup.progress, dynamic_ncols=True):
+            item_start = time.perf_counter()
+            try:
+                runner.generate_one(setup, models, item.prompt.text, item.seed, item_video_path(out_dir, item, fmt),
+                                    manifest_extra={"item": {"name": item.name, "prompt_index": item.prompt.index,
+                                                             "category": item.prompt.category,
+                                                             "prompts_file": str(prompts_path)}})
+            except Exception as error:
+                status[item.name] = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+                tqdm.write(f"failed {item.name} (prompt {item.prompt.text!r}, seed {item.seed}): "
+                           f"{type(error).__name__}: {error}", file=sys.stderr)
+                if fail_fast:
+                    raise
+                continue
+            status[item.name] = {"status": "generated", "seconds": time.perf_counter() - item_start}
+    finally:
+        seconds = time.perf_counter() - start
+        write_summary(seconds)
+    counts, per_video = _counts(status), _seconds_per_video(status)
+    per_video = f", {per_video:.2f} s/video" if per_video is not None else ""
+    echo(f"generated {counts['generated']}, skipped {counts['skipped']}, failed {counts['failed']} "
+         f"in {seconds:.1f} s{per_video}; {summary_path}")
+    if counts["failed"]:
+        raise click.ClickException(f"{counts['failed']} of {len(items)} items failed (listed in {summary_path}); "
+                                   "run the same command again to retry them")
+
+
+def _counts(status: dict[str, dict[str, Any]]) -> dict[str, int]:
+    return {key: sum(s["status"] == key for s in status.values()) for key in ("generated", "skipped", "failed", "pending")}
+
+
+def _seconds_per_video(status: dict[str, dict[str, Any]]) -> float | None:
+    """Mean wall time of the videos generated in this run (sampling and writing), None if none was."""
+    seconds = [s["seconds"] for s in status.values() if s["status"] == "generated"]
+    return sum(seconds) / len(seconds) if seconds else None
+
+
+def check_same_settings(summary_path: Path, settings: dict[str, Any]) -> None:
+    """Refuse to add to an output folder whose ``generate.json`` records other settings: every video
+    of a folder is generated with the same settings (more prompts or seeds are fine)."""
+    try:
+        previous = json.loads(summary_path.read_text(encoding="utf-8"))["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # a new folder (or no readable generate.json)
+    changes = _differences(previous, settings)
+    if changes:
+        raise GenerateError(f"{summary_path.parent} holds videos generated with other settings ({'; '.join(changes)}): "
+                            "use a new --out, or the same settings to resume")
+
+
+def _differences(old: Any, new: Any, where: str = "") -> list[str]:
+    """``key.sub: old -> new`` for every leaf where two JSON values differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [change for key in sorted(set(old) | set(new))
+                for change in _differences(old.get(key), new.get(key), f"{where}.{key}" if where else key)]
+    return [] if old == new else [f"{where}: {json.dumps(old)} -> {json.dumps(new)}"]

@@ -1,0 +1,303 @@
+"""The one path behind ``mpcore run`` and ``mpcore generate``, in three steps:
+
+1. :func:`prepare` -> :class:`RunSetup`: every cheap check (plugin names, configs, discriminator
+   file, the backbone's own checks, device) before any model loads;
+2. :func:`load` -> :class:`Models`: the backbone, flow estimator and discriminator, loaded once;
+3. :func:`generate_one`: sample one (prompt, seed) -- the baseline and/or MotionPrompt -- and write
+   the video(s), the trace plot and, last, the manifest.
+
+``run`` is one ``generate_one``; ``generate`` is one per item of a prompt list, with the same
+models. Guidance state never carries over from one video to the next: each guided video gets a
+fresh :class:`~mpcore.motionprompt.MotionPrompt`, whose ``prepare`` puts the learnable token rows
+back to their init words.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mpcore import plugins
+from mpcore.cli import SAMPLER_FLAGS, _parse_scalar, _resolve_device, echo, resolve_configs, resolve_dtype
+from mpcore.config import PAPER_STEPS, ConfigError, MotionPromptConfig, SamplerConfig, parse_override, to_dict
+from mpcore.interfaces import TINY_MODEL
+
+RANDOM_INIT_SEED = 0
+"""Seed of every random-init component (``--model tiny``, ``--flow-weights random``,
+``--discriminator random``). It is fixed, not the sampling seed: one loaded model serves every seed,
+so ``generate`` reproduces ``run`` item by item."""
+
+
+class SamplingError(RuntimeError):
+    """Sampling produced an unusable result (non-finite latents); nothing was written for it."""
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """Exceptions that are the user's to fix: the CLI prints their message, without a traceback."""
+    from mpcore.prompts import PromptFileError
+    from mpcore.video import OutputError
+    from mpcore.weights import CheckpointMismatchError
+
+    return (ConfigError, OutputError, CheckpointMismatchError, plugins.UnknownPluginError, FileNotFoundError,
+            PromptFileError)
+
+
+@dataclass
+class RunSetup:
+    """Everything decided before any model loads. ``sampler.seed`` is the default seed; each video
+    may use another (:func:`generate_one`)."""
+
+    backbone: Any  # BackboneSpec
+    model: str | None
+    backbone_options: dict[str, Any]
+    sampler: SamplerConfig
+    motion: MotionPromptConfig
+    guidance: str  # "motionprompt" | "none"
+    compare: bool
+    flow: Any  # FlowEstimatorSpec, None without guidance
+    flow_weights: str | None
+    flow_options: dict[str, str]
+    discriminator: Any  # DiscriminatorSpec, None without guidance
+    discriminator_path: str | None  # a .safetensors path or "random"
+    device: Any  # torch.device
+    dtype: Any  # torch.dtype
+    offload: bool
+    attention: str
+    fps: int
+    progress: bool
+
+    @property
+    def guided(self) -> bool:
+        return self.guidance == "motionprompt"
+
+    @property
+    def tiny(self) -> bool:
+        return self.model == TINY_MODEL
+
+    def output_paths(self, out: Path) -> dict[str, Path | None]:
+        """The files of one video written to ``out``: the manifest is written last."""
+        from mpcore import video
+
+        return {
+            "video": out,
+            "manifest": video.derived_path(out, "", ".json"),
+            "compare": video.derived_path(out, "_compare") if self.compare and self.guided else None,
+            "trace_plot": video.derived_path(out, "_trace", ".png") if self.guided else None,
+        }
+
+    def settings(self) -> dict[str, Any]:
+        """The settings every video shares (all but prompt and seed), JSON-ready."""
+        return {
+            "backbone": {"name": self.backbone.name, "model": self.model, "options": self.backbone_options},
+            "guidance": self.guidance,
+            "compare": self.compare and self.guided,
+            "sampler": {k: v for k, v in to_dict(self.sampler).items() if k != "seed"},
+            "motionprompt": to_dict(self.motion) if self.guided else None,
+            "flow": {"name": self.flow.name, "weights": self.flow_weights, "options": self.flow_options} if self.guided else None,
+            "discriminator": {"name": self.discriminator.name, "path": self.discriminator_path} if self.guided else None,
+            "device": str(self.device),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "fps": self.fps,
+        }
+
+
+def prepare(options: dict[str, Any], backbone_option_owners: dict[str, list[str]]) -> RunSetup:
+    """Check the command's options (``run``'s, without prompt and output) and resolve the configs.
+
+    ``backbone_option_owners`` maps each plugin-added option to the backbones that own it. Raises a
+    click usage error or one of :func:`user_errors` on the first problem; loads nothing.
+    """
+    backbone_name = options["backbone"]
+    model = options["model"]
+    spec = plugins.get("backbone", backbone_name).spec
+    backbone_options = {}
+    for name, allowed in backbone_option_owners.items():
+        value = options.get(name)
+        if value is None:
+            continue
+        if backbone_name not in allowed:
+            flag = "--" + name.replace("_", "-")
+            raise click.UsageError(f"{flag} is an option of backbone(s) {', '.join(allowed)}, not {backbone_name}")
+        backbone_options[name] = value
+    sampler_flags = {k: options.get(k) for k in SAMPLER_FLAGS}
+    flow_flag = [f"flow_estimator={options['flow']}"] if options["flow"] else []  # --flow NAME = -o flow_estimator=NAME
+    sampler, motion = resolve_configs(spec, model, sampler_flags, flow_flag + list(options["overrides"]))
+    sampler.validate()
+    guided = options["guidance"] == "motionprompt"
+    if guided:
+        motion.validate(sampler)
+    flow_options = dict(parse_override(o) for o in options["flow_options"])
+
+    tiny = model == TINY_MODEL
+    # the tiny model's flow: the weight-free estimator, or RAFT at random init when asked for by name
+    flow_weights = options["flow_weights"] or ("random" if tiny and motion.flow_estimator == "raft" else None)
+    discriminator = options["discriminator"] or ("random" if tiny else None)
+    disc_type = options["discriminator_type"]
+    flow_spec = disc_spec = None
+    if guided:
+        flow_spec = plugins.get("flow", motion.flow_estimator).spec
+        if discriminator is None:
+            raise click.UsageError(
+                "MotionPrompt needs a trained flow discriminator: pass --discriminator PATH.safetensors "
+                "(its config JSON beside it), or --guidance none for the plain baseline "
+                f"(--discriminator random only makes sense with --model {TINY_MODEL})."
+            )
+        if discriminator != "random":
+            disc_path = Path(discriminator).expanduser()
+            if not disc_path.is_file():
+                raise click.UsageError(f"discriminator file not found: {disc_path}")
+            config_path = disc_path.with_suffix(".json")
+            if disc_type is None and config_path.is_file():
+                disc_type = json.loads(config_path.read_text()).get("type")
+        disc_spec = plugins.get("discriminator", disc_type or "vit").spec
+        if discriminator == "random" and disc_spec.random is None:
+            raise click.UsageError(f"discriminator plugin {disc_spec.name!r} cannot build a random discriminator")
+    if spec.check is not None:
+        spec.check(model=model, **backbone_options)
+    device = _resolve_device(options["device"])
+    return RunSetup(
+        backbone=spec,
+        model=model,
+        backbone_options=backbone_options,
+        sampler=sampler,
+        motion=motion,
+        guidance=options["guidance"],
+        compare=options["compare"],
+        flow=flow_spec,
+        flow_weights=flow_weights,
+        flow_options=flow_options,
+        discriminator=disc_spec,
+        discriminator_path=discriminator if guided else None,
+        device=device,
+        dtype=resolve_dtype(options["dtype"], device),
+        offload=options["offload"],
+        attention=options["attention"],
+        fps=options["fps"],
+        progress=options["progress"],
+    )
+
+
+@dataclass
+class Models:
+    """What :func:`load` loaded: shared by every video of a run."""
+
+    backbone: Any  # Backbone
+    flow_estimator: Any = None  # FlowEstimator, None without guidance
+    discriminator: Any = None  # Discriminator, None without guidance
+    flow_info: dict[str, Any] | None = None
+    discriminator_info: dict[str, Any] | None = None
+    load_backbone_s: float = 0.0
+
+
+def load(setup: RunSetup) -> Models:
+    """Load the backbone and, for MotionPrompt, the flow estimator and the discriminator."""
+    if setup.tiny:
+        echo(f"note: --model {TINY_MODEL} is a tiny RANDOM-INIT model: its output is noise. It exists so the "
+             "whole path runs offline; use real weights for real videos.")
+    start = time.perf_counter()
+    backbone = setup.backbone.load(model=setup.model, device=setup.device, dtype=setup.dtype, seed=RANDOM_INIT_SEED,
+                                   offload=setup.offload, attention=setup.attention, **setup.backbone_options)
+    models = Models(backbone=backbone, load_backbone_s=time.perf_counter() - start)
+    if setup.guided:
+        flow_options = {k: _parse_scalar(v) for k, v in setup.flow_options.items()}
+        flow_estimator = setup.flow.load(setup.flow_weights, setup.device, seed=RANDOM_INIT_SEED, **flow_options)
+        if setup.discriminator_path == "random":
+            disc = setup.discriminator.random(seed=RANDOM_INIT_SEED, device=setup.device)
+        else:
+            disc = setup.discriminator.load(setup.discriminator_path, setup.device)
+        models.flow_estimator = flow_estimator
+        models.discriminator = disc
+        models.flow_info = {"name": setup.flow.name, "weights": setup.flow_weights, "options": setup.flow_options,
+                            **(flow_estimator.describe() if hasattr(flow_estimator, "describe") else {})}
+        models.discriminator_info = {"name": setup.discriminator.name, "path": setup.discriminator_path,
+                                     **(disc.describe() if hasattr(disc, "describe") else {})}
+    return models
+
+
+def generate_one(
+    setup: RunSetup,
+    models: Models,
+    prompt: str,
+    seed: int,
+    out: Path,
+    manifest_extra: dict[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Sample ``prompt`` with ``seed`` and write the video ``out`` and its companions.
+
+    Writes (each atomically) the video, with ``--compare`` the baseline | MotionPrompt video, the
+    trace plot, and last the manifest, so an existing manifest marks a complete video.
+    ``manifest_extra`` adds top-level manifest sections. Returns the written paths by name.
+    Raises :class:`SamplingError`, before writing anything, if the latents are not finite.
+    """
+    import torch
+
+    from mpcore import video
+    from mpcore.manifest import build_manifest, write_json_atomic
+    from mpcore.sampling import decode_video, sample
+
+    sampler = dataclasses.replace(setup.sampler, seed=seed)
+    paths = setup.output_paths(out)
+    timings: dict[str, float] = {"load_backbone_s": models.load_backbone_s}
+
+    # ---- sample: baseline first (it must not see the learnable tokens), then guided
+    results = {}
+    if not setup.guided or setup.compare:
+        start = time.perf_counter()
+        results["baseline"] = sample(models.backbone, prompt, sampler, None, setup.progress, "baseline")
+        timings["baseline_s"] = time.perf_counter() - start
+    if setup.guided:
+        from mpcore.motionprompt import MotionPrompt
+
+        # a fresh guidance object per video: the token starts from its init word, the trace is empty
+        guidance = MotionPrompt(setup.motion, models.flow_estimator, models.discriminator)
+        start = time.perf_counter()
+        results["motionprompt"] = sample(models.backbone, prompt, sampler, guidance, setup.progress, "motionprompt")
+        timings["motionprompt_s"] = time.perf_counter() - start
+    for name, result in results.items():
+        if not torch.isfinite(result.latents).all():
+            raise SamplingError(f"{name} sampling gave non-finite latents (NaN/inf) for prompt {prompt!r}, seed {seed}")
+
+    # ---- write: videos, trace plot, then the manifest
+    backbone = models.backbone
+    frames = {name: video.to_uint8_frames(decode_video(backbone, r.latents)) for name, r in results.items()}
+    video.write_video(frames["motionprompt" if setup.guided else "baseline"], paths["video"], fps=setup.fps)
+    if paths["compare"] is not None:
+        video.write_video(video.side_by_side(frames["baseline"], frames["motionprompt"]), paths["compare"], fps=setup.fps)
+    guidance_result = results["motionprompt"].guidance if setup.guided else None
+    if paths["trace_plot"] is not None:
+        from mpcore.trace_plot import plot_trace
+
+        plot_trace(guidance_result, paths["trace_plot"], title=f"MotionPrompt: {prompt}")
+    motion = setup.motion
+    manifest = build_manifest(
+        command=["mpcore", *sys.argv[1:]],
+        prompt=prompt,
+        seed=seed,
+        guidance=setup.guidance,
+        backbone=backbone.describe(),
+        sampler=to_dict(sampler),
+        motionprompt={**to_dict(motion), "opt_range": list(motion.resolved_opt_range(sampler.steps)),
+                      "opt_range_source": "explicit" if motion.opt_range is not None else
+                      f"paper range {list(motion.paper_opt_range)} at {PAPER_STEPS} steps, scaled to {sampler.steps}"}
+        if setup.guided else None,
+        flow=models.flow_info,
+        discriminator=models.discriminator_info,
+        device=str(setup.device),
+        kernels=os.environ.get("MPCORE_KERNELS", "auto"),
+        dtype=str(setup.dtype).replace("torch.", ""),
+        outputs={k: str(v) for k, v in paths.items() if v is not None},
+        timings=timings,
+        warnings=[f"--model {TINY_MODEL} is a random-init model: the video is noise"] if setup.tiny else [],
+        result=guidance_result,
+        **(manifest_extra or {}),
+    )
+    write_json_atomic(manifest, paths["manifest"])
+    return {name: path for name, path in paths.items() if path is not None}
