@@ -41,6 +41,8 @@ def register_discriminators(register):
     Call ``register(DiscriminatorSpec(...))``: ``load(path, device)`` reads a safetensors file and its
     config JSON, ``random(seed, device)`` builds a tiny random-init one for offline runs; both return a
     callable ``logit = D(flow)`` (flow (B, 2, H, W) in pixels, logit (B,), higher = more real).
+    Optional ``build(options, pretrained, seed)`` (a trainable one) and ``save(model, path)`` make the
+    plugin trainable with ``mpcore disc train``.
     """
 
 

@@ -135,3 +135,12 @@ class DiscriminatorSpec:
     """``random(seed, device) -> Discriminator``: a tiny random-init one for offline smoke runs."""
     description: str = ""
     kind: str = "discriminator"
+    build: Callable[..., torch.nn.Module] | None = None
+    """``build(options: dict[str, str | int | float], pretrained: bool, seed: int) -> nn.Module``: a
+    trainable discriminator in train mode, ``logit = D(flow)`` with flow (B, 2, H, W) in pixels at any
+    size and logit (B,). ``options`` are the plugin's architecture options (``mpcore disc train
+    --arch KEY=VALUE``; values may be strings to parse); invalid ones raise ``ValueError`` naming the
+    option. Random init is seeded by ``seed``. Needed by ``mpcore disc train``."""
+    save: Callable[..., None] | None = None
+    """``save(model, path)``: write a model from ``build`` (trained) to ``path`` (.safetensors) and
+    its config JSON beside it, so that ``load(path, device)`` returns it. Needed by ``mpcore disc train``."""

@@ -13,10 +13,14 @@ from mpcore.hookspecs import hookimpl
 from mpcore.interfaces import DiscriminatorSpec
 
 from mp_plugin_vit.discriminator import (
+    PRESETS,
     DiscriminatorConfigError,
+    PretrainedWeightsError,
     ViTDiscriminator,
     ViTDiscriminatorConfig,
+    build,
     build_discriminator,
+    config_from_options,
     freeze,
     load,
     prepare_flow,
@@ -30,10 +34,14 @@ from mp_plugin_vit.discriminator import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "PRESETS",
     "DiscriminatorConfigError",
+    "PretrainedWeightsError",
     "ViTDiscriminator",
     "ViTDiscriminatorConfig",
+    "build",
     "build_discriminator",
+    "config_from_options",
     "freeze",
     "load",
     "prepare_flow",
@@ -48,10 +56,11 @@ __all__ = [
 
 DESCRIPTION = (
     "ViT flow discriminator (MotionPrompt): timm ViT on 2-channel flow via a 1x1 conv projection, "
-    "3-layer MLP head. Files: NAME.safetensors + NAME.json; 'random' = tiny random-init (smoke runs)."
+    "3-layer MLP head. Files: NAME.safetensors + NAME.json; 'random' = tiny random-init (smoke runs); "
+    "trainable with `mpcore disc train --type vit --arch preset=paper|small|cpu|tiny`."
 )
 
 
 @hookimpl
 def register_discriminators(register):
-    register(DiscriminatorSpec(name="vit", load=load, random=random, description=DESCRIPTION))
+    register(DiscriminatorSpec(name="vit", load=load, random=random, build=build, save=save, description=DESCRIPTION))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,10 @@ HOW_TO_GET_ONE = (
 
 class DiscriminatorConfigError(ValueError):
     """A discriminator config JSON is missing a field or has an invalid value."""
+
+
+class PretrainedWeightsError(RuntimeError):
+    """timm's pretrained ViT weights could not be downloaded or loaded (the message says what to do)."""
 
 
 @dataclass
@@ -120,6 +124,123 @@ def tiny_config() -> ViTDiscriminatorConfig:
     )
 
 
+PRESETS = {
+    "paper": lambda: ViTDiscriminatorConfig(timm_model="vit_base_patch16_224", img_size=224),
+    "small": lambda: ViTDiscriminatorConfig(timm_model="vit_small_patch16_224", img_size=224),
+    "cpu": lambda: ViTDiscriminatorConfig(timm_model="vit_tiny_patch16_224", img_size=112, head_hidden=128),
+    "tiny": tiny_config,
+}
+"""Architectures for ``--arch preset=NAME`` (then other ``--arch`` options override fields):
+
+* ``paper`` (default): ViT-B/16 at 224 x 224, the encoder size of MotionPrompt (Nam et al., CVPR 2025);
+* ``small``: ViT-S/16 at 224 (about a quarter of ViT-B's compute);
+* ``cpu``: ViT-Ti/16 at 112 (49 patches; trainable on a CPU, timm has pretrained weights for it);
+* ``tiny``: :func:`tiny_config`, a 2-block 32-wide ViT for tests and smoke runs (random init only).
+"""
+
+BUILD_OPTIONS = ("preset", "pretrained_file", "timm_model", "img_size", "timm_kwargs", "head_hidden", "flow_scale")
+"""Options of :func:`build`: a preset, a local pretrained-weights file, and the config fields."""
+
+SHAPE_KWARGS = ("embed_dim", "depth", "num_heads", "mlp_ratio")
+"""timm_kwargs that change the ViT's weight shapes: timm's pretrained weights cannot load into it.
+(``patch_size`` and ``img_size`` are fine: timm resamples the patch and position embeddings.)"""
+
+OFFLINE_HINT = "pass --no-pretrained, or point to a local file with --arch pretrained_file=PATH"
+
+
+def _parse_option(name: str, value: Any) -> Any:
+    """One ``--arch`` value (a string from the command line, or already typed) -> the field's type."""
+    try:
+        if name in ("img_size", "head_hidden"):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value)
+        if name == "flow_scale":
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if name == "timm_kwargs":
+            parsed = json.loads(value) if isinstance(value, str) else value
+            if not isinstance(parsed, dict):
+                raise ValueError(value)
+            return parsed
+        return str(value)
+    except (TypeError, ValueError):
+        expected = {"img_size": "an integer", "head_hidden": "an integer", "flow_scale": "a number",
+                    "timm_kwargs": 'a JSON object, e.g. timm_kwargs=\'{"depth": 6}\''}[name]
+        raise DiscriminatorConfigError(f"--arch {name}={value!r}: expected {expected}") from None
+
+
+def config_from_options(options: dict[str, Any] | None) -> tuple[ViTDiscriminatorConfig, str | None]:
+    """(config, pretrained_file) from build options: the ``preset`` (default ``paper``, see
+    :data:`PRESETS`), then each given field of :class:`ViTDiscriminatorConfig` replaces the preset's.
+    Errors name the option and what is allowed."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(BUILD_OPTIONS))
+    if unknown:
+        raise DiscriminatorConfigError(
+            f"unknown --arch option(s) {', '.join(unknown)} for the vit discriminator; known: {', '.join(BUILD_OPTIONS)}"
+        )
+    preset = str(options.pop("preset", "paper"))
+    if preset not in PRESETS:
+        raise DiscriminatorConfigError(f"--arch preset={preset!r}: expected one of {', '.join(PRESETS)}")
+    pretrained_file = options.pop("pretrained_file", None)
+    if pretrained_file is not None:
+        pretrained_file = str(Path(str(pretrained_file)).expanduser())
+        if not Path(pretrained_file).is_file():
+            raise DiscriminatorConfigError(f"--arch pretrained_file={pretrained_file}: no such file")
+    changes = {name: _parse_option(name, value) for name, value in options.items()}
+    config = replace(PRESETS[preset](), **changes)
+    config.validate("--arch options")
+    if not timm.is_model(config.timm_model):
+        raise DiscriminatorConfigError(
+            f"--arch timm_model={config.timm_model!r} is not a timm model "
+            f"(e.g. vit_tiny_patch16_224, vit_small_patch16_224, vit_base_patch16_224)"
+        )
+    return config, pretrained_file
+
+
+def build(options: dict[str, Any] | None = None, pretrained: bool = True, seed: int = 0) -> ViTDiscriminator:
+    """A trainable discriminator from ``--arch`` options (:func:`config_from_options`), in train mode.
+
+    MotionPrompt (Nam et al., CVPR 2025) fine-tunes a pretrained ViT image encoder on flow, so
+    ``pretrained`` (timm's weights for ``timm_model``, or the ``pretrained_file`` option) is the
+    default of ``mpcore disc train``; without a network it fails with what to do instead.
+    """
+    config, pretrained_file = config_from_options(options)
+    if pretrained_file is not None and not pretrained:
+        raise DiscriminatorConfigError(
+            "--arch pretrained_file is set but pretrained weights are off (--no-pretrained); drop one of the two"
+        )
+    if pretrained:
+        reshaped = [name for name in SHAPE_KWARGS if name in config.timm_kwargs]
+        if reshaped:
+            raise DiscriminatorConfigError(
+                f"timm_kwargs {', '.join(reshaped)} change the shape of {config.timm_model}, so its pretrained "
+                "weights cannot load (the 'tiny' preset is one such): pass --no-pretrained"
+            )
+        if pretrained_file is None and not timm.is_model_pretrained(config.timm_model):
+            raise DiscriminatorConfigError(f"timm has no pretrained weights for {config.timm_model}: {OFFLINE_HINT}")
+    try:
+        return build_discriminator(config, pretrained=pretrained, seed=seed, pretrained_file=pretrained_file)
+    except OSError as error:  # no network / no cached weights (huggingface_hub, urllib and requests errors)
+        if not pretrained or pretrained_file is not None:
+            raise
+        raise PretrainedWeightsError(
+            f"could not get timm's pretrained weights for {config.timm_model} ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}). Offline? {OFFLINE_HINT} "
+            "(HF_HUB_OFFLINE=1 skips the download retries)."
+        ) from error
+    except RuntimeError as error:  # weights that do not fit the architecture
+        if not pretrained:
+            raise
+        source = f"pretrained_file={pretrained_file}" if pretrained_file else "timm's pretrained weights"
+        raise PretrainedWeightsError(
+            f"could not load {source} into {config.timm_model} (img_size {config.img_size}, timm_kwargs "
+            f"{config.timm_kwargs}): {str(error).splitlines()[0]}; pass --no-pretrained or a matching file"
+        ) from error
+
+
 def resize_flow(flow: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     """Bilinearly resize flow (B, 2, H, W) to ``size`` and scale its vectors by the resize ratio
     (x by out_W / W, y by out_H / H), so the result is in pixels of the new grid."""
@@ -145,13 +266,17 @@ class ViTDiscriminator(nn.Module):
     is_random_init: bool = False
     source: str = "built"
 
-    def __init__(self, config: ViTDiscriminatorConfig, pretrained: bool = False):
+    def __init__(self, config: ViTDiscriminatorConfig, pretrained: bool = False, pretrained_file: str | None = None):
         super().__init__()
         config.validate()
         self.config = config
         self.proj = nn.Conv2d(2, 3, kernel_size=1)
+        extra: dict[str, Any] = {}
+        if pretrained_file is not None:  # timm reads the weights from this file instead of the hub
+            extra["pretrained_cfg_overlay"] = {"file": str(pretrained_file)}
         self.encoder = timm.create_model(
-            config.timm_model, pretrained=pretrained, num_classes=0, img_size=config.img_size, **config.timm_kwargs
+            config.timm_model, pretrained=pretrained, num_classes=0, img_size=config.img_size,
+            **config.timm_kwargs, **extra,
         )
         width = self.encoder.num_features
         self.head = nn.Sequential(
@@ -175,13 +300,16 @@ class ViTDiscriminator(nn.Module):
         return {"name": TYPE, "source": self.source, "is_random_init": self.is_random_init, **self.config.to_dict()}
 
 
-def build_discriminator(config: ViTDiscriminatorConfig, pretrained: bool = False, seed: int = 0) -> ViTDiscriminator:
+def build_discriminator(
+    config: ViTDiscriminatorConfig, pretrained: bool = False, seed: int = 0, pretrained_file: str | None = None
+) -> ViTDiscriminator:
     """A trainable discriminator (train mode). ``pretrained`` is passed to ``timm.create_model``
-    (the ViT's pretrained RGB weights; the projection and head are always fresh). Random init is
-    seeded by ``seed`` in a forked RNG, so the caller's global RNG state is left unchanged."""
+    (the ViT's pretrained RGB weights, from the hub or from ``pretrained_file``; the projection and
+    head are always fresh). Random init is seeded by ``seed`` in a forked RNG, so the caller's global
+    RNG state is left unchanged."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
-        return ViTDiscriminator(config, pretrained=pretrained)
+        return ViTDiscriminator(config, pretrained=pretrained, pretrained_file=pretrained_file)
 
 
 def freeze(model: ViTDiscriminator) -> ViTDiscriminator:

@@ -12,9 +12,12 @@ from safetensors.torch import load_file, save_file
 
 import mp_plugin_vit
 from mp_plugin_vit import (
+    PRESETS,
     DiscriminatorConfigError,
+    PretrainedWeightsError,
     ViTDiscriminatorConfig,
     build_discriminator,
+    config_from_options,
     load,
     prepare_flow,
     random,
@@ -183,6 +186,7 @@ def test_plugin_registers_vit():
     assert register_plugin(state, mp_plugin_vit, "vit")
     spec = registry("discriminator", state)["vit"].spec
     assert spec.load is load and spec.random is random
+    assert spec.build is mp_plugin_vit.build and spec.save is save
 
 
 def test_entry_point_installed():
@@ -190,3 +194,79 @@ def test_entry_point_installed():
     if "vit" not in names:
         pytest.skip("mp-plugin-vit is not installed (pip install -e plugins/mp-plugin-vit)")
     assert names["vit"] == "mp_plugin_vit"
+
+
+# ---------------------------------------------------------------------------------------------------
+# build(options, pretrained, seed): the trainable discriminator of `mpcore disc train`
+
+
+def test_presets_and_options():
+    assert config_from_options({})[0].timm_model == "vit_base_patch16_224"  # paper: ViT-B/16 at 224
+    assert config_from_options({})[0].img_size == 224
+    for name in PRESETS:
+        config, pretrained_file = config_from_options({"preset": name})
+        config.validate()
+        assert pretrained_file is None
+    assert config_from_options({"preset": "tiny"})[0] == tiny_config()
+    config, _ = config_from_options({"preset": "tiny", "img_size": "48", "flow_scale": "2.5", "head_hidden": 8,
+                                     "timm_kwargs": '{"patch_size": 16, "embed_dim": 16, "depth": 1, "num_heads": 2}'})
+    assert (config.img_size, config.flow_scale, config.head_hidden, config.timm_kwargs["depth"]) == (48, 2.5, 8, 1)
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"bogus": "1"}, "unknown --arch option.*bogus.*known: preset"),
+    ({"preset": "huge"}, "preset='huge'.*paper, small, cpu, tiny"),
+    ({"img_size": "big"}, "img_size='big': expected an integer"),
+    ({"img_size": "0"}, "field 'img_size' = 0"),
+    ({"flow_scale": "-1"}, "flow_scale"),
+    ({"timm_kwargs": "[1]"}, "timm_kwargs.*JSON object"),
+    ({"timm_model": "vit_nonexistent"}, "not a timm model"),
+    ({"pretrained_file": "/no/such/file.safetensors"}, "pretrained_file=.*no such file"),
+])
+def test_invalid_options_name_the_option(options, match):
+    with pytest.raises(DiscriminatorConfigError, match=match):
+        config_from_options(options)
+
+
+def test_build_is_trainable_seeded_and_saves_for_load(tmp_path):
+    model = mp_plugin_vit.build({"preset": "tiny"}, pretrained=False, seed=4)
+    assert model.training and all(p.requires_grad for p in model.parameters())
+    again = mp_plugin_vit.build({"preset": "tiny"}, pretrained=False, seed=4)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    path = tmp_path / "trained.safetensors"
+    save(model, path)
+    flow = flows(2, 16, 24)
+    assert torch.equal(model.eval()(flow), load(path)(flow))
+
+
+def test_pretrained_needs_matching_shapes():
+    with pytest.raises(DiscriminatorConfigError, match="pass --no-pretrained"):
+        mp_plugin_vit.build({"preset": "tiny"}, pretrained=True)
+
+
+def test_pretrained_offline_error_says_what_to_do(monkeypatch):
+    import timm.models._builder as builder
+
+    def offline(*args, **kwargs):
+        raise OSError("Name or service not known (simulated: no network)")
+
+    monkeypatch.setattr(builder, "load_state_dict_from_hf", offline)
+    monkeypatch.setattr(builder, "load_state_dict_from_url", offline)
+    with pytest.raises(PretrainedWeightsError) as info:
+        mp_plugin_vit.build({"preset": "cpu"}, pretrained=True)
+    message = str(info.value)
+    assert "vit_tiny_patch16_224" in message
+    assert "pass --no-pretrained, or point to a local file with --arch pretrained_file=PATH" in message
+
+
+def test_pretrained_file_loads_local_weights(tmp_path):
+    import timm
+
+    encoder = timm.create_model("vit_tiny_patch16_224", num_classes=1000, pretrained=False)
+    path = tmp_path / "vit_tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in encoder.state_dict().items()}, str(path))
+    model = mp_plugin_vit.build({"preset": "cpu", "pretrained_file": str(path)}, pretrained=True, seed=0)
+    assert torch.equal(model.encoder.blocks[0].attn.qkv.weight, encoder.blocks[0].attn.qkv.weight)
+    assert model.encoder.pos_embed.shape[1] == 1 + (112 // 16) ** 2  # resampled from 224 to 112 by timm
+    with pytest.raises(DiscriminatorConfigError, match="drop one"):
+        mp_plugin_vit.build({"preset": "cpu", "pretrained_file": str(path)}, pretrained=False)
