@@ -47,5 +47,17 @@ def register_discriminators(register):
 
 
 @hookspec
+def register_metrics(register):
+    """Register video quality metrics (``mpcore eval``).
+
+    Call ``register(MetricSpec(...))`` (see :class:`mpcore.interfaces.MetricSpec`): a snake_case
+    name, a description, whether it is VBench's definition (``vbench``), and
+    ``load(weights, device, **options)`` returning ``score = f(frames, fps=None)`` for uint8 frames
+    (F, H, W, 3); ``load`` raises :class:`mpcore.interfaces.MetricUnavailable` when its weights are
+    missing or cannot be loaded.
+    """
+
+
+@hookspec
 def register_commands(cli):
     """Add click commands to the ``mpcore`` command group ``cli``."""

@@ -144,3 +144,33 @@ class DiscriminatorSpec:
     save: Callable[..., None] | None = None
     """``save(model, path)``: write a model from ``build`` (trained) to ``path`` (.safetensors) and
     its config JSON beside it, so that ``load(path, device)`` returns it. Needed by ``mpcore disc train``."""
+
+
+class MetricUnavailable(RuntimeError):
+    """A metric cannot run here: its weights are missing or cannot be loaded. ``reason`` says why
+    and how to provide them; ``mpcore eval`` reports the metric as unavailable (values null)."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Metric(Protocol):
+    """``score = f(frames, fps=None)``: frames uint8 numpy (F, H, W, 3) RGB; ``fps`` of the video
+    when known (metrics that depend on it document their default)."""
+
+    def __call__(self, frames: Any, fps: float | None = None) -> float: ...
+
+
+@dataclass
+class MetricSpec:
+    name: str
+    """snake_case id, e.g. ``temporal_flickering``; a substitute for a VBench metric must not use
+    VBench's id."""
+    load: Callable[..., Metric]
+    """``load(weights: str | None, device, **options) -> Metric``; raises :class:`MetricUnavailable`
+    when weights are missing or unloadable (None = the metric's default source, e.g. a hub name)."""
+    description: str = ""
+    vbench: bool = False
+    """True only when the metric follows VBench's definition (Huang et al., CVPR 2024)."""
+    kind: str = "metric"

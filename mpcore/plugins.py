@@ -18,7 +18,12 @@ from mpcore import hookspecs
 
 ENTRY_POINT_GROUP = "mpcore"
 ALLOW_ENV = "MPCORE_PLUGINS"
-KINDS = {"backbone": "register_backbones", "flow": "register_flow_estimators", "discriminator": "register_discriminators"}
+KINDS = {
+    "backbone": "register_backbones",
+    "flow": "register_flow_estimators",
+    "discriminator": "register_discriminators",
+    "metric": "register_metrics",
+}
 
 
 @dataclass
@@ -85,7 +90,7 @@ def load_plugins(reload: bool = False) -> PluginState:
 
 
 def registry(kind: str, state: PluginState | None = None) -> dict[str, Registered]:
-    """Name -> Registered for one kind ("backbone", "flow", "discriminator"); first registration wins."""
+    """Name -> Registered for one kind (a key of :data:`KINDS`); first registration wins."""
     state = state or load_plugins()
     found: dict[str, Registered] = {}
     hook = getattr(state.manager.hook, KINDS[kind])

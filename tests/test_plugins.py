@@ -29,7 +29,7 @@ def fresh_plugin_state(monkeypatch):
 
 def test_first_party_plugins_come_through_entry_points():
     expected = {"backbone": ("animatediff", "mp-plugin-animatediff"), "flow": ("raft", "mp-plugin-raft"),
-                "discriminator": ("vit", "mp-plugin-vit")}
+                "discriminator": ("vit", "mp-plugin-vit"), "metric": ("temporal_flickering", "mp-plugin-vbench")}
     for kind, (name, distribution) in expected.items():
         registered = plugins.registry(kind)[name]
         assert registered.distribution == distribution
@@ -110,7 +110,7 @@ def test_python_m_mpcore_plugins_json():
     result = subprocess.run([sys.executable, "-m", "mpcore", "plugins", "--json"], capture_output=True, text=True, check=True)
     listed = {(row["name"], row["kind"]): row for row in json.loads(result.stdout)["plugins"]}
     assert listed[("animatediff", "backbone")]["distribution"] == "mp-plugin-animatediff"
-    assert {("raft", "flow"), ("vit", "discriminator")} <= set(listed)
+    assert {("raft", "flow"), ("vit", "discriminator"), ("temporal_flickering", "metric")} <= set(listed)
     assert all(row["version"] for row in listed.values())
 
 
