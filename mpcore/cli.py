@@ -97,7 +97,7 @@ def build_cli() -> click.Group:
     @cli.command("plugins")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
     def plugins_command(as_json: bool):
-        """List installed backbones, flow estimators and discriminators, and where each comes from."""
+        """List installed backbones, flow estimators, discriminators and metrics, and where each comes from."""
         state = plugins.load_plugins()
         rows = []
         for kind in plugins.KINDS:
@@ -141,12 +141,15 @@ def build_cli() -> click.Group:
                                 params=params + [option for option, _ in backbone_options.values()])
         command.backbone_options = {k: owners for k, (_, owners) in backbone_options.items()}  # type: ignore[attr-defined]
         cli.add_command(command)
-    from mpcore.flows_cli import flows  # imported here: flows_cli imports helpers from this module
-
-    cli.add_command(flows)
+    # imported here: these modules import helpers from this one
     from mpcore.disc_cli import disc
+    from mpcore.drift_cli import drift
+    from mpcore.eval_cli import eval_command
+    from mpcore.flows_cli import flows
+    from mpcore.report import report
 
-    cli.add_command(disc)
+    for group_or_command in (flows, disc, eval_command, drift, report):
+        cli.add_command(group_or_command)
     state.manager.hook.register_commands(cli=cli)
     return cli
 
