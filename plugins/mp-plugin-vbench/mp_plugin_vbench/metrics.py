@@ -283,14 +283,27 @@ def backward_warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(image, torch.stack([gx, gy], dim=-1), mode="bilinear", padding_mode="border", align_corners=True)
 
 
-def interpolate_midpoints(flow_fn: Callable, frames: torch.Tensor) -> torch.Tensor:
+def _flow_at_most(flow_fn: Callable, a: torch.Tensor, b: torch.Tensor, flow_side: int | None) -> torch.Tensor:
+    """Flow of full-size frames, computed on frames shrunk so the long side is <= ``flow_side``
+    (None = full size) and upsampled back with its vectors scaled (a cost bound for large videos)."""
+    height, width = a.shape[-2:]
+    scale = 1.0 if flow_side is None else min(1.0, flow_side / max(height, width))
+    if scale == 1.0:
+        return flow_fn(a, b)
+    size = (max(8, round(height * scale)), max(8, round(width * scale)))
+    small = [F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False) for x in (a, b)]
+    flow = F.interpolate(flow_fn(*small), size=(height, width), mode="bilinear", align_corners=False)
+    return flow * flow.new_tensor([width / size[1], height / size[0]]).view(1, 2, 1, 1)
+
+
+def interpolate_midpoints(flow_fn: Callable, frames: torch.Tensor, flow_side: int | None = None) -> torch.Tensor:
     """Middle frames between consecutive ``frames`` (N, 3, H, W) in [-1, 1] -> (N-1, 3, H, W).
 
     Flows both ways, the intermediate flows of Jiang et al. 2018 (Super SloMo, eq. 4, t = 1/2):
     F_t0 = -F_01/4 + F_10/4, F_t1 = F_01/4 - F_10/4; the two backward-warped frames averaged.
     """
     a, b = frames[:-1], frames[1:]
-    f01, f10 = flow_fn(a, b), flow_fn(b, a)
+    f01, f10 = _flow_at_most(flow_fn, a, b, flow_side), _flow_at_most(flow_fn, b, a, flow_side)
     ft0, ft1 = 0.25 * (f10 - f01), 0.25 * (f01 - f10)
     return 0.5 * backward_warp(a, ft0) + 0.5 * backward_warp(b, ft1)
 
@@ -302,11 +315,13 @@ def load_motion_smoothness_flowinterp(weights: str | None = None, device: Any = 
     re-creates each odd frame with the AMT interpolation network from its two even neighbours, and
     scores ``(255 - mean_i mean|odd_i - interp_i|) / 255`` (uint8 absdiff). This substitute keeps
     that frame selection and formula but interpolates with :func:`interpolate_midpoints` on the
-    weight-free ``tvl1`` flow plugin, so its values are NOT comparable with VBench's. ``options`` go
-    to the tvl1 loader.
+    weight-free ``tvl1`` flow plugin, so its values are NOT comparable with VBench's. The flows are
+    computed with the long side shrunk to ``flow_side`` (default 256; 0 = full size) and upsampled,
+    which bounds the cost on large videos. Other ``options`` go to the tvl1 loader.
     """
     from mpcore import plugins
 
+    flow_side = int(options.pop("flow_side", 256)) or None
     _no_weights("motion_smoothness_flowinterp", weights)
     try:
         flow_fn = plugins.get("flow", "tvl1").spec.load(None, device, **options)
@@ -317,7 +332,7 @@ def load_motion_smoothness_flowinterp(weights: str | None = None, device: Any = 
         frames = check_frames(frames, 3, "motion_smoothness_flowinterp")
         evens = _frames_tensor(frames[0::2], device) / 255.0 * 2.0 - 1.0
         with torch.no_grad():
-            middle = interpolate_midpoints(flow_fn, evens)
+            middle = interpolate_midpoints(flow_fn, evens, flow_side)
         middle = ((middle + 1.0) / 2.0 * 255.0).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
         middle = middle.transpose(0, 2, 3, 1)
         odd = frames[1::2][: len(middle)]
