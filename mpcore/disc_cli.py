@@ -21,25 +21,8 @@ from typing import Any
 import click
 
 from mpcore import plugins
+from mpcore.cli import _resolve_device, echo
 from mpcore.config import ConfigError, parse_override
-
-
-def _echo(message: str) -> None:
-    click.echo(message, err=True)
-
-
-def _device(name: str | None):
-    import torch
-
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise click.BadParameter(str(error), param_hint="--device") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise click.BadParameter("CUDA is not available on this machine; use --device cpu", param_hint="--device")
-    return device
 
 
 def _spec(name: str):
@@ -106,9 +89,9 @@ def train_command(real, fake, out, disc_type, arch, pretrained, epochs, batch_si
         config.validate()
         options = _arch_options(arch)
         spec = _spec(disc_type)
-        resolved = _device(device)
+        resolved = _resolve_device(device)
         log = train_discriminator(spec, real, fake, out, config, options, pretrained=pretrained, device=resolved,
-                                  resume=resume, overwrite=overwrite, progress=progress, echo=_echo,
+                                  resume=resume, overwrite=overwrite, progress=progress, echo=echo,
                                   command=["mpcore", *sys.argv[1:]])
     except DiscTrainError as error:
         raise click.ClickException(str(error)) from None
@@ -173,7 +156,7 @@ def eval_command(disc_path, real, fake, disc_type, as_json, batch_size, device, 
         except (json.JSONDecodeError, AttributeError):
             disc_type = None  # the plugin's load reports the broken config
     spec = _spec(disc_type or "vit")
-    resolved = _device(device)
+    resolved = _resolve_device(device)
     try:
         caches = open_caches(real, fake, same_size=False)
     except DiscTrainError as error:

@@ -19,20 +19,13 @@ from typing import Any
 import numpy as np
 
 from mpcore.files import atomic_path
+from mpcore.trace_plot import finite_float
 
 SUMMARY_FILES = {"generate.json"}
 
 
 class DriftError(ValueError):
     """The manifests or the metric values cannot give a drift plot."""
-
-
-def _num(value: Any) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return math.nan
-    return value if math.isfinite(value) else math.nan
 
 
 def is_guided(manifest: Any) -> bool:
@@ -48,7 +41,7 @@ def run_curve(manifest: dict) -> dict[int, float]:
         if not isinstance(entry, dict) or entry.get("step") is None:
             continue
         cosine = entry.get("cosine")
-        values = [_num(v) for v in (cosine if isinstance(cosine, (list, tuple)) else [cosine])]
+        values = [finite_float(v) for v in (cosine if isinstance(cosine, (list, tuple)) else [cosine])]
         finite = [v for v in values if not math.isnan(v)]
         curve[int(entry["step"])] = sum(finite) / len(finite) if finite else math.nan
     return curve
@@ -147,7 +140,7 @@ def match_values(manifests: list[tuple[Path, dict]], split_by: dict[str, float |
                 if len(by_stem.get(stem, [])) == 1:
                     value = by_stem[stem][0]
                     break
-        number = _num(value)
+        number = finite_float(value)
         values.append(None if math.isnan(number) else number)
     return values
 

@@ -264,15 +264,18 @@ def show_command(image_a, image_b, estimator, weights, options, device, out, siz
 # flows extract
 
 
+def _int_pair(text: str, separator: str) -> list[int]:
+    """``"N"`` -> [N, N]; ``"A<sep>B"`` -> [A, B]; anything else -> [] (the caller reports it)."""
+    try:
+        values = [int(part) for part in str(text).lower().strip().split(separator)]
+    except ValueError:
+        return []
+    return values * 2 if len(values) == 1 else values
+
+
 def parse_gap(text: str) -> tuple[int, int]:
     """``"2"`` -> (2, 2); ``"1-3"`` -> (1, 3). Raises ``click.BadParameter`` unless 1 <= min <= max."""
-    parts = str(text).strip().split("-")
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        values = []
-    if len(values) == 1:
-        values = values * 2
+    values = _int_pair(text, "-")
     if len(values) != 2 or not 1 <= values[0] <= values[1]:
         raise click.BadParameter(f"expected N or MIN-MAX with 1 <= MIN <= MAX (e.g. --gap 1 or --gap 1-3); got {text!r}",
                                  param_hint="--gap")
@@ -281,13 +284,7 @@ def parse_gap(text: str) -> tuple[int, int]:
 
 def parse_size(text: str) -> tuple[int, int]:
     """``"224"`` -> (224, 224); ``"256x448"`` -> (256, 448) as (H, W). Both sides >= 8."""
-    parts = str(text).lower().strip().split("x")
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        values = []
-    if len(values) == 1:
-        values = values * 2
+    values = _int_pair(text, "x")
     if len(values) != 2 or min(values) < 8:
         raise click.BadParameter(f"expected S (square) or HxW with sides >= 8 (e.g. --size 224 or --size 256x448); got {text!r}",
                                  param_hint="--size")

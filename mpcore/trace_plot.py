@@ -28,7 +28,7 @@ LOSS_TERMS = ("total", "disc", "tv", "reg")
 _TERM_COLORS = {"total": "black", "disc": "tab:blue", "tv": "tab:orange", "reg": "tab:green"}
 
 
-def _num(value: Any) -> float:
+def finite_float(value: Any) -> float:
     """A finite float, or NaN for None / non-numbers / non-finite values (matplotlib draws NaN as a gap)."""
     try:
         value = float(value)
@@ -47,7 +47,7 @@ def _loss_series(trace: list[dict[str, Any]]) -> dict[str, Any]:
         iterations = entry.get("iterations") or []
         if not iterations:  # steps outside the optimization range have no losses
             continue
-        step = _num(entry.get("step"))
+        step = finite_float(entry.get("step"))
         if math.isnan(step):
             continue
         count = len(iterations)
@@ -56,10 +56,10 @@ def _loss_series(trace: list[dict[str, Any]]) -> dict[str, Any]:
             x = step + k / count
             xs.append(x)
             for term in LOSS_TERMS:
-                values[term].append(_num(record.get(term)))
+                values[term].append(finite_float(record.get(term)))
             if record.get("skipped"):
                 skipped.append(x)
-            elif math.isnan(_num(record.get("total"))):
+            elif math.isnan(finite_float(record.get("total"))):
                 nonfinite.append(x)
         if count:  # break the line between sampling steps
             xs.append(math.nan)
@@ -70,13 +70,13 @@ def _loss_series(trace: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _cosine_series(trace: list[dict[str, Any]]) -> tuple[list[float], list[list[float]]]:
     """Steps and, per token, the cosine after each step (NaN where missing)."""
-    steps = [_num(entry.get("step")) for entry in trace]
+    steps = [finite_float(entry.get("step")) for entry in trace]
     cosines = [entry.get("cosine") or [] for entry in trace]
     num_tokens = max((len(c) for c in cosines if isinstance(c, (list, tuple))), default=0)
     per_token = []
     for j in range(num_tokens):
         per_token.append(
-            [_num(c[j]) if isinstance(c, (list, tuple)) and j < len(c) else math.nan for c in cosines]
+            [finite_float(c[j]) if isinstance(c, (list, tuple)) and j < len(c) else math.nan for c in cosines]
         )
     return steps, per_token
 
@@ -85,7 +85,7 @@ def _shade_range(ax, opt_range: Any) -> None:
     """Shade the half-open optimization range [start, stop) of sampling steps, if given."""
     if not isinstance(opt_range, (list, tuple)) or len(opt_range) != 2:
         return
-    start, stop = _num(opt_range[0]), _num(opt_range[1])
+    start, stop = finite_float(opt_range[0]), finite_float(opt_range[1])
     if math.isnan(start) or math.isnan(stop) or stop <= start:
         return
     ax.axvspan(start, stop, color="tab:purple", alpha=0.12, label=f"optimization range [{start:g}, {stop:g})")

@@ -38,6 +38,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from mpcore.flow_eval import backward_warp
+
 # ITU-R BT.601 luma weights: colour frames are compared as grey intensity
 LUMA = (0.299, 0.587, 0.114)
 
@@ -116,21 +118,6 @@ def divergence(p_x: torch.Tensor, p_y: torch.Tensor) -> torch.Tensor:
     div_x = torch.cat([p_x[..., :, :1], p_x[..., :, 1:-1] - p_x[..., :, :-2], -p_x[..., :, -2:-1]], dim=-1)
     div_y = torch.cat([p_y[..., :1, :], p_y[..., 1:-1, :] - p_y[..., :-2, :], -p_y[..., -2:-1, :]], dim=-2)
     return div_x + div_y
-
-
-def warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-    """Backward warp: ``image`` sampled at x + flow(x), bilinear, border values outside."""
-    _, _, height, width = image.shape
-    ys, xs = torch.meshgrid(
-        torch.arange(height, device=image.device, dtype=flow.dtype),
-        torch.arange(width, device=image.device, dtype=flow.dtype),
-        indexing="ij",
-    )
-    # pixel coordinates -> grid_sample's [-1, 1] (align_corners=True: -1 and 1 are pixel centres)
-    x = (xs + flow[:, 0]) * (2.0 / max(width - 1, 1)) - 1.0
-    y = (ys + flow[:, 1]) * (2.0 / max(height - 1, 1)) - 1.0
-    grid = torch.stack([x, y], dim=-1)
-    return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
 def median_filter(flow: torch.Tensor, size: int) -> torch.Tensor:
@@ -232,8 +219,8 @@ def tvl1_flow(frame_a: torch.Tensor, frame_b: torch.Tensor, config: TVL1Config =
         for _ in range(config.warps):
             # re-linearise the data term around the current flow u0 (warp I1 and its gradient)
             flow_at_warp = flow
-            warped = warp(level_b, flow_at_warp)
-            warped_grad = warp(grad_b, flow_at_warp)
+            warped = backward_warp(level_b, flow_at_warp)[0]
+            warped_grad = backward_warp(grad_b, flow_at_warp)[0]
             args = (flow, dual, warped, warped_grad, level_a, flow_at_warp,
                     config.data_weight, config.coupling, config.step, config.iterations)
             if config.checkpointing and torch.is_grad_enabled():

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mpcore.flow_eval import backward_warp
 from mpcore.interfaces import MetricUnavailable
 
 DINO_ARCH = "vit_base_patch16_224.dino"
@@ -273,16 +274,6 @@ def load_dynamic_degree(weights: str | None = None, device: Any = "cpu", **optio
 # motion smoothness substitute (NOT VBench's)
 
 
-def backward_warp(image: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-    """Sample ``image`` (N, C, H, W) at ``x + flow(x)`` (bilinear, border padding)."""
-    _, _, height, width = image.shape
-    ys, xs = torch.meshgrid(torch.arange(height, dtype=flow.dtype, device=flow.device),
-                            torch.arange(width, dtype=flow.dtype, device=flow.device), indexing="ij")
-    gx = (xs + flow[:, 0]) / max(width - 1, 1) * 2 - 1
-    gy = (ys + flow[:, 1]) / max(height - 1, 1) * 2 - 1
-    return F.grid_sample(image, torch.stack([gx, gy], dim=-1), mode="bilinear", padding_mode="border", align_corners=True)
-
-
 def _flow_at_most(flow_fn: Callable, a: torch.Tensor, b: torch.Tensor, flow_side: int | None) -> torch.Tensor:
     """Flow of full-size frames, computed on frames shrunk so the long side is <= ``flow_side``
     (None = full size) and upsampled back with its vectors scaled (a cost bound for large videos)."""
@@ -305,7 +296,7 @@ def interpolate_midpoints(flow_fn: Callable, frames: torch.Tensor, flow_side: in
     a, b = frames[:-1], frames[1:]
     f01, f10 = _flow_at_most(flow_fn, a, b, flow_side), _flow_at_most(flow_fn, b, a, flow_side)
     ft0, ft1 = 0.25 * (f10 - f01), 0.25 * (f01 - f10)
-    return 0.5 * backward_warp(a, ft0) + 0.5 * backward_warp(b, ft1)
+    return 0.5 * backward_warp(a, ft0)[0] + 0.5 * backward_warp(b, ft1)[0]
 
 
 def load_motion_smoothness_flowinterp(weights: str | None = None, device: Any = "cpu", **options: Any):
