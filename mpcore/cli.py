@@ -15,7 +15,7 @@ import click
 
 from mpcore import __version__, plugins
 from mpcore.config import MotionPromptConfig, SamplerConfig, apply_overrides
-from mpcore.interfaces import TINY_MODEL
+from mpcore.interfaces import DEFAULT_BACKBONE, DEFAULT_MODEL, TINY_MODEL
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 SAMPLER_FLAGS = {  # CLI flag name -> SamplerConfig field
@@ -75,10 +75,9 @@ def resolve_configs(spec, model: str | None, sampler_flags: dict[str, Any], over
 
     The tiny random model defaults to the weight-free ``tvl1`` flow estimator, so it runs offline.
     """
-    defaults = spec.sampler_defaults(model) if callable(spec.sampler_defaults) else dict(spec.sampler_defaults)
+    defaults, motion_defaults = spec.defaults_for(model)
     sampler = SamplerConfig(**defaults)
     sampler = apply_overrides(sampler, {SAMPLER_FLAGS[k]: str(v) for k, v in sampler_flags.items() if v is not None})
-    motion_defaults = dict(spec.motionprompt_defaults)
     if model == TINY_MODEL:
         motion_defaults["flow_estimator"] = "tvl1"
     motion = MotionPromptConfig(**motion_defaults)
@@ -157,8 +156,12 @@ def build_cli() -> click.Group:
 def _run_params() -> list[click.Parameter]:
     O = click.Option
     return [
-        O(["--backbone"], default="animatediff", show_default=True, help="Backbone plugin name (see `mpcore plugins`)."),
-        O(["--model"], default=None, help=f"Model weights: hub id, folder or file; '{TINY_MODEL}' = tiny random model (offline)."),
+        O(["--backbone"], default=None,
+          help=f"Backbone plugin name (see `mpcore plugins`). Default: {DEFAULT_BACKBONE}; with no --model either, its "
+               f"bundled '{DEFAULT_MODEL}' model."),
+        O(["--model"], default=None,
+          help=f"Model weights: hub id, folder or file; '{DEFAULT_MODEL}' = the bundled toy model, '{TINY_MODEL}' = tiny "
+               "random model (both offline)."),
         O(["--prompt", "-p"], required=True, help="Text prompt."),
         O(["--negative-prompt"], default=None, help="Negative prompt for classifier-free guidance."),
         O(["--frames"], type=int, default=None, help="Number of frames."),
@@ -171,7 +174,7 @@ def _run_params() -> list[click.Parameter]:
         O(["--guidance"], type=click.Choice(["motionprompt", "none"]), default="motionprompt", show_default=True,
           help="'none' gives the plain baseline."),
         O(["--flow"], default=None,
-          help="Flow estimator plugin name (= -o flow_estimator=NAME; default raft, tvl1 with --model tiny)."),
+          help="Flow estimator plugin name (= -o flow_estimator=NAME; default raft, tvl1 with --model tiny/toy)."),
         O(["--flow-weights"], default=None, help="Flow estimator weights: path, plugin-specific name, or 'random'."),
         O(["--flow-option", "flow_options"], multiple=True, metavar="KEY=VALUE", help="Flow estimator option (repeatable)."),
         O(["--discriminator"], default=None, help="Discriminator .safetensors (config JSON beside it), or 'random'."),

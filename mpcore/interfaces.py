@@ -12,6 +12,12 @@ from typing import Any, Callable, Protocol
 
 import torch
 
+DEFAULT_BACKBONE = "animatediff"
+DEFAULT_MODEL = "toy"
+"""With neither ``--backbone`` nor ``--model``, ``mpcore run``/``generate`` use the toy model bundled with
+the AnimateDiff plugin: trained offline, it runs anywhere in seconds (``--backbone animatediff``
+alone means the real AnimateDiff)."""
+
 TINY_MODEL = "tiny"
 """Reserved model name: a backbone given ``--model tiny`` builds a tiny random-init model of its
 architecture, offline and deterministic in the seed. Its output is noise; with it the CLI defaults
@@ -108,12 +114,22 @@ class BackboneSpec:
     description: str = ""
     check: Callable[..., None] | None = None
     """``check(model, **options)``: cheap validation run before any weights load (missing paths...)."""
-    motionprompt_defaults: dict[str, Any] = field(default_factory=dict)
+    motionprompt_defaults: dict[str, Any] | Callable[[str | None], dict[str, Any]] = field(default_factory=dict)
+    """MotionPromptConfig defaults (the paper's for the backbone), or ``f(model) -> defaults``."""
     sampler_defaults: dict[str, Any] | Callable[[str | None], dict[str, Any]] = field(default_factory=dict)
     """SamplerConfig defaults, or ``f(model) -> defaults`` when they depend on the model."""
     options: list[Any] = field(default_factory=list)
     """Extra click options of ``mpcore run`` passed to ``load`` as keyword arguments."""
+    default_discriminator: Callable[[str | None], str | None] | None = None
+    """``f(model) -> path | None``: a discriminator file shipped for this model (e.g. with a bundled
+    model), used when ``--discriminator`` is not given."""
     kind: str = "backbone"
+
+    def defaults_for(self, model: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(sampler defaults, MotionPrompt defaults) for ``model``."""
+        sampler = self.sampler_defaults(model) if callable(self.sampler_defaults) else self.sampler_defaults
+        motion = self.motionprompt_defaults(model) if callable(self.motionprompt_defaults) else self.motionprompt_defaults
+        return dict(sampler), dict(motion)
 
 
 @dataclass

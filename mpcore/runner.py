@@ -28,7 +28,7 @@ import click
 from mpcore import plugins
 from mpcore.cli import SAMPLER_FLAGS, _parse_scalar, _resolve_device, echo, resolve_configs, resolve_dtype
 from mpcore.config import PAPER_STEPS, ConfigError, MotionPromptConfig, SamplerConfig, parse_override, to_dict
-from mpcore.interfaces import TINY_MODEL
+from mpcore.interfaces import DEFAULT_BACKBONE, DEFAULT_MODEL, TINY_MODEL
 
 RANDOM_INIT_SEED = 0
 """Seed of every random-init component (``--model tiny``, ``--flow-weights random``,
@@ -117,6 +117,13 @@ def prepare(options: dict[str, Any], backbone_option_owners: dict[str, list[str]
     """
     backbone_name = options["backbone"]
     model = options["model"]
+    if backbone_name is None:
+        backbone_name = DEFAULT_BACKBONE
+        if model is None:
+            model = DEFAULT_MODEL
+            echo(f"note: no --backbone/--model given: using the bundled '{DEFAULT_MODEL}' model ({DEFAULT_BACKBONE} "
+                 "architecture, 32x32 px, trained offline on procedural clips). For the real AnimateDiff pass "
+                 f"--backbone {DEFAULT_BACKBONE}.")
     spec = plugins.get("backbone", backbone_name).spec
     backbone_options = {}
     for name, allowed in backbone_option_owners.items():
@@ -139,7 +146,8 @@ def prepare(options: dict[str, Any], backbone_option_owners: dict[str, list[str]
     tiny = model == TINY_MODEL
     # the tiny model's flow: the weight-free estimator, or RAFT at random init when asked for by name
     flow_weights = options["flow_weights"] or ("random" if tiny and motion.flow_estimator == "raft" else None)
-    discriminator = options["discriminator"] or ("random" if tiny else None)
+    bundled = spec.default_discriminator(model) if spec.default_discriminator is not None else None
+    discriminator = options["discriminator"] or bundled or ("random" if tiny else None)
     disc_type = options["discriminator_type"]
     flow_spec = disc_spec = None
     if guided:

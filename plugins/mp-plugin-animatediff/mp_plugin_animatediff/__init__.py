@@ -13,18 +13,42 @@ __version__ = "0.1.0"
 
 def sampler_defaults(model: str | None) -> dict:
     from mp_plugin_animatediff.tiny import TINY_SAMPLER_DEFAULTS
+    from mp_plugin_animatediff.toy import TOY_MODEL, TOY_SAMPLER_DEFAULTS
 
     if model == "tiny":
         return dict(TINY_SAMPLER_DEFAULTS)
+    if model == TOY_MODEL:
+        return dict(TOY_SAMPLER_DEFAULTS)
     # the paper samples with 50 DDIM steps; AnimateDiff's resolution and clip length
     return dict(frames=16, height=512, width=512, steps=50, cfg_scale=7.5)
+
+
+def motionprompt_defaults(model: str | None) -> dict:
+    from mp_plugin_animatediff.toy import TOY_MODEL, TOY_MOTIONPROMPT_DEFAULTS
+
+    if model == TOY_MODEL:
+        return dict(TOY_MOTIONPROMPT_DEFAULTS)
+    return dict(PAPER_DEFAULTS["animatediff"])
+
+
+def default_discriminator(model: str | None) -> str | None:
+    """The toy model ships with its own trained discriminator."""
+    from mp_plugin_animatediff.toy import TOY_MODEL, toy_paths
+
+    return str(toy_paths()["discriminator"]) if model == TOY_MODEL else None
 
 
 def check(model: str | None, motion_adapter: str | None = None, base_config: str | None = None, **_) -> None:
     """Cheap checks before any weights load: local paths that do not exist."""
     from mp_plugin_animatediff import loading
+    from mp_plugin_animatediff.toy import TOY_MODEL, check_installed
 
-    if model and model != "tiny":
+    if model == TOY_MODEL:
+        if motion_adapter or base_config:
+            raise click.UsageError(f"--model {TOY_MODEL} brings its own motion adapter and config: drop "
+                                   "--motion-adapter/--base-config")
+        check_installed()
+    elif model and model != "tiny":
         loading.check_source(model, "base model", "--model")
         loading.check_source(motion_adapter or loading.DEFAULT_MOTION_ADAPTER, "motion adapter", "--motion-adapter")
         if base_config:
@@ -44,9 +68,11 @@ def register_backbones(register):
             name="animatediff",
             load=load,
             check=check,
-            description="AnimateDiff: SD-1.5 base (folder, hub id or single file) + motion adapter; --model tiny for a random offline model",
-            motionprompt_defaults=PAPER_DEFAULTS["animatediff"],
+            description="AnimateDiff: SD-1.5 base (folder, hub id or single file) + motion adapter; --model toy (bundled, "
+            "trained offline) or tiny (random) run anywhere",
+            motionprompt_defaults=motionprompt_defaults,
             sampler_defaults=sampler_defaults,
+            default_discriminator=default_discriminator,
             options=[
                 click.Option(
                     ["--motion-adapter"],

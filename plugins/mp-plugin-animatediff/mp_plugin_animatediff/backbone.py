@@ -9,7 +9,7 @@ import torch
 from diffusers import AnimateDiffPipeline, DDIMScheduler
 from diffusers.utils import logging as diffusers_logging
 
-from mp_plugin_animatediff import loading, tiny
+from mp_plugin_animatediff import loading, tiny, toy
 from mpcore.interfaces import Backbone
 from mpcore.text import HFTextTokens
 
@@ -131,7 +131,8 @@ def load(
     motion_adapter: str | None = None,
     base_config: str | None = None,
 ) -> AnimateDiffBackbone:
-    """Load AnimateDiff. ``model="tiny"`` builds the tiny random-init model from ``seed``."""
+    """Load AnimateDiff. ``model="tiny"`` builds the tiny random-init model from ``seed``;
+    ``model="toy"`` loads the bundled trained toy model (package data)."""
     device = torch.device(device)
     model = model or loading.DEFAULT_BASE
     if model == "tiny":
@@ -140,6 +141,10 @@ def load(
             pipe = AnimateDiffPipeline(**parts)
         scheduler_config = dict(parts["scheduler"].config)
         source = {"model": "tiny", "motion_adapter": "tiny", "seed": seed}
+    elif model == toy.TOY_MODEL:
+        paths = toy.toy_paths()
+        pipe, scheduler_config = loading.load_pipeline(str(paths["base"]), str(paths["motion_adapter"]), dtype)
+        source = {"model": toy.TOY_MODEL, "motion_adapter": toy.TOY_MODEL, "folder": str(toy.toy_folder())}
     else:
         adapter = motion_adapter or loading.DEFAULT_MOTION_ADAPTER
         pipe, scheduler_config = loading.load_pipeline(model, adapter, dtype, base_config)

@@ -29,3 +29,41 @@ DESCRIPTION = (
 @hookimpl
 def register_flow_estimators(register):
     register(FlowEstimatorSpec(name="tvl1", load=load, description=DESCRIPTION))
+
+
+def load_flow_warp_error(weights: str | None = None, device="cpu", **options):
+    """The ``flow_warp_error`` metric (lower = more temporally coherent).
+
+    Warping error (Lai et al., "Learning Blind Video Temporal Consistency", ECCV 2018, with the flow
+    estimated on the video itself): for each consecutive pair, the TV-L1 flow from frame t to t+1,
+    frame t+1 warped back onto frame t, and the mean absolute error (0-255) over pixels whose sample
+    point lies inside the frame; the video's value is the mean over pairs. ``options`` are TV-L1's.
+    """
+    import torch
+
+    from mpcore.flow_eval import to_model_frames, warp_error_sums
+
+    estimator = load(weights, device, **options)
+
+    def flow_warp_error(frames, fps=None) -> float:
+        video = to_model_frames(frames).to(device)
+        if video.shape[0] < 2:
+            raise ValueError("flow_warp_error needs at least 2 frames")
+        with torch.no_grad():
+            flow = estimator(video[:-1], video[1:])
+        total, count = warp_error_sums(video[:-1].cpu(), video[1:].cpu(), flow.cpu())
+        return total / count if count else float("nan")
+
+    return flow_warp_error
+
+
+@hookimpl
+def register_metrics(register):
+    from mpcore.interfaces import MetricSpec
+
+    register(MetricSpec(
+        name="flow_warp_error",
+        load=load_flow_warp_error,
+        description="Warping error (lower = more coherent): mean |frame_t - warp(frame_t+1, TV-L1 flow)| in 0-255 over "
+        "consecutive pairs (Lai et al. 2018). No weights; options are TV-L1's.",
+    ))

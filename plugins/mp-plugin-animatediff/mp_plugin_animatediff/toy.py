@@ -1,0 +1,51 @@
+"""The reserved model name ``toy``: a small trained AnimateDiff-architecture model, shipped as package data.
+
+Trained on this repository's procedural world (:mod:`mpcore.toyworld`: one coloured shape moving
+over a textured background, 32x32 pixels, 8 frames) by ``scripts/train_toy.py``, on a CPU. Same
+contracts as the real AnimateDiff: an SD-1.5-layout diffusers folder (``toy/base``: UNet with text
+cross-attention, AutoencoderKL with 4x down-sampling, CLIP text encoder with CLIP's full
+49408-token vocabulary) plus a ``MotionAdapter`` folder (``toy/motion_adapter``), loaded through the
+same code path as downloaded models. ``toy/discriminator.safetensors`` (+ ``.json``) is its flow
+discriminator, trained by ``mpcore disc train`` on TV-L1 flows of real procedural clips versus the
+model's own videos (``scripts/train_toy_disc.sh``).
+
+``mpcore run --prompt "a red circle moving right over a striped background"`` (no backbone, no
+model) uses it; see ``toy/MODEL_CARD.md`` for what it was trained on and how well it does.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from mpcore.config import PAPER_DEFAULTS
+
+TOY_MODEL = "toy"
+
+TOY_SAMPLER_DEFAULTS = dict(frames=8, height=32, width=32, steps=25, cfg_scale=7.5)
+
+# AnimateDiff's paper defaults, with the weight-free TV-L1 estimator (RAFT's weights cannot ship)
+TOY_MOTIONPROMPT_DEFAULTS = dict(PAPER_DEFAULTS["animatediff"], flow_estimator="tvl1")
+
+
+def toy_folder() -> Path:
+    return Path(str(resources.files("mp_plugin_animatediff") / "toy"))
+
+
+def toy_paths() -> dict[str, Path]:
+    folder = toy_folder()
+    return {
+        "base": folder / "base",
+        "motion_adapter": folder / "motion_adapter",
+        "discriminator": folder / "discriminator.safetensors",
+    }
+
+
+def check_installed() -> None:
+    """The package data is there (a partial install or a source checkout without it fails clearly)."""
+    missing = [str(p) for p in toy_paths().values() if not p.exists()]
+    if missing:
+        raise FileNotFoundError(
+            "the bundled toy model is missing from this installation (looked for: " + ", ".join(missing) + "). "
+            "Reinstall mp-plugin-animatediff, or retrain it with scripts/train_toy.py."
+        )
