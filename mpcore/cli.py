@@ -146,8 +146,9 @@ def build_cli() -> click.Group:
     from mpcore.eval_cli import eval_command
     from mpcore.flows_cli import flows
     from mpcore.report import report
+    from mpcore.weights_cli import weights
 
-    for group_or_command in (flows, disc, eval_command, drift, report):
+    for group_or_command in (flows, disc, eval_command, drift, report, weights):
         cli.add_command(group_or_command)
     state.manager.hook.register_commands(cli=cli)
     return cli

@@ -123,6 +123,14 @@ class BackboneSpec:
     default_discriminator: Callable[[str | None], str | None] | None = None
     """``f(model) -> path | None``: a discriminator file shipped for this model (e.g. with a bundled
     model), used when ``--discriminator`` is not given."""
+    expected_keys: Callable[..., dict[str, tuple[int, ...]]] | None = None
+    """``expected_keys(variant=None, config=None) -> {key: shape}``: the state-dict keys and shapes the
+    backbone's checkpoint file must hold (after any wrapper is removed), built without allocating
+    weights (e.g. on the meta device). ``variant`` names a released variant, ``config`` is a path to a
+    model config file; invalid ones raise ``ValueError``. Enables ``mpcore weights expected/check``."""
+    read_weights: Callable[[str], dict[str, torch.Tensor]] | None = None
+    """``read_weights(path) -> {key: tensor}``: read a checkpoint file as ``load`` does (unwrapping its
+    wrapper); default :func:`mpcore.weights.read_state_dict`. Used by ``mpcore weights check``."""
     kind: str = "backbone"
 
     def defaults_for(self, model: str | None) -> tuple[dict[str, Any], dict[str, Any]]:

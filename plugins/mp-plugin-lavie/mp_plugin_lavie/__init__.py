@@ -1,0 +1,93 @@
+"""LaVie backbone plugin for mpcore (registered through the ``mpcore`` entry-point group).
+
+``mpcore run --backbone lavie --model lavie_base.pt --base CompVis/stable-diffusion-v1-4 ...``: our own
+implementation of LaVie's base UNet3D (:mod:`mp_plugin_lavie.unet`) loads the official checkpoint
+strictly; VAE and CLIP text encoder come from Stable Diffusion v1.4.
+"""
+
+from __future__ import annotations
+
+import click
+
+from mpcore import hookimpl
+from mpcore.config import PAPER_DEFAULTS
+from mpcore.interfaces import BackboneSpec
+
+__version__ = "0.1.0"
+
+
+def sampler_defaults(model: str | None) -> dict:
+    from mp_plugin_lavie.tiny import TINY_SAMPLER_DEFAULTS
+
+    if model == "tiny":
+        return dict(TINY_SAMPLER_DEFAULTS)
+    # LaVie base: 16 frames at 320x512 (FACTS.md §6); the paper samples with 50 DDIM steps
+    return dict(frames=16, height=320, width=512, steps=50, cfg_scale=7.5)
+
+
+def motionprompt_defaults(model: str | None) -> dict:
+    return dict(PAPER_DEFAULTS["lavie"])
+
+
+def check(model: str | None, base: str | None = None, unet_config: str | None = None, **_) -> None:
+    """Cheap checks before any weights load: --model and --base given, local files and folders there,
+    the UNet config readable and supported."""
+    from mp_plugin_lavie import loading
+    from mp_plugin_lavie.unet import read_config
+
+    if model == "tiny":
+        if base or unet_config:
+            raise click.UsageError("--model tiny builds its own tiny random model: drop --base/--unet-config")
+        return
+    loading.check_checkpoint(model)
+    loading.check_base(base)
+    if unet_config:
+        read_config(unet_config)
+
+
+def load(**kwargs):
+    from mp_plugin_lavie.backbone import load as load_backbone
+
+    return load_backbone(**kwargs)
+
+
+def expected_keys(variant: str | None = None, config: str | None = None) -> dict[str, tuple[int, ...]]:
+    from mp_plugin_lavie.loading import expected_keys as expected
+
+    return expected(variant, config)
+
+
+def read_weights(path: str) -> dict:
+    from mp_plugin_lavie.loading import read_checkpoint
+
+    return read_checkpoint(path)
+
+
+@hookimpl
+def register_backbones(register):
+    register(
+        BackboneSpec(
+            name="lavie",
+            load=load,
+            check=check,
+            description="LaVie base (320x512, 16 frames): lavie_base.pt (--model) + SD v1.4 VAE/text encoder (--base); "
+            "--model tiny (random) runs anywhere",
+            motionprompt_defaults=motionprompt_defaults,
+            sampler_defaults=sampler_defaults,
+            expected_keys=expected_keys,
+            read_weights=read_weights,
+            options=[
+                click.Option(
+                    ["--base"],
+                    default=None,
+                    help="[lavie] Stable Diffusion v1.4 diffusers folder or hub id (e.g. CompVis/stable-diffusion-v1-4) "
+                    "giving the VAE, tokenizer and text encoder",
+                ),
+                click.Option(
+                    ["--unet-config"],
+                    default=None,
+                    help="[lavie] diffusers UNet config JSON of the LaVie UNet (default: SD v1.4's unet/config.json, built in)",
+                ),
+            ],
+        )
+    )
