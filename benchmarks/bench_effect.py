@@ -20,7 +20,7 @@ Every measure gets the guided - baseline mean difference with a 95% paired boots
 held-out scenes are the reference (what a perfect model would score), and the baseline's own
 direction agreement and fidelity say whether the samples are good enough to judge motion at all.
 
-    python benchmarks/bench_effect.py                       # 24 prompts x 3 seeds (~15 min on 2 cores)
+    python benchmarks/bench_effect.py                       # 16 prompts x 2 seeds (~15 min on 2 cores)
     python benchmarks/bench_effect.py -o lr=0.01 --tag lr0.01   # another guidance setting
     python benchmarks/bench_effect.py --smoke               # tiny configuration (tests)
 
@@ -133,15 +133,15 @@ def markdown(summary: dict) -> str:
 
 
 @click.command()
-@click.option("--prompts", "n_prompts", default=24, show_default=True, help="Held-out prompts.")
-@click.option("--seeds", default="0-2", show_default=True)
+@click.option("--prompts", "n_prompts", default=16, show_default=True, help="Held-out prompts.")
+@click.option("--seeds", default="0-1", show_default=True)
 @click.option("-o", "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="MotionPrompt setting (repeatable).")
 @click.option("--steps", type=int, default=None, help="DDIM steps (default: the toy model's).")
 @click.option("--tag", default="default", show_default=True, help="Names the result files.")
 @click.option("--work", type=click.Path(path_type=Path), default=Path("/tmp/mp_bench_effect"), show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=ROOT / "benchmarks" / "results", show_default=True)
-@click.option("--classifier-clips", default=3000, show_default=True)
-@click.option("--classifier-epochs", default=8, show_default=True)
+@click.option("--classifier-clips", default=2000, show_default=True)
+@click.option("--classifier-epochs", default=6, show_default=True)
 @click.option("--resamples", default=10000, show_default=True)
 @click.option("--smoke", is_flag=True, help="2 prompts, 1 seed, 4 steps, a barely trained classifier (tests).")
 def main(n_prompts, seeds, overrides, steps, tag, work, out, classifier_clips, classifier_epochs, resamples, smoke):

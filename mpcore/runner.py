@@ -223,10 +223,11 @@ def load(setup: RunSetup) -> Models:
             disc = setup.discriminator.load(setup.discriminator_path, setup.device)
         models.flow_estimator = flow_estimator
         models.discriminator = disc
-        models.flow_info = {"name": setup.flow.name, "weights": setup.flow_weights, "options": setup.flow_options,
-                            **(flow_estimator.describe() if hasattr(flow_estimator, "describe") else {})}
-        models.discriminator_info = {"name": setup.discriminator.name, "path": setup.discriminator_path,
-                                     **(disc.describe() if hasattr(disc, "describe") else {})}
+        # the plugin's own description first: the names the user chose (e.g. a preset) win
+        models.flow_info = {**(flow_estimator.describe() if hasattr(flow_estimator, "describe") else {}),
+                            "name": setup.flow.name, "weights": setup.flow_weights, "options": setup.flow_options}
+        models.discriminator_info = {**(disc.describe() if hasattr(disc, "describe") else {}),
+                                     "name": setup.discriminator.name, "path": setup.discriminator_path}
     return models
 
 

@@ -3,8 +3,9 @@
 Real videos: procedural clips of the toy world (:mod:`mpcore.toyworld`, split "train", seeds not
 used to train the video model), written with the same encoder as generated videos. Fake videos:
 the bundled toy model (``mpcore generate --model toy --guidance none``) on the SAME captions, as the
-paper pairs real and generated videos of one prompt set. Flows: the weight-free ``tvl1`` estimator
-at the native 32x32. Discriminator: the ``tiny`` ViT preset from random init (no downloads).
+paper pairs real and generated videos of one prompt set. Flows: the weight-free ``tvl1_fast`` estimator
+(the toy model's guidance default) at the native 32x32. Discriminator: a small ViT (the ``tiny`` preset with 4x4 patches, width 64, depth 4)
+from random init (no downloads).
 
     python scripts/train_toy_disc.py --work /work/toy_disc [--install]
 
@@ -29,6 +30,8 @@ from mpcore import toyworld  # noqa: E402
 from mpcore.video import write_video  # noqa: E402
 
 REAL_SEEDS = {"train": 3_000_000, "test": 3_500_000}  # disjoint from train_toy.py's 1_000_000+
+# the tiny preset's ViT, wider and deeper, with 4x4 patches: 64 tokens of a 32x32 flow
+VIT = {"patch_size": 4, "embed_dim": 64, "depth": 4, "num_heads": 4}
 TOY_FOLDER = ROOT / "plugins" / "mp-plugin-animatediff" / "mp_plugin_animatediff" / "toy"
 
 
@@ -80,7 +83,7 @@ def main() -> None:
                                                "--out", str(work / "fake_train"))
     times["generate_fake_test_s"], _ = mpcore("generate", *toy, "--prompts", str(prompts["test"]), "--seeds", "1",
                                               "--out", str(work / "fake_test"))
-    extract = ["--estimator", "tvl1", "--size", "32", "--gap", "1-2", "--pairs-per-video", str(args.pairs_per_video),
+    extract = ["--estimator", "tvl1_fast", "--size", "32", "--gap", "1-2", "--pairs-per-video", str(args.pairs_per_video),
                "--overwrite", "--no-progress"]
     for split in ("train", "test"):
         for label in ("real", "fake"):
@@ -90,7 +93,8 @@ def main() -> None:
     disc = work / "disc.safetensors"
     times["disc_train_s"], _ = mpcore(
         "disc", "train", "--real", str(work / "cache_real_train"), "--fake", str(work / "cache_fake_train"), "--out",
-        str(disc), "--arch", "preset=tiny", "--arch", "flow_scale=1", "--no-pretrained", "--epochs", str(args.epochs),
+        str(disc), "--arch", "preset=tiny", "--arch", "flow_scale=1", "--arch", f"timm_kwargs={json.dumps(VIT)}",
+        "--arch", "head_hidden=64", "--no-pretrained", "--epochs", str(args.epochs),
         "--lr", str(args.lr), "--batch-size", str(args.batch_size), "--overwrite", "--no-progress")
     times["disc_eval_s"], held_out = mpcore("disc", "eval", "--disc", str(disc), "--real", str(work / "cache_real_test"),
                                             "--fake", str(work / "cache_fake_test"), "--json", capture=True)

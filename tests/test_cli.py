@@ -104,7 +104,7 @@ def test_unwritable_output_fails_before_loading(tmp_path, no_model_loading):
         (["-o", "nonsense=1"], "unknown setting 'nonsense'"),
         (["--eta", "2"], "eta=2.0; allowed: [0, 1]"),
         (["--height", "30"], "height=30"),
-        (["--flow", "farneback"], "unknown flow 'farneback'; installed: raft, tvl1"),
+        (["--flow", "farneback"], "unknown flow 'farneback'; installed: raft, tvl1, tvl1_fast"),
     ],
 )
 def test_invalid_settings_fail_before_loading(tmp_path, no_model_loading, args, message):
