@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Does MotionPrompt make the bundled toy model's motion more coherent? Baseline vs guided, paired.
 
-Over held-out prompts (captions of toy-world scenes whose (colour, shape, motion) combination or
-caption template was never used in training: ``split="heldout"``) and several seeds, the toy model
+Over held-out prompts (captions of toy-world scenes whose (colour, shape, motion) combination was
+never used in training, one in three also worded with the held-out template: ``split="heldout"``)
+and several seeds, the toy model
 samples each (prompt, seed) twice with the same initial noise: plain (``--guidance none``) and with
 MotionPrompt (its bundled discriminator). Both go through ``mpcore generate``. Then, per pair:
 

@@ -20,7 +20,7 @@ Everything is deterministic in the seed: :func:`sample_scene` draws parameters f
 
 Held-out split (for fidelity/generalisation measures): a fixed subset of (colour, shape, motion)
 combinations and one caption template are never drawn with ``split="train"``; ``split="heldout"``
-draws only those.
+draws only held-out combinations, worded with any of the three templates.
 """
 
 from __future__ import annotations
@@ -157,9 +157,7 @@ def sample_scene(seed: int, size: int = 32, frames: int = 8, max_objects: int = 
             break
     if split == "train":
         template = TRAIN_TEMPLATES[rng.integers(len(TRAIN_TEMPLATES))]
-    elif split == "heldout":
-        template = HELDOUT_TEMPLATE
-    else:
+    else:  # held-out combinations are worded with any template, one in three with the held-out one
         template = (*TRAIN_TEMPLATES, HELDOUT_TEMPLATE)[rng.integers(len(TRAIN_TEMPLATES) + 1)]
 
     background = BACKGROUNDS[rng.integers(len(BACKGROUNDS))]

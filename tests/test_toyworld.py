@@ -50,7 +50,7 @@ def test_heldout_split_is_disjoint_from_train():
     assert not any(toyworld.is_heldout_combo(*combo(s)) for s in train)
     assert all(toyworld.is_heldout_combo(*combo(s)) for s in heldout)
     assert {s.template for s in train} == set(toyworld.TRAIN_TEMPLATES)
-    assert {s.template for s in heldout} == {toyworld.HELDOUT_TEMPLATE}
+    assert {s.template for s in heldout} == {*toyworld.TRAIN_TEMPLATES, toyworld.HELDOUT_TEMPLATE}
     with pytest.raises(ValueError, match="split"):
         toyworld.sample_scene(0, split="test")
 
