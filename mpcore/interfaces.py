@@ -82,8 +82,21 @@ class Backbone(abc.ABC):
     def make_scheduler(self):
         """A fresh diffusers DDIMScheduler configured as the backbone is sampled."""
 
+    guidance_rescale: float = 0.0
+    """Rescale of the CFG output towards the conditional output's std (Lin et al. 2024, eq. 16),
+    applied by :func:`mpcore.sampling.cfg_output`; 0 disables it."""
+
     def encode_prompt(self, prompts: list[str], override: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
         return self.text.encode(prompts, override)
+
+    def encode_negative_prompt(self, prompts: list[str]) -> torch.Tensor:
+        """The unconditional branch's condition of CFG (default: the encoded negative prompt; an
+        image-to-video backbone may pair it with its null image instead of the input image)."""
+        return self.encode_prompt(prompts)
+
+    def prepare_sampling(self, config) -> None:
+        """Called by the sampler before encoding the prompts, with its ``SamplerConfig`` (e.g. to
+        size an image condition to ``config.height`` x ``config.width``). Default: nothing."""
 
     @abc.abstractmethod
     def predict(self, latents: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:

@@ -58,15 +58,27 @@ def cfg_output(
     uncond_output: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Classifier-free guided model output. Batches [uncond, cond] as diffusers does, unless the
-    unconditional output is given (it does not depend on the learnable token)."""
+    unconditional output is given (it does not depend on the learnable token). With
+    ``backbone.guidance_rescale`` > 0 the result is rescaled as :func:`rescale_cfg` does."""
     if cfg_scale <= 1.0:
         return backbone.predict(latents, t, cond)
     if uncond_output is not None:
         out_cond = backbone.predict(latents, t, cond)
-        return uncond_output + cfg_scale * (out_cond - uncond_output)
-    out = backbone.predict(torch.cat([latents] * 2), t, torch.cat([uncond, cond]))
-    out_uncond, out_cond = out.chunk(2)
-    return out_uncond + cfg_scale * (out_cond - out_uncond)
+        out = uncond_output + cfg_scale * (out_cond - uncond_output)
+    else:
+        out_uncond, out_cond = backbone.predict(torch.cat([latents] * 2), t, torch.cat([uncond, cond])).chunk(2)
+        out = out_uncond + cfg_scale * (out_cond - out_uncond)
+    rescale = getattr(backbone, "guidance_rescale", 0.0)
+    return rescale_cfg(out, out_cond, rescale) if rescale > 0 else out
+
+
+def rescale_cfg(out: torch.Tensor, out_cond: torch.Tensor, rescale: float) -> torch.Tensor:
+    """Guidance rescale (Lin et al., "Common Diffusion Noise Schedules and Sample Steps are Flawed",
+    2024, eq. 15-16): match the guided output's std to the conditional output's (std over all
+    non-batch dims), then mix ``rescale * rescaled + (1 - rescale) * out``."""
+    dims = list(range(1, out.dim()))
+    rescaled = out * (out_cond.std(dim=dims, keepdim=True) / out.std(dim=dims, keepdim=True))
+    return rescale * rescaled + (1.0 - rescale) * out
 
 
 def initial_latents(backbone: Backbone, config: SamplerConfig, scheduler, generator: torch.Generator) -> torch.Tensor:
@@ -90,9 +102,10 @@ def sample(
     generator = torch.Generator(device=backbone.device).manual_seed(config.seed)
     latents = initial_latents(backbone, config, scheduler, generator)
 
+    backbone.prepare_sampling(config)
     with torch.no_grad():
         cond = backbone.encode_prompt([prompt])
-        uncond = backbone.encode_prompt([config.negative_prompt]) if config.cfg_scale > 1.0 else cond
+        uncond = backbone.encode_negative_prompt([config.negative_prompt]) if config.cfg_scale > 1.0 else cond
     if guidance is not None:
         guidance.prepare(backbone, prompt, config, scheduler)
 

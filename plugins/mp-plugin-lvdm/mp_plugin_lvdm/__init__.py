@@ -1,0 +1,173 @@
+"""The lvdm family for mpcore: VideoCrafter2 (text-to-video) and DynamiCrafter (image-to-video; 256, 512,
+1024), registered as backbones ``videocrafter2`` and ``dynamicrafter`` through the ``mpcore`` entry points.
+
+Our own implementation (:mod:`mp_plugin_lvdm.unet`, ``vae``, ``clip``, ``model``) written from the fact
+sheets in shared/reference/{videocrafter2,dynamicrafter}/FACTS.md; it loads the official ``model.ckpt``
+files strictly and offline::
+
+    mpcore run --backbone videocrafter2 --model checkpoints/base_512_v2/model.ckpt --prompt "..."
+    mpcore run --backbone dynamicrafter --variant 512 --model dynamicrafter_512/model.ckpt --image start.png --prompt "..."
+
+MotionPrompt defaults. VideoCrafter2: the paper's (PAPER_DEFAULTS["videocrafter2"]: 1 token, K=3,
+3 < i < 20, 6 decoded frames, l_disc 1, l_tv 5, l_reg 3, lr 1e-3). DynamiCrafter: the paper reports
+none, so we use VideoCrafter2's. DynamiCrafter's denoiser is VideoCrafter's UNet (same blocks, same
+16-frame temporal layers) fine-tuned with the same OpenCLIP ViT-H/14 text encoder, so the learnable
+token lives in the same embedding space (same row norms, hence the same lr and l_reg), the clips have
+the same 16 frames (6 decoded frames = 3 pairs), and both sample 50 DDIM steps; the image condition
+fixes appearance, which leaves the motion the token can act on. Override any of them with ``-o``.
+"""
+
+from __future__ import annotations
+
+import click
+
+from mpcore import hookimpl
+from mpcore.config import PAPER_DEFAULTS
+from mpcore.interfaces import BackboneSpec
+
+__version__ = "0.1.0"
+
+DYNAMICRAFTER_MOTIONPROMPT_DEFAULTS = dict(PAPER_DEFAULTS["videocrafter2"])
+
+
+def _sampler_defaults(backbone: str):
+    def defaults(model: str | None) -> dict:
+        from mp_plugin_lvdm.tiny import TINY_SAMPLER_DEFAULTS
+
+        if model == "tiny":
+            return dict(TINY_SAMPLER_DEFAULTS)
+        if backbone == "videocrafter2":
+            # scripts/run_text2video.sh: 16 frames at 320x512, 50 DDIM steps, eta 1.0, cfg 12
+            return dict(frames=16, height=320, width=512, steps=50, cfg_scale=12.0, eta=1.0)
+        # scripts/run.sh of the 512 variant (the default --variant); 256/1024: pass --height/--width
+        # (256x256, 576x1024): mpcore's sampler defaults do not see --variant
+        return dict(frames=16, height=320, width=512, steps=50, cfg_scale=7.5, eta=1.0)
+
+    return defaults
+
+
+def videocrafter2_motionprompt_defaults(model: str | None) -> dict:
+    return dict(PAPER_DEFAULTS["videocrafter2"])
+
+
+def dynamicrafter_motionprompt_defaults(model: str | None) -> dict:
+    return dict(DYNAMICRAFTER_MOTIONPROMPT_DEFAULTS)
+
+
+def _check(backbone: str):
+    def check(model: str | None, config: str | None = None, variant: str | None = None, image: str | None = None,
+              **_) -> None:
+        """Cheap checks before any weights load: variant known, --image readable (dynamicrafter), the
+        checkpoint file there, the config readable."""
+        from mp_plugin_lvdm import configs, loading
+        from mp_plugin_lvdm.image import check_image
+
+        if backbone == "dynamicrafter":
+            try:
+                variant = configs.resolve_variant(variant)
+            except ValueError as error:
+                raise click.UsageError(str(error)) from None
+            check_image(image)
+        if model == "tiny":
+            if config:
+                raise click.UsageError("--model tiny builds its own tiny random model: drop --config")
+            return
+        loading.check_checkpoint(model, backbone, variant)
+        if config:
+            try:
+                configs.read_config(config)
+            except ValueError as error:
+                raise click.UsageError(str(error)) from None
+
+    return check
+
+
+def _load(backbone: str):
+    def load(**kwargs):
+        from mp_plugin_lvdm.backbone import load as load_backbone
+
+        return load_backbone(backbone=backbone, **kwargs)
+
+    return load
+
+
+def _expected_keys(backbone: str):
+    def expected_keys(variant: str | None = None, config: str | None = None) -> dict[str, tuple[int, ...]]:
+        """The checkpoint's key -> shape map (wrapper removed; the 256 file's ``framestride_embed`` read
+        as ``fps_embedding``), built on the meta device."""
+        from mp_plugin_lvdm import configs
+        from mp_plugin_lvdm.model import expected_shapes
+
+        return expected_shapes(configs.resolve(backbone, variant, config))
+
+    return expected_keys
+
+
+def read_weights(path: str) -> dict:
+    from mp_plugin_lvdm.loading import read_checkpoint
+
+    return read_checkpoint(path)
+
+
+def _config_option() -> click.Option:
+    return click.Option(
+        ["--config"], default=None, metavar="PATH",
+        help="[videocrafter2, dynamicrafter] model config YAML of the official inference schema "
+             "(model.params.unet_config/first_stage_config/cond_stage_config...); default: the official config",
+    )
+
+
+def _guidance_rescale_option() -> click.Option:
+    return click.Option(
+        ["--guidance-rescale"], type=float, default=None,
+        help="[videocrafter2, dynamicrafter] CFG rescale phi (default: 0.7 for dynamicrafter 512/1024, else 0)",
+    )
+
+
+@hookimpl
+def register_backbones(register):
+    register(
+        BackboneSpec(
+            name="videocrafter2",
+            load=_load("videocrafter2"),
+            check=_check("videocrafter2"),
+            description="VideoCrafter2 text-to-video (320x512, 16 frames): the official model.ckpt (--model); "
+            "--model tiny (random) runs anywhere",
+            motionprompt_defaults=videocrafter2_motionprompt_defaults,
+            sampler_defaults=_sampler_defaults("videocrafter2"),
+            expected_keys=_expected_keys("videocrafter2"),
+            read_weights=read_weights,
+            options=[
+                _config_option(),
+                _guidance_rescale_option(),
+                click.Option(["--cond-fps"], type=int, default=None,
+                             help="[videocrafter2] fps conditioning value of the UNet (default 28, as the official script)"),
+            ],
+        )
+    )
+    register(
+        BackboneSpec(
+            name="dynamicrafter",
+            load=_load("dynamicrafter"),
+            check=_check("dynamicrafter"),
+            description="DynamiCrafter image-to-video (--variant 256|512|1024, --image start.png): the official "
+            "model.ckpt (--model); --model tiny (random) runs anywhere",
+            motionprompt_defaults=dynamicrafter_motionprompt_defaults,
+            sampler_defaults=_sampler_defaults("dynamicrafter"),
+            expected_keys=_expected_keys("dynamicrafter"),
+            read_weights=read_weights,
+            options=[
+                _config_option(),
+                _guidance_rescale_option(),
+                click.Option(["--variant"], type=click.Choice(["256", "512", "1024"]), default=None,
+                             help="[dynamicrafter] released variant: 256 (256x256), 512 (320x512, default), "
+                                  "1024 (576x1024)"),
+                click.Option(["--image"], default=None, metavar="PATH",
+                             help="[dynamicrafter] the input image (start frame); resized to the short side and "
+                                  "center-cropped to --height x --width"),
+                click.Option(["--frame-stride"], type=int, default=None,
+                             help="[dynamicrafter] fs conditioning: frame stride for 256 (default 3), FPS for "
+                                  "512 (default 24) and 1024 (default 10)"),
+            ],
+        )
+    )
