@@ -78,7 +78,11 @@ def disc():
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
 def train_command(real, fake, out, disc_type, arch, pretrained, epochs, batch_size, lr, momentum, weight_decay,
                   val_fraction, seed, balance, num_workers, resume, overwrite, device, progress):
-    """Train a discriminator on flows of real vs generated videos (MotionPrompt's recipe)."""
+    """Train a discriminator on flows of real vs generated videos (MotionPrompt's recipe).
+
+    Under `accelerate launch` / `torchrun`: DDP with the global batch kept at --batch-size; only the
+    main process writes the outputs."""
+    from mpcore import distributed
     from mpcore.disc_train import DiscTrainError, TrainConfig, train_discriminator
 
     if resume and overwrite:
@@ -89,12 +93,15 @@ def train_command(real, fake, out, disc_type, arch, pretrained, epochs, batch_si
         config.validate()
         options = _arch_options(arch)
         spec = _spec(disc_type)
-        resolved = _resolve_device(device)
+        dist = distributed.init(device)
+        resolved = _resolve_device(dist.device(device))
         log = train_discriminator(spec, real, fake, out, config, options, pretrained=pretrained, device=resolved,
                                   resume=resume, overwrite=overwrite, progress=progress, echo=echo,
-                                  command=["mpcore", *sys.argv[1:]])
+                                  command=["mpcore", *sys.argv[1:]], dist=dist)
     except DiscTrainError as error:
         raise click.ClickException(str(error)) from None
+    if not dist.is_main:
+        return
     best = log.get("best") or {}
     seconds = log.get("timings", {}).get("epoch_s") or []
 

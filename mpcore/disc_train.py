@@ -21,6 +21,18 @@ Choices made here (not in the paper):
 
 Outputs beside ``OUT.safetensors``: ``OUT.json`` (config, from ``spec.save``), ``OUT_log.json``,
 ``OUT_curves.png`` and ``OUT.ckpt.pt``; see :class:`Outputs`.
+
+Several processes (``accelerate launch`` / ``torchrun``; pass ``dist``): data-parallel training with
+DDP (the model wrapped by accelerate's ``prepare_model``) and the **global batch kept fixed** at
+``batch_size`` (the paper's 32, whatever the number of processes): every process draws the same
+epoch order, takes its contiguous share of each global batch, and scales its summed loss by
+``processes / batch_size``, so DDP's gradient average is the gradient of the single-process batch
+mean. The run is therefore the single-process run up to floating-point summation order (the
+all-reduce and the per-process partial sums add in a different order; the model must have no
+cross-sample layers such as BatchNorm, which the ViT discriminator has not); resuming with another
+number of processes is allowed. A process whose share of a (last, short) batch is empty runs one
+zero-weight copy of the batch's first pair, so every process takes part in every step. Validation
+is split across the processes and gathered. Only the main process writes files or prints.
 """
 
 from __future__ import annotations
@@ -483,6 +495,10 @@ def plot_curves(history: list[dict[str, Any]], best_epoch: int | None, out: Path
 # training
 
 
+def _quiet(message: str) -> None:
+    """``echo`` of the processes other than the main one."""
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -518,6 +534,59 @@ def train_epoch(model, optimizer, batches, device: torch.device) -> tuple[float,
     return loss_sum / seen, correct / seen
 
 
+def train_epoch_distributed(model, optimizer, batches, global_sizes: list[int], live: list[bool], device: torch.device,
+                            dist) -> tuple[float, float]:
+    """:func:`train_epoch` for one process of a DDP run: ``batches`` are this process's shares of the
+    global batches (sizes ``global_sizes``; ``live[i]`` False for a zero-weight stand-in share). The
+    loss is sum(w * BCE) * processes / global size, so DDP's gradient average equals the gradient of
+    the global batch's weighted mean. Returns the global (mean weighted loss, accuracy)."""
+    model.train()
+    loss_sum = correct = seen = 0.0
+    scale = float(dist.world_size)
+    for (flows, labels, weights), size, is_live in zip(batches, global_sizes, live):
+        flows, labels, weights = flows.to(device), labels.to(device), weights.to(device)
+        if not is_live:
+            weights = torch.zeros_like(weights)
+        logits = _logits(model, flows)
+        summed = F.binary_cross_entropy_with_logits(logits, labels, weight=weights, reduction="sum")
+        loss = summed * (scale / size)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if is_live:
+            loss_sum += float(summed.detach())
+            correct += float(((logits.detach() > 0).float() == labels).sum())
+            seen += len(labels)
+        if hasattr(batches, "set_postfix") and seen:  # a tqdm bar (the main process's own share)
+            batches.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.3f}")
+    if hasattr(batches, "close"):
+        batches.close()
+    loss_sum, correct, seen = dist.all_reduce_sum([loss_sum, correct, seen])
+    return loss_sum / seen, correct / seen
+
+
+def _shares(batches: list[list[int]], dist) -> tuple[list[list[int]], list[int], list[bool]]:
+    """This process's contiguous share of each global batch, the global sizes, and which shares
+    are real (an empty share becomes the batch's first pair, used with weight 0)."""
+    shares, sizes, live = [], [], []
+    for batch in batches:
+        share = [batch[i] for i in dist.contiguous_share(len(batch))]
+        shares.append(share or batch[:1])
+        sizes.append(len(batch))
+        live.append(bool(share))
+    return shares, sizes, live
+
+
+def predict_distributed(model, caches, items, batch_size: int, device: torch.device, dist, num_workers: int = 0,
+                        progress: bool = False, desc: str = "eval"):
+    """:func:`predict` with ``items`` split into contiguous shares across the processes and the
+    logits gathered back in order (every process gets all of them)."""
+    share = [items[i] for i in dist.contiguous_share(len(items))]
+    logits, labels = predict(model, caches, share, batch_size, device, num_workers, progress, desc)
+    gathered = dist.all_gather((logits, labels))
+    return torch.cat([g[0] for g in gathered]), torch.cat([g[1] for g in gathered])
+
+
 def train_discriminator(
     spec,
     real: str | os.PathLike,
@@ -533,14 +602,22 @@ def train_discriminator(
     echo: Callable[[str], None] = print,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
     command: list[str] | None = None,
+    dist: Any = None,
 ) -> dict[str, Any]:
     """Train ``spec``'s discriminator on the ``real`` vs ``fake`` flow caches; return the log dict.
 
     Cheap checks run first (config, plugin has build/save, output folder writable, existing outputs,
     caches readable, the checkpoint compatible on ``resume``) and only then is a model built.
     ``on_epoch_end(epoch, metrics)`` is called after each epoch's files are written (tests use it to
-    simulate a kill). See the module docstring for the recipe and the outputs.
+    simulate a kill). See the module docstring for the recipe and the outputs. ``dist`` (a
+    :class:`mpcore.distributed.Dist` of several processes, each calling this with the same arguments
+    and its own ``device``) trains with DDP: see the module docstring.
     """
+    distributed = dist is not None and dist.enabled
+    is_main = not distributed or dist.is_main
+    if not is_main:
+        echo = _quiet
+        progress = False
     config = (config or TrainConfig()).validate()
     arch_options = dict(arch_options or {})
     device = torch.device(device)
@@ -601,6 +678,12 @@ def train_discriminator(
             raise DiscTrainError(f"could not build the {spec.name!r} discriminator: {error}") from error
         model = model.to(device)
         model.train()
+        train_model = model
+        if distributed:  # DDP through accelerate; `model` stays the plain module (saved, validated)
+            from accelerate import Accelerator
+
+            train_model = Accelerator(cpu=device.type == "cpu", mixed_precision="no").prepare_model(
+                model, device_placement=False)
         optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                     weight_decay=config.weight_decay)
         if state is not None:
@@ -611,11 +694,12 @@ def train_discriminator(
             best, start_epoch = state["best"], state["epoch"]
             echo(f"resuming {outputs.checkpoint} after epoch {start_epoch} of {config.epochs}")
         else:
-            if overwrite:
+            if overwrite and is_main:
                 for path in outputs.all():
                     path.unlink(missing_ok=True)
             history, epoch_seconds, sessions, best, start_epoch = [], [], [], None, 0
-        sessions.append({"started": _now(), "start_epoch": start_epoch, "device": str(device)})
+        sessions.append({"started": _now(), "start_epoch": start_epoch, "device": str(device),
+                         **({"processes": dist.world_size} if distributed else {})})
         describe = model.describe() if hasattr(model, "describe") else {}
         parameters = sum(p.numel() for p in model.parameters())
 
@@ -635,6 +719,7 @@ def train_discriminator(
                          "curves": outputs.curves, "checkpoint": outputs.checkpoint},
                 timings={"epoch_s": epoch_seconds, "train_s": sum(epoch_seconds)},
                 sessions=sessions,
+                **({"distributed": {**dist.describe(), "global_batch_size": config.batch_size}} if distributed else {}),
             )
 
         log: dict[str, Any] = {}
@@ -643,14 +728,24 @@ def train_discriminator(
             generator = torch.Generator().manual_seed(derived_seed(config.seed, "epoch", epoch))
             order = torch.randperm(len(split.train), generator=generator).tolist()
             batches = [order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)]
-            bar = tqdm(_loader(caches, split.train, batches, train_weights, config.num_workers), total=len(batches),
-                       desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False, unit="batch")
-            train_loss, train_accuracy = train_epoch(model, optimizer, bar, device)
+            if distributed:
+                shares, sizes, live = _shares(batches, dist)
+                bar = tqdm(_loader(caches, split.train, shares, train_weights, config.num_workers), total=len(shares),
+                           desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False, unit="batch")
+                train_loss, train_accuracy = train_epoch_distributed(train_model, optimizer, bar, sizes, live, device, dist)
+            else:
+                bar = tqdm(_loader(caches, split.train, batches, train_weights, config.num_workers), total=len(batches),
+                           desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False, unit="batch")
+                train_loss, train_accuracy = train_epoch(model, optimizer, bar, device)
             row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_accuracy,
                                    "balanced": config.balance, "lr": config.lr}
-            if split.val:
+            if split.val and distributed:
+                logits, labels = predict_distributed(model, caches, split.val, config.batch_size, device, dist,
+                                                     config.num_workers, progress, desc=f"val {epoch + 1}/{config.epochs}")
+            elif split.val:
                 logits, labels = predict(model, caches, split.val, config.batch_size, device, config.num_workers,
                                          progress, desc=f"val {epoch + 1}/{config.epochs}")
+            if split.val:
                 metrics = logit_metrics(logits, labels, val_weights)
                 row.update({"val_loss": metrics["loss"], "val_accuracy": metrics["accuracy"],
                             "val_accuracy_real": metrics["accuracy_real"], "val_accuracy_fake": metrics["accuracy_fake"],
@@ -664,12 +759,18 @@ def train_discriminator(
             )
             if improved:
                 best = {"epoch": epoch + 1, "val_loss": val_loss, "val_accuracy": row["val_accuracy"], "val_auc": row["val_auc"]}
-                spec.save(model, outputs.weights)  # weights first: a checkpoint never points at stale weights
+                if is_main:
+                    spec.save(model, outputs.weights)  # weights first: a checkpoint never points at stale weights
             seconds = time.perf_counter() - started
             history.append(row)
             epoch_seconds.append(seconds)
             echo(_format_epoch({**row, "seconds": seconds}, config.epochs, improved))
             log = make_log(finished=epoch + 1 == config.epochs)
+            if not is_main:  # only the main process writes; the others wait for its files
+                dist.barrier()
+                if on_epoch_end is not None:
+                    on_epoch_end(epoch + 1, row)
+                continue
             write_json_atomic(log, outputs.log)
             plot_curves(history, best and best["epoch"], outputs.curves, f"discriminator {spec.name}: {outputs.weights.name}")
             checkpoint = {
@@ -685,6 +786,8 @@ def train_discriminator(
             }
             with atomic_path(outputs.checkpoint) as tmp:
                 torch.save(checkpoint, tmp)
+            if distributed:
+                dist.barrier()  # the epoch's files are written before any process goes on
             if on_epoch_end is not None:
                 on_epoch_end(epoch + 1, row)
     return log

@@ -14,6 +14,14 @@ Layout of a cache directory::
 
 A cache is written into a temporary directory beside its final name and renamed when complete
 (:class:`FlowCacheWriter`), so a directory named CACHE is always a finished cache.
+
+A cache written by several processes (``mpcore flows extract`` under ``accelerate launch`` /
+``torchrun``) holds each process's shards (``shard-r00001-00000.safetensors``); their ``video``
+tensors count from 0 within the process's part, and the shard's entry in index.json gives the
+``video_offset`` to add (such an index has version 2, so an older mpcore refuses it instead of
+misreading it). Processes take contiguous blocks of the video list in rank order, so the merged
+cache lists the same videos and pairs in the same order as a single-process extraction
+(:func:`write_merged`).
 """
 
 from __future__ import annotations
@@ -34,6 +42,9 @@ from mpcore.files import write_text_atomic
 
 FORMAT = "mpcore-flow-cache"
 VERSION = 1
+VERSION_OFFSETS = 2
+"""The version of an index whose shards carry a ``video_offset`` (a multi-process cache)."""
+READ_VERSIONS = (VERSION, VERSION_OFFSETS)
 INDEX = "index.json"
 
 
@@ -57,6 +68,10 @@ class FlowCacheWriter:
 
     ``meta`` is stored in index.json (estimator description, frame size, pair sampling, label...).
     Nothing appears under ``path`` until ``close`` succeeds; an exception removes the partial cache.
+
+    One process of a multi-process extraction gives the shared ``workdir`` (which it neither creates
+    nor removes) and its own ``shard_prefix``, and ends with :meth:`part` instead of ``close``; the
+    main process then joins the parts with :func:`write_merged`.
     """
 
     path: Path
@@ -68,6 +83,8 @@ class FlowCacheWriter:
     _shards: list[dict[str, Any]] = field(default_factory=list)
     _pending: list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]] = field(default_factory=list)
     _pending_count: int = 0
+    workdir: Path | None = None
+    shard_prefix: str = "shard-"
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
@@ -76,6 +93,9 @@ class FlowCacheWriter:
         if self.shard_size < 1:
             raise ValueError(f"shard_size must be >= 1; got {self.shard_size}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.workdir is not None:  # one part of a multi-process cache: the folder is shared
+            self.tmp = Path(self.workdir)
+            return
         self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir()
@@ -117,7 +137,7 @@ class FlowCacheWriter:
         videos = torch.cat([torch.full((item[0].shape[0],), item[1], dtype=torch.int64) for item in self._pending])
         frame_a = torch.cat([item[2] for item in self._pending])
         frame_b = torch.cat([item[3] for item in self._pending])
-        name = f"shard-{len(self._shards):05d}.safetensors"
+        name = f"{self.shard_prefix}{len(self._shards):05d}.safetensors"
         save_file({"flow": flows.contiguous(), "video": videos, "frame_a": frame_a, "frame_b": frame_b},
                   str(self.tmp / name))
         self._shards.append({"file": name, "count": int(flows.shape[0])})
@@ -126,9 +146,7 @@ class FlowCacheWriter:
     def close(self) -> Path:
         """Write the last shard and index.json, then move the finished cache to ``path``."""
         self._flush()
-        sizes = {tuple(torch.Size(self._shard_shape(s))[-2:]) for s in self._shards}
-        if len(sizes) > 1:
-            raise ValueError(f"all flows of a cache must share one size; got {sorted(sizes)}")
+        _check_one_size(self.tmp, self._shards)
         index = {
             "format": FORMAT,
             "version": VERSION,
@@ -138,18 +156,71 @@ class FlowCacheWriter:
             "skipped": self.skipped,
             "shards": self._shards,
         }
-        write_text_atomic(json.dumps(index, indent=1) + "\n", self.tmp / INDEX)
-        if self.path.exists() and self.overwrite:
-            shutil.rmtree(self.path)
-        os.replace(self.tmp, self.path)
+        _finish(self.tmp, index, self.path, self.overwrite)
         return self.path
 
-    def _shard_shape(self, shard: dict[str, Any]) -> list[int]:
-        with safe_open(str(self.tmp / shard["file"]), framework="pt") as handle:
-            return handle.get_slice("flow").get_shape()
+    def part(self) -> dict[str, Any]:
+        """Write the last shard of this process's part; return the part (videos, skipped, shards)
+        for :func:`write_merged`."""
+        self._flush()
+        return {"videos": [vars(v) for v in self.videos], "skipped": list(self.skipped), "shards": list(self._shards)}
 
     def abort(self) -> None:
+        if self.workdir is not None:  # only this process's files: the folder is shared
+            for shard in self._shards:
+                (self.tmp / shard["file"]).unlink(missing_ok=True)
+            return
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def _check_one_size(folder: Path, shards: list[dict[str, Any]]) -> None:
+    sizes = set()
+    for shard in shards:
+        with safe_open(str(folder / shard["file"]), framework="pt") as handle:
+            sizes.add(tuple(handle.get_slice("flow").get_shape()[-2:]))
+    if len(sizes) > 1:
+        raise ValueError(f"all flows of a cache must share one size; got {sorted(sizes)}")
+
+
+def _finish(folder: Path, index: dict[str, Any], path: Path, overwrite: bool) -> None:
+    """Write index.json into the finished temporary ``folder`` and move it to ``path``."""
+    write_text_atomic(json.dumps(index, indent=1) + "\n", folder / INDEX)
+    if path.exists() and overwrite:
+        shutil.rmtree(path)
+    os.replace(folder, path)
+
+
+def write_merged(path: str | os.PathLike, workdir: str | os.PathLike, meta: dict[str, Any],
+                 parts: list[dict[str, Any]], overwrite: bool = False) -> Path:
+    """Join the parts (:meth:`FlowCacheWriter.part`, in rank order) written into ``workdir`` into
+    one cache at ``path``: videos, skipped and shards concatenated in part order, each shard with
+    the ``video_offset`` of its part; index.json written last, then ``workdir`` is moved to ``path``.
+    Files in ``workdir`` that are no shard of a part (e.g. the parts' own JSON) are removed first."""
+    path, workdir = Path(path), Path(workdir)
+    videos: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    shards: list[dict[str, Any]] = []
+    for part in parts:
+        offset = len(videos)
+        shards.extend({**shard, "video_offset": offset} for shard in part["shards"])
+        videos.extend(part["videos"])
+        skipped.extend(part["skipped"])
+    keep = {shard["file"] for shard in shards}
+    for entry in workdir.iterdir():
+        if entry.name not in keep:
+            entry.unlink()
+    _check_one_size(workdir, shards)
+    index = {
+        "format": FORMAT,
+        "version": VERSION_OFFSETS,
+        **meta,
+        "pairs": sum(s["count"] for s in shards),
+        "videos": videos,
+        "skipped": skipped,
+        "shards": shards,
+    }
+    _finish(workdir, index, path, overwrite)
+    return path
 
 
 class FlowCache:
@@ -172,10 +243,10 @@ class FlowCache:
             self.index = json.loads(index_path.read_text())
         except json.JSONDecodeError as error:
             raise FlowCacheError(f"{index_path}: not valid JSON ({error})") from error
-        if self.index.get("format") != FORMAT or self.index.get("version") != VERSION:
+        if self.index.get("format") != FORMAT or self.index.get("version") not in READ_VERSIONS:
             raise FlowCacheError(
                 f"{index_path}: format {self.index.get('format')!r} version {self.index.get('version')!r}; "
-                f"expected {FORMAT!r} version {VERSION}"
+                f"expected {FORMAT!r} version {' or '.join(map(str, READ_VERSIONS))}"
             )
         self.videos = [VideoEntry(**v) for v in self.index["videos"]]
         self._shards = self.index["shards"]
@@ -185,7 +256,7 @@ class FlowCache:
             self._starts.append(start)
             start += shard["count"]
         self._length = start
-        video_index = [self._read(i, "video") for i in range(len(self._shards))]
+        video_index = [self._read(i, "video") + self._shards[i].get("video_offset", 0) for i in range(len(self._shards))]
         self.video_index = torch.cat(video_index) if video_index else torch.zeros(0, dtype=torch.int64)
         self._flow_shards: dict[int, torch.Tensor] = {}
 
@@ -230,5 +301,7 @@ class FlowCache:
         rows = []
         for shard in range(len(self._shards)):
             video, frame_a, frame_b = (self._read(shard, n).tolist() for n in ("video", "frame_a", "frame_b"))
-            rows.extend({"video": self.videos[v].id, "frame_a": a, "frame_b": b} for v, a, b in zip(video, frame_a, frame_b))
+            offset = self._shards[shard].get("video_offset", 0)
+            rows.extend({"video": self.videos[v + offset].id, "frame_a": a, "frame_b": b}
+                        for v, a, b in zip(video, frame_a, frame_b))
         return rows

@@ -28,6 +28,13 @@ Per video, in this order:
 A video that cannot be used -- unreadable, corrupt, empty, too short for the smallest gap, a folder
 that mixes images with other files, or one on which the estimator fails or returns NaN/inf -- is
 skipped: recorded with its reason in the cache index and the summary, and the run goes on.
+
+Several processes (``accelerate launch`` / ``torchrun``; :mod:`mpcore.distributed`) each take a
+contiguous block of the sorted video list (rank order), write their own shards into one shared
+temporary folder beside ``out`` and their part of the index; after a barrier the main process
+merges the parts into index.json and renames the folder (:func:`mpcore.flow_cache.write_merged`).
+As each video's pairs and flows depend only on that video, the seed and the settings, the cache
+reads back as a single-process extraction's: the same videos, pairs and flows in the same order.
 """
 
 from __future__ import annotations
@@ -526,6 +533,7 @@ def extract_flows(
     overwrite: bool = False,
     shard_size: int = 1024,
     progress: bool = True,
+    dist: Any = None,
 ) -> dict[str, Any]:
     """Sample frame pairs of each source, compute their flows and write a flow cache at ``out``.
 
@@ -537,6 +545,9 @@ def extract_flows(
     the summary (also stored in the index under "summary"). Raises :class:`ExtractError` when no pair
     could be extracted (nothing is written then) and :class:`EstimatorContractError` for an
     estimator that returns the wrong shape. See the module docstring for the steps.
+
+    ``dist`` (a :class:`mpcore.distributed.Dist` of several processes; every process calls this with
+    the same arguments) splits the work across the processes and merges their parts into one cache.
     """
     size = _check_size(size)
     gap = (int(gap[0]), int(gap[1]))
@@ -544,8 +555,6 @@ def extract_flows(
         raise ValueError(f"gap must satisfy 1 <= min <= max; got {gap}")
     if pairs_per_video < 1 or batch_size < 1:
         raise ValueError(f"pairs_per_video and batch_size must be >= 1; got {pairs_per_video}, {batch_size}")
-    from tqdm.auto import tqdm
-
     started = time.perf_counter()
     if hasattr(estimator, "eval"):
         estimator.eval()
@@ -560,65 +569,148 @@ def extract_flows(
         "preprocessing": "frames resized to size (bilinear, antialiased, aspect not kept) BEFORE the flow; uint8 -> [-1, 1]",
         "flow_units": "pixels of the stored size grid, x then y, from frame_a to frame_b",
     }
+    if dist is not None and dist.enabled:
+        return _extract_distributed(sources, estimator, Path(out), settings, dist, size=size,
+                                    pairs_per_video=pairs_per_video, gap=gap, seed=seed, batch_size=batch_size,
+                                    device=device, overwrite=overwrite, shard_size=shard_size, progress=progress,
+                                    started=started)
+    with FlowCacheWriter(Path(out), settings, shard_size=shard_size, overwrite=overwrite) as writer:
+        run = _extract_into(writer, sources, estimator, size=size, pairs_per_video=pairs_per_video, gap=gap, seed=seed,
+                            batch_size=batch_size, device=device, progress=progress)
+        pairs = run["pairs"]
+        if pairs == 0:
+            raise _nothing_extracted(len(sources), writer.skipped)
+        summary = _summary(out, settings, len(sources), run["used"], len(writer.skipped), run["magnitude_sum"],
+                           run["magnitude_count"], time.perf_counter() - started, run["seconds_flow"], pairs_per_video)
+        writer.meta["summary"] = {k: v for k, v in summary.items() if k not in settings and k != "out"}
+    summary["skipped"] = list(writer.skipped)
+    return summary
+
+
+def _nothing_extracted(count: int, skipped: list[dict[str, str]]) -> ExtractError:
+    reasons = "; ".join(f"{s['source']}: {s['reason']}" for s in skipped[:5])
+    more = f" (and {len(skipped) - 5} more)" if len(skipped) > 5 else ""
+    return ExtractError(f"no flow pairs were extracted from {count} source(s), nothing was written: {reasons}{more}")
+
+
+def _summary(out, settings: dict[str, Any], videos: int, used: list[dict[str, Any]], skipped: int, magnitude_sum: float,
+             magnitude_count: int, seconds: float, seconds_flow: float, pairs_per_video: int) -> dict[str, Any]:
+    pairs = sum(v["pairs"] for v in used)
+    fewer = [v for v in used if v["pairs"] < pairs_per_video]
+    return {
+        "out": str(out),
+        **settings,
+        "videos": videos,
+        "videos_used": len(used),
+        "videos_skipped": skipped,
+        "pairs": pairs,
+        "videos_with_fewer_pairs": len(fewer),
+        "fewer_pairs": fewer,
+        "mean_flow_magnitude": magnitude_sum / magnitude_count,
+        "seconds": seconds,
+        "seconds_flow": seconds_flow,
+        "seconds_per_pair": seconds / pairs,
+        "seconds_flow_per_pair": seconds_flow / pairs,
+    }
+
+
+def _extract_into(writer: FlowCacheWriter, sources: Sequence[Source], estimator, *, size, pairs_per_video, gap, seed,
+                  batch_size, device, progress: bool, desc: str = "flows") -> dict[str, Any]:
+    """Sample, decode and compute the flows of ``sources`` in order, adding each usable video to
+    ``writer`` (and each unusable one to its skipped list). Returns the used videos and the stats."""
+    from tqdm.auto import tqdm
+
     batcher = _Batcher(estimator, batch_size, device, size)
     used: list[dict[str, Any]] = []
     magnitude_sum, magnitude_count = 0.0, 0
 
-    with FlowCacheWriter(Path(out), settings, shard_size=shard_size, overwrite=overwrite) as writer:
+    def store(job: _Job) -> None:
+        nonlocal magnitude_sum, magnitude_count
+        if job.error is None:
+            flows = torch.cat(job.flows)
+            if not torch.isfinite(flows).all():
+                bad = [job.pairs[k] for k in range(len(job.pairs)) if not torch.isfinite(flows[k]).all()]
+                job.error = f"the flow estimator returned NaN/inf flow for pair(s) {bad}"
+        if job.error is not None:
+            writer.skip(job.source.rel, job.error)
+            return
+        entry = VideoEntry(job.source.id, job.source.rel, frames=job.num_frames)
+        writer.add(entry, flows, [a for a, _ in job.pairs], [b for _, b in job.pairs])
+        magnitude = flows.square().sum(dim=1).sqrt()
+        magnitude_sum += float(magnitude.sum(dtype=torch.float64))
+        magnitude_count += magnitude.numel()
+        used.append({"id": entry.id, "frames": entry.frames, "pairs": entry.pairs})
 
-        def store(job: _Job) -> None:
-            nonlocal magnitude_sum, magnitude_count
-            if job.error is None:
-                flows = torch.cat(job.flows)
-                if not torch.isfinite(flows).all():
-                    bad = [job.pairs[k] for k in range(len(job.pairs)) if not torch.isfinite(flows[k]).all()]
-                    job.error = f"the flow estimator returned NaN/inf flow for pair(s) {bad}"
-            if job.error is not None:
-                writer.skip(job.source.rel, job.error)
-                return
-            entry = VideoEntry(job.source.id, job.source.rel, frames=job.num_frames)
-            writer.add(entry, flows, [a for a, _ in job.pairs], [b for _, b in job.pairs])
-            magnitude = flows.square().sum(dim=1).sqrt()
-            magnitude_sum += float(magnitude.sum(dtype=torch.float64))
-            magnitude_count += magnitude.numel()
-            used.append({"id": entry.id, "frames": entry.frames, "pairs": entry.pairs})
+    bar = tqdm(sources, desc=desc, unit="video", file=sys.stderr, disable=not progress)
+    for source in bar:
+        try:
+            job = prepare(source, pairs_per_video, gap, seed, size)
+        except SourceError as error:
+            writer.skip(source.rel, str(error))
+        else:
+            for finished in batcher.add(job):
+                store(finished)
+        bar.set_postfix(pairs=sum(v["pairs"] for v in used), skipped=len(writer.skipped), refresh=False)
+    for finished in batcher.finish():
+        store(finished)
+    bar.close()
+    return {"used": used, "pairs": sum(v["pairs"] for v in used), "magnitude_sum": magnitude_sum,
+            "magnitude_count": magnitude_count, "seconds_flow": batcher.seconds}
 
-        bar = tqdm(sources, desc="flows", unit="video", file=sys.stderr, disable=not progress)
-        for source in bar:
-            try:
-                job = prepare(source, pairs_per_video, gap, seed, size)
-            except SourceError as error:
-                writer.skip(source.rel, str(error))
-            else:
-                for finished in batcher.add(job):
-                    store(finished)
-            bar.set_postfix(pairs=sum(v["pairs"] for v in used), skipped=len(writer.skipped), refresh=False)
-        for finished in batcher.finish():
-            store(finished)
-        bar.close()
 
-        pairs = sum(v["pairs"] for v in used)
-        if pairs == 0:
-            reasons = "; ".join(f"{s['source']}: {s['reason']}" for s in writer.skipped[:5])
-            more = f" (and {len(writer.skipped) - 5} more)" if len(writer.skipped) > 5 else ""
-            raise ExtractError(f"no flow pairs were extracted from {len(sources)} source(s), nothing was written: {reasons}{more}")
-        fewer = [v for v in used if v["pairs"] < pairs_per_video]
-        seconds = time.perf_counter() - started
-        summary = {
-            "out": str(out),
-            **settings,
-            "videos": len(sources),
-            "videos_used": len(used),
-            "videos_skipped": len(writer.skipped),
-            "pairs": pairs,
-            "videos_with_fewer_pairs": len(fewer),
-            "fewer_pairs": fewer,
-            "mean_flow_magnitude": magnitude_sum / magnitude_count,
-            "seconds": seconds,
-            "seconds_flow": batcher.seconds,
-            "seconds_per_pair": seconds / pairs,
-            "seconds_flow_per_pair": batcher.seconds / pairs,
-        }
-        writer.meta["summary"] = {k: v for k, v in summary.items() if k not in settings and k != "out"}
-    summary["skipped"] = list(writer.skipped)
+def _extract_distributed(sources, estimator, out: Path, settings: dict[str, Any], dist, *, size, pairs_per_video, gap,
+                         seed, batch_size, device, overwrite: bool, shard_size: int, progress: bool,
+                         started: float) -> dict[str, Any]:
+    """:func:`extract_flows` on several processes (see the module docstring); every process returns
+    the same summary, with a ``ranks`` row per process."""
+    import shutil
+    import socket
+
+    from mpcore.flow_cache import write_merged
+    from mpcore.manifest import write_json_atomic
+
+    workdir = None
+    if dist.is_main:  # one shared temporary folder beside `out`, created before the others learn its name
+        out.parent.mkdir(parents=True, exist_ok=True)
+        workdir = out.with_name(f".{out.name}.tmp-{os.getpid()}-{dist.world_size}p")
+        shutil.rmtree(workdir, ignore_errors=True)
+        workdir.mkdir()
+    workdir = Path(dist.broadcast(str(workdir) if workdir else None))
+    mine = [sources[i] for i in dist.contiguous_share(len(sources))]
+    writer = FlowCacheWriter(out, settings, shard_size=shard_size, overwrite=overwrite, workdir=workdir,
+                             shard_prefix=f"shard-r{dist.rank:05d}-")
+    rank_started = time.perf_counter()
+    try:
+        run = _extract_into(writer, mine, estimator, size=size, pairs_per_video=pairs_per_video, gap=gap, seed=seed,
+                            batch_size=batch_size, device=device, progress=progress and dist.is_main,
+                            desc=f"flows (rank 0 of {dist.world_size})")
+        part = {**writer.part(), "rank": dist.rank, "host": socket.gethostname(), "device": str(device),
+                "sources": len(mine), **{k: v for k, v in run.items() if k != "used"}, "used": run["used"],
+                "seconds": time.perf_counter() - rank_started}
+        write_json_atomic(part, workdir / f"part-{dist.rank:05d}.json")
+    except BaseException:
+        writer.abort()
+        raise
+    dist.barrier()  # every process has written its shards and its part
+    parts = [json.loads((workdir / f"part-{rank:05d}.json").read_text()) for rank in range(dist.world_size)]
+    used = [video for part in parts for video in part["used"]]
+    skipped = [entry for part in parts for entry in part["skipped"]]
+    if not used or sum(v["pairs"] for v in used) == 0:
+        dist.barrier()  # every process has read the parts before the folder goes
+        if dist.is_main:
+            shutil.rmtree(workdir, ignore_errors=True)
+        raise _nothing_extracted(len(sources), skipped)
+    summary = _summary(out, settings, len(sources), used, len(skipped), sum(p["magnitude_sum"] for p in parts),
+                       sum(p["magnitude_count"] for p in parts), time.perf_counter() - started,
+                       sum(p["seconds_flow"] for p in parts), pairs_per_video)
+    summary["processes"] = dist.world_size
+    summary["ranks"] = [{"rank": p["rank"], "host": p["host"], "device": p["device"], "videos": p["sources"],
+                         "pairs": p["pairs"], "seconds": p["seconds"],
+                         "pairs_per_s": p["pairs"] / p["seconds"] if p["seconds"] > 0 else None} for p in parts]
+    dist.barrier()  # every process has read the parts before the main process merges (and removes) them
+    if dist.is_main:
+        meta = {**settings, "summary": {k: v for k, v in summary.items() if k not in settings and k != "out"}}
+        write_merged(out, workdir, meta, parts, overwrite=overwrite)
+    dist.barrier()  # the cache is in place before any process returns
+    summary["skipped"] = skipped
     return summary

@@ -304,6 +304,10 @@ def format_extract_summary(summary: dict[str, Any]) -> str:
         f"mean |flow| {summary['mean_flow_magnitude']:.3f} px; {summary['seconds']:.1f} s "
         f"({summary['seconds_per_pair']:.3f} s/pair, flow only {summary['seconds_flow_per_pair']:.3f} s/pair)",
     ]
+    for row in summary.get("ranks") or []:  # a multi-process run
+        rate = "-" if row["pairs_per_s"] is None else f"{row['pairs_per_s']:.2f} pairs/s"
+        lines.append(f"  rank {row['rank']} ({row['host']}, {row['device']}): {row['videos']} videos, {row['pairs']} pairs "
+                     f"in {row['seconds']:.1f} s, {rate}")
     if summary["videos_with_fewer_pairs"]:
         lines.append(f"{summary['videos_with_fewer_pairs']} video(s) had fewer distinct pairs than --pairs-per-video")
     if summary["skipped"]:
@@ -356,8 +360,15 @@ def extract_command(videos_dir, out, estimator, weights, options, device, pairs_
     """Compute the optical flows of random frame pairs of every video under --videos and store them
     in a flow cache (--out) for training the discriminator: real videos (DAVIS, WebVid) and videos
     the backbone generated each go into their own cache, extracted with the same estimator, --size
-    and --gap. Unreadable, corrupt or too-short videos are skipped and listed."""
-    from mpcore import flow_extract
+    and --gap. Unreadable, corrupt or too-short videos are skipped and listed.
+
+    Under `accelerate launch` / `torchrun` each process extracts a contiguous block of the videos;
+    the main process merges them into one cache that reads back as a single process's."""
+    from mpcore import distributed, flow_extract
+
+    dist = distributed.init(device)
+    device = dist.device(device)
+    say = echo if dist.is_main else (lambda message: None)
 
     # ---- cheap checks first (nothing is loaded before these pass)
     spec = _estimator_spec(estimator)
@@ -382,8 +393,9 @@ def extract_command(videos_dir, out, estimator, weights, options, device, pairs_
     resolved = _resolve_device(device)
 
     # ---- load and extract
-    echo(f"{found} source(s) under {videos_dir}" + (f"; using the first {len(sources)}" if len(sources) < found else ""))
-    echo(f"loading flow estimator {estimator!r} on {resolved}")
+    say(f"{found} source(s) under {videos_dir}" + (f"; using the first {len(sources)}" if len(sources) < found else "")
+        + (f"; on {dist.world_size} processes" if dist.enabled else ""))
+    say(f"loading flow estimator {estimator!r} on {resolved}")
     flow = _load_estimator(spec, weights, resolved, parsed, seed=seed)
     meta = {
         "estimator": {"name": estimator, "weights": weights, "options": parsed},
@@ -395,9 +407,12 @@ def extract_command(videos_dir, out, estimator, weights, options, device, pairs_
         summary = flow_extract.extract_flows(
             sources, flow, out_path, size=frame_size, pairs_per_video=pairs_per_video, gap=gap_range, seed=seed,
             batch_size=batch_size, device=resolved, label=label, meta=meta, overwrite=overwrite, progress=progress,
+            dist=dist,
         )
     except (flow_extract.ExtractError, flow_extract.EstimatorContractError) as error:
         raise click.ClickException(str(error)) from None
+    if not dist.is_main:
+        return
     if as_json:
         from mpcore.manifest import json_safe
 

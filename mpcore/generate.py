@@ -7,11 +7,22 @@ files as in ``mpcore run``). An item whose video and manifest both exist is skip
 run is resumed by running the same command again; every file is written atomically, so a kill
 leaves no half-written file under a final name. ``generate.json`` in the output folder holds the
 settings and the item list with each item's status, written at the start and again at the end.
+
+Under a multi-process launcher (``accelerate launch -m mpcore generate ...``, ``torchrun -m mpcore
+generate ...``; :mod:`mpcore.distributed`) every process scans the folder, then the items still to
+do are dealt round-robin (item k of that list to rank k mod N), so each is generated exactly once
+and, as every item is seeded by its own seed, exactly as a single process would generate it. Each
+process writes its part of the summary (``.generate.part-RANK.json``, atomically); after a barrier
+the main process merges the parts into ``generate.json`` (with per-process throughput) and removes
+them. Only the main process shows a progress bar (of all processes' items, counted from the
+manifests in the folder).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -24,6 +35,11 @@ from mpcore.cli import _run_params, echo
 from mpcore.prompts import Prompt
 
 SUMMARY_FILE = "generate.json"
+PART_GLOB = ".generate.part-*.json"
+"""Per-process parts of the summary of a multi-process run (merged into generate.json, then removed)."""
+EXIT_AFTER_ENV = "MPCORE_TEST_EXIT_AFTER_ITEMS"
+"""Testing only: ``RANK:N`` makes process RANK exit abruptly (exit code 3, nothing cleaned up) after
+generating N items, to simulate a crash of one process of a multi-process run."""
 FORMATS = {"mp4": ".mp4", "gif": ".gif", "frames": ""}
 """``--format`` -> suffix of each item's video path (``frames``: a folder of lossless PNG frames)."""
 
@@ -138,9 +154,18 @@ def command(**kwargs):
 def _generate(**kwargs):
     from tqdm.auto import tqdm
 
-    from mpcore import runner
+    from mpcore import distributed, runner
+    from mpcore.cli import _resolve_device
     from mpcore.manifest import build_manifest, json_safe, write_json_atomic
     from mpcore.prompts import read_prompts, resolve_prompts_path
+
+    # ---- several processes (accelerate launch / torchrun): one device per process, one progress bar
+    dist = distributed.init(kwargs["device"])
+    requested_device = kwargs["device"]
+    if dist.enabled:
+        kwargs["device"] = dist.device(requested_device)
+        if not dist.is_main:
+            kwargs["progress"] = False
 
     # ---- cheap checks first: prompts, settings, seeds, output folder, what is already done
     prompts_path = resolve_prompts_path(kwargs.pop("prompts"))
@@ -151,14 +176,18 @@ def _generate(**kwargs):
     out_dir = check_out_dir(out_dir)
     items = generation_items(prompts, seeds)
     settings = {**setup.settings(), "format": fmt}
+    if dist.enabled:  # the device as one process records it (cuda, not cuda:3): a folder resumes with any process count
+        settings["device"] = str(_resolve_device(requested_device))
     summary_path = out_dir / SUMMARY_FILE
     check_same_settings(summary_path, json_safe(settings))
     status: dict[str, dict[str, Any]] = {}
     for item in items:
         status[item.name] = {"status": "skipped" if is_complete(item, item_video_path(out_dir, item, fmt)) else "pending"}
     todo = [item for item in items if status[item.name]["status"] == "pending"]
+    mine = todo[dist.rank::dist.world_size]  # all of them in a single process
 
-    def write_summary(seconds: float) -> None:
+    def write_summary(seconds: float, ranks: list[dict[str, Any]] | None = None) -> None:
+        extra = {"distributed": {**dist.describe(), "ranks": ranks}} if dist.enabled else {}
         write_json_atomic(build_manifest(
             command=["mpcore", *sys.argv[1:]],
             prompts={"file": str(prompts_path), "count": len(prompts)},
@@ -167,17 +196,24 @@ def _generate(**kwargs):
             summary={**_counts(status), "seconds": seconds, "seconds_per_video": _seconds_per_video(status)},
             items=[{"name": item.name, "prompt_index": item.prompt.index, "prompt": item.prompt.text,
                     "category": item.prompt.category, "seed": item.seed, **status[item.name]} for item in items],
+            **extra,
         ), summary_path)
 
-    write_summary(0.0)
-    echo(f"{len(items)} items ({len(prompts)} prompts x {len(seeds)} seeds) in {out_dir}: "
-         f"{len(items) - len(todo)} already complete, {len(todo)} to generate")
+    if dist.is_main:
+        write_summary(0.0)
+        processes = f" on {dist.world_size} processes" if dist.enabled else ""
+        echo(f"{len(items)} items ({len(prompts)} prompts x {len(seeds)} seeds) in {out_dir}: "
+             f"{len(items) - len(todo)} already complete, {len(todo)} to generate{processes}")
+    dist.barrier()  # every process has scanned the folder before any writes to it: all share one `todo`
 
     # ---- load once (unless all is done), then one video per item
+    exit_after = _exit_after(dist.rank)
     start = time.perf_counter()
+    bar = None
     try:
-        models = runner.load(setup) if todo else None
-        for item in tqdm(todo, desc="generate", unit="video", disable=not setup.progress, dynamic_ncols=True):
+        models = runner.load(setup) if mine else None
+        bar = tqdm(total=len(todo), desc="generate", unit="video", disable=not setup.progress, dynamic_ncols=True)
+        for item in mine:
             item_start = time.perf_counter()
             try:
                 runner.generate_one(setup, models, item.prompt.text, item.seed, item_video_path(out_dir, item, fmt),
@@ -190,18 +226,91 @@ def _generate(**kwargs):
                            f"{type(error).__name__}: {error}", file=sys.stderr)
                 if fail_fast:
                     raise
-                continue
-            status[item.name] = {"status": "generated", "seconds": time.perf_counter() - item_start}
+            else:
+                status[item.name] = {"status": "generated", "seconds": time.perf_counter() - item_start}
+            if dist.enabled:
+                status[item.name]["rank"] = dist.rank
+                bar.n = sum(_manifest_path(out_dir, other, fmt).is_file() for other in todo)  # every process's items
+                bar.refresh()
+            else:
+                bar.update(1)
+            if exit_after is not None and _counts(status)["generated"] >= exit_after:
+                os._exit(3)  # testing only (EXIT_AFTER_ENV): a crash, nothing cleaned up
     finally:
+        if bar is not None:
+            bar.close()
         seconds = time.perf_counter() - start
-        write_summary(seconds)
+        if dist.enabled:
+            _write_part(out_dir, dist.rank, str(setup.device), mine, status, seconds)
+            # no barrier when failing: the others would wait for this process; the launcher ends them
+        else:
+            write_summary(seconds)
+    ranks = None
+    if dist.enabled:
+        dist.barrier()  # every process has written its part
+        if not dist.is_main:
+            return
+        ranks = _merge_parts(out_dir, dist, status)
+        seconds = time.perf_counter() - start
+        write_summary(seconds, ranks)
     counts, per_video = _counts(status), _seconds_per_video(status)
     per_video = f", {per_video:.2f} s/video" if per_video is not None else ""
     echo(f"generated {counts['generated']}, skipped {counts['skipped']}, failed {counts['failed']} "
          f"in {seconds:.1f} s{per_video}; {summary_path}")
+    for row in ranks or []:
+        rate = f"{row['items_per_s']:.3f} items/s" if row["items_per_s"] is not None else "-"
+        echo(f"  rank {row['rank']} ({row['host']}, {row['device']}): generated {row['generated']} of {row['items']}, "
+             f"failed {row['failed']} in {row['seconds']:.1f} s, {rate}")
     if counts["failed"]:
         raise click.ClickException(f"{counts['failed']} of {len(items)} items failed (listed in {summary_path}); "
                                    "run the same command again to retry them")
+
+
+def _manifest_path(out_dir: Path, item: Item, fmt: str) -> Path:
+    return item_video_path(out_dir, item, fmt).with_name(f"{item.name}.json")
+
+
+def _exit_after(rank: int) -> int | None:
+    """The item count after which this process exits (EXIT_AFTER_ENV ``RANK:N``), None normally."""
+    value = os.environ.get(EXIT_AFTER_ENV)
+    if not value:
+        return None
+    target, count = value.split(":")
+    return int(count) if int(target) == rank else None
+
+
+def _write_part(out_dir: Path, rank: int, device: str, mine: list[Item], status: dict[str, dict[str, Any]],
+                seconds: float) -> None:
+    """This process's part of the summary: its items' statuses and its throughput (written atomically)."""
+    from mpcore.manifest import write_json_atomic
+
+    own = {item.name: status[item.name] for item in mine}
+    generated = sum(s["status"] == "generated" for s in own.values())
+    write_json_atomic({
+        "rank": rank,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "device": device,
+        "items": len(mine),
+        "generated": generated,
+        "failed": sum(s["status"] == "failed" for s in own.values()),
+        "seconds": seconds,
+        "items_per_s": generated / seconds if generated and seconds > 0 else None,
+        "status": own,
+    }, out_dir / f".generate.part-{rank:05d}.json")
+
+
+def _merge_parts(out_dir: Path, dist, status: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Main process, after the barrier: every process's statuses into ``status``; the per-process rows
+    (rank, host, device, items, generated, failed, seconds, items/s). Removes the part files."""
+    ranks = []
+    for rank in range(dist.world_size):
+        part = json.loads((out_dir / f".generate.part-{rank:05d}.json").read_text(encoding="utf-8"))
+        status.update(part.pop("status"))
+        ranks.append(part)
+    for path in out_dir.glob(PART_GLOB):  # also stale parts of an earlier, killed run
+        path.unlink(missing_ok=True)
+    return ranks
 
 
 def _counts(status: dict[str, dict[str, Any]]) -> dict[str, int]:
