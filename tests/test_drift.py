@@ -19,7 +19,7 @@ STEPS = 6
 @pytest.fixture(scope="module")
 def guided_runs(tmp_path_factory):
     """Three real guided runs of the tiny model (seeds 0-2), written as run manifests like `mpcore run`'s."""
-    from conftest import DifferenceFlow, LinearDiscriminator
+    from mpcore.testing import DifferenceFlow, LinearDiscriminator
     from mp_plugin_animatediff.backbone import load
 
     from mpcore.config import PAPER_DEFAULTS, MotionPromptConfig, SamplerConfig

@@ -4,8 +4,8 @@ and small stand-in flow/discriminator (as in the core tests)."""
 from __future__ import annotations
 
 import pytest
-import torch
 
+from mpcore.testing import DifferenceFlow, LinearDiscriminator
 from mpcore.config import PAPER_DEFAULTS, MotionPromptConfig, SamplerConfig
 
 
@@ -33,25 +33,6 @@ def sampler_config():
 @pytest.fixture
 def motion_config():
     return MotionPromptConfig(**{**PAPER_DEFAULTS["lavie"], "opt_range": (1, 3), "iterations": 2})
-
-
-class DifferenceFlow(torch.nn.Module):
-    """A differentiable stand-in flow: the colour difference of the frames scaled to pixels."""
-
-    def forward(self, frame_a, frame_b):
-        return (frame_b - frame_a)[:, :2] * 8.0
-
-
-class LinearDiscriminator(torch.nn.Module):
-    """A fixed random linear discriminator on flow (deterministic per seed)."""
-
-    def __init__(self, seed: int = 0):
-        super().__init__()
-        generator = torch.Generator().manual_seed(seed)
-        self.weight = torch.nn.Parameter(torch.randn(2, generator=generator), requires_grad=False)
-
-    def forward(self, flow):
-        return (flow * self.weight[None, :, None, None]).mean(dim=(1, 2, 3)) - flow.abs().mean(dim=(1, 2, 3))
 
 
 @pytest.fixture
