@@ -11,6 +11,7 @@ from diffusers.utils import logging as diffusers_logging
 
 from mp_plugin_animatediff import loading, tiny, toy
 from mpcore.interfaces import Backbone
+from mpcore.vae import decode_frames
 from mpcore.text import HFTextTokens
 
 ATTENTION_CHOICES = ("auto", "sdpa", "xformers")
@@ -51,26 +52,8 @@ class AnimateDiffBackbone(Backbone):
         return float(self.vae.config.scaling_factor)
 
     def decode(self, latents: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
-        """Frame-by-frame VAE decode; with ``checkpoint`` the decoder's blocks are gradient-checkpointed
-        (diffusers' per-block checkpointing, active only while autograd records)."""
-        with self._vae_checkpointing(checkpoint):
-            frames = [self.vae.decode(latents[i : i + 1].to(self.vae.dtype)).sample for i in range(latents.shape[0])]
-        return torch.cat(frames)
-
-    @contextlib.contextmanager
-    def _vae_checkpointing(self, enabled: bool):
-        previous = self.vae.is_gradient_checkpointing
-        if enabled:
-            self.vae.enable_gradient_checkpointing()
-        else:
-            self.vae.disable_gradient_checkpointing()
-        try:
-            yield
-        finally:
-            if previous:
-                self.vae.enable_gradient_checkpointing()
-            else:
-                self.vae.disable_gradient_checkpointing()
+        """Frame-by-frame VAE decode; with ``checkpoint`` the decoder's blocks are gradient-checkpointed."""
+        return decode_frames(self.vae, latents, checkpoint)
 
     def set_denoiser_checkpointing(self, enabled: bool) -> None:
         if enabled:

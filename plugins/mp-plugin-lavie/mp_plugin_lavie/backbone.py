@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 from typing import Any
 
@@ -13,6 +12,7 @@ from diffusers.utils import logging as diffusers_logging
 from mp_plugin_lavie import loading, tiny
 from mp_plugin_lavie.unet import LaVieUNet3D, read_config
 from mpcore.interfaces import Backbone
+from mpcore.vae import decode_frames
 from mpcore.text import HFTextTokens
 
 ATTENTION_CHOICES = ("auto", "sdpa", "xformers")
@@ -54,24 +54,7 @@ class LaVieBackbone(Backbone):
 
     def decode(self, latents: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
         """Frame-by-frame VAE decode (LaVie decodes all frames in one batch: same result, less memory)."""
-        with self._vae_checkpointing(checkpoint):
-            frames = [self.vae.decode(latents[i : i + 1].to(self.vae.dtype)).sample for i in range(latents.shape[0])]
-        return torch.cat(frames)
-
-    @contextlib.contextmanager
-    def _vae_checkpointing(self, enabled: bool):
-        previous = self.vae.is_gradient_checkpointing
-        if enabled:
-            self.vae.enable_gradient_checkpointing()
-        else:
-            self.vae.disable_gradient_checkpointing()
-        try:
-            yield
-        finally:
-            if previous:
-                self.vae.enable_gradient_checkpointing()
-            else:
-                self.vae.disable_gradient_checkpointing()
+        return decode_frames(self.vae, latents, checkpoint)
 
     def set_denoiser_checkpointing(self, enabled: bool) -> None:
         self.unet.gradient_checkpointing = enabled
