@@ -27,6 +27,20 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise
 
 
+def remove_stale_temporaries(folder: str | Path, stems: list[str]) -> int:
+    """Delete the temporaries :func:`atomic_path` left in ``folder`` for files named ``stems`` by a
+    process that was killed (SIGKILL skips its cleanup). Call it only while no writer is running.
+    Returns how many were removed."""
+    removed = 0
+    for stem in stems:
+        for tmp in Path(folder).glob(f".{stem}.tmp-*"):
+            if tmp.is_file():
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                    removed += 1
+    return removed
+
+
 def write_text_atomic(text: str, path: str | Path) -> Path:
     """Write ``text`` (UTF-8) to ``path`` through :func:`atomic_path`. Returns ``path``."""
     with atomic_path(path) as tmp:

@@ -32,6 +32,7 @@ from typing import Any
 import click
 
 from mpcore.cli import _run_params, echo
+from mpcore.files import remove_stale_temporaries
 from mpcore.prompts import Prompt
 
 SUMMARY_FILE = "generate.json"
@@ -200,6 +201,8 @@ def _generate(**kwargs):
         ), summary_path)
 
     if dist.is_main:
+        # a killed run's half-written files (its writers are gone: nobody writes before the barrier)
+        remove_stale_temporaries(out_dir, [item_video_path(out_dir, item, fmt).stem for item in todo])
         write_summary(0.0)
         processes = f" on {dist.world_size} processes" if dist.enabled else ""
         echo(f"{len(items)} items ({len(prompts)} prompts x {len(seeds)} seeds) in {out_dir}: "

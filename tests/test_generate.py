@@ -277,3 +277,12 @@ def test_example_prompt_list_covers_the_eight_vbench_categories():
     assert {p.category for p in prompts} == categories
     assert all(2 <= sum(p.category == c for p in prompts) <= 3 for c in categories)
     assert [p.index for p in prompts] == list(range(len(prompts)))
+
+
+def test_stale_temporaries_of_a_killed_writer_are_removed(tmp_path):
+    from mpcore.files import remove_stale_temporaries
+
+    for name in (".p0001_s0000.tmp-123.mp4", ".p0001_s0000.tmp-123.json", ".p0002_s0000.tmp-9.mp4", "p0001_s0000.mp4"):
+        (tmp_path / name).write_text("x")
+    assert remove_stale_temporaries(tmp_path, ["p0001_s0000"]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".p0002_s0000.tmp-9.mp4", "p0001_s0000.mp4"]
