@@ -39,7 +39,9 @@ def print_table(result: dict[str, Any], title: str | None = None, notes: bool = 
     """Videos x metrics, then the mean row; unavailable metrics show ``n/a``."""
     names = list(result["metrics"])
     rows = [("VIDEO", *names)]
-    rows += [(path, *(_format(values[n]) for n in names)) for path, values in result["videos"].items()]
+    unreadable = result.get("unreadable", {})
+    rows += [(path, *("unreadable" if path in unreadable else _format(values[n]) for n in names))
+             for path, values in result["videos"].items()]
     rows.append(("MEAN", *(_format(result["mean"][n]) for n in names)))
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     if title:
@@ -61,6 +63,7 @@ def _subset(result: dict[str, Any], paths: list[str]) -> dict[str, Any]:
         "mean": {n: _mean([row[n] for row in videos.values()]) for n in result["metrics"]},
         "unavailable": dict(result["unavailable"]),
         "errors": {p: e for p, e in result["errors"].items() if p in videos},
+        "unreadable": {p: e for p, e in result["unreadable"].items() if p in videos},
         "metrics": dict(result["metrics"]),
     }
 
@@ -130,6 +133,8 @@ def eval_command(videos, metrics_text, weights_items, option_items, device, json
     except (EvalError, ValueError, TypeError, OSError) as error:  # ValueError: e.g. weights for a weight-free metric
         raise click.ClickException(str(error)) from None
 
+    for path, message in result["unreadable"].items():
+        echo(f"warning: could not read {path}: {message}")
     for path, problems in result["errors"].items():
         for name, message in problems.items():
             echo(f"warning: {name} could not score {path}: {message}")
@@ -138,6 +143,7 @@ def eval_command(videos, metrics_text, weights_items, option_items, device, json
         print_table(result)
         if json_out:
             echo(f"wrote {write_json_atomic(result, json_out)}")
+        _fail_if_nothing_scored(result)
         return
 
     from mpcore.compare import paired_comparison, write_comparison
@@ -154,3 +160,19 @@ def eval_command(videos, metrics_text, weights_items, option_items, device, json
     if json_out:
         data = {"baseline": baseline, "guided": guided, "pairs": pairs, "comparison": comparison}
         echo(f"wrote {write_json_atomic(data, json_out)}")
+    _fail_if_nothing_scored(result)
+
+
+def _fail_if_nothing_scored(result: dict[str, Any]) -> None:
+    """Exit 1 (after the table and the JSON are written) when not a single value could be computed."""
+    from mpcore.evaluation import scored_count
+
+    if scored_count(result):
+        return
+    if result["videos"] and len(result["unreadable"]) == len(result["videos"]):
+        reason = f"none of the {len(result['videos'])} video(s) could be read"
+    elif result["metrics"] and len(result["unavailable"]) == len(result["metrics"]):
+        reason = "every metric is unavailable (see the warnings above)"
+    else:
+        reason = "every metric failed on every video (see the warnings above)"
+    raise click.ClickException(f"nothing was scored: {reason}")

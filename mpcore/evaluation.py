@@ -84,6 +84,18 @@ def read_clip(path: str | Path) -> tuple[np.ndarray, float | None]:
     return np.stack(frames).astype(np.uint8, copy=False), (float(fps) if fps else None)
 
 
+def _error_text(error: BaseException) -> str:
+    """One line: a decoder's multi-line message (ffmpeg's banner and log) shortened to its first and last lines."""
+    from mpcore.flow_extract import _error_text as one_line
+
+    return one_line(error)
+
+
+def scored_count(result: dict[str, Any]) -> int:
+    """How many (video, metric) values an :func:`evaluate_videos` result holds."""
+    return sum(value is not None for row in result["videos"].values() for value in row.values())
+
+
 def resolve_metrics(names: str | Iterable[str] | None) -> list[str]:
     """``"all"``/None -> every installed metric; otherwise the names, checked against the registry."""
     installed = plugins.registry("metric")
@@ -118,10 +130,12 @@ def evaluate_videos(
     """Every metric on every video.
 
     Returns ``{"videos": {PATH: {METRIC: value | None}}, "mean": {METRIC: value | None},
-    "unavailable": {METRIC: reason}, "errors": {PATH: {METRIC: message}}, "metrics": {METRIC:
-    {"vbench": bool, "description": str}}}``. A metric that cannot load (``MetricUnavailable``) is
-    null everywhere and listed under ``unavailable``; a metric that cannot score one video (e.g. too
-    few frames) is null for that video and the message is under ``errors``.
+    "unavailable": {METRIC: reason}, "errors": {PATH: {METRIC: message}}, "unreadable": {PATH:
+    message}, "metrics": {METRIC: {"vbench": bool, "description": str}}}``. A metric that cannot load
+    (``MetricUnavailable``) is null everywhere and listed under ``unavailable``; a metric that cannot
+    score one video (e.g. too few frames) is null for that video and the message is under
+    ``errors``; a video that cannot be decoded (empty, corrupt) is null for every metric and its
+    one-line reason is under ``unreadable``: the other videos are still scored.
     """
     weights, options = dict(weights or {}), dict(options or {})
     names = resolve_metrics(metric_names)
@@ -142,6 +156,7 @@ def evaluate_videos(
 
     videos: dict[str, dict[str, float | None]] = {}
     errors: dict[str, dict[str, str]] = {}
+    unreadable: dict[str, str] = {}
     paths = [Path(p) for p in paths]
     iterator: Iterable[Path] = paths
     if progress:
@@ -151,7 +166,14 @@ def evaluate_videos(
     for path in iterator:
         row: dict[str, float | None] = {name: None for name in names}
         if loaded:
-            frames, fps = read_clip(path)
+            try:
+                if path.is_file() and path.stat().st_size == 0:
+                    raise EvalError("empty file (0 bytes)")
+                frames, fps = read_clip(path)
+            except Exception as error:  # any decoder failure (empty, truncated, not a video): this video only
+                unreadable[str(path)] = str(error) if isinstance(error, EvalError) else _error_text(error)
+                videos[str(path)] = row
+                continue
             for name, metric in loaded.items():
                 try:
                     value = float(metric(frames, fps=fps))
@@ -168,6 +190,7 @@ def evaluate_videos(
         "mean": {name: _mean([row[name] for row in videos.values()]) for name in names},
         "unavailable": unavailable,
         "errors": errors,
+        "unreadable": unreadable,
         "metrics": {
             name: {"vbench": bool(getattr(registry[name].spec, "vbench", False)),
                    "description": getattr(registry[name].spec, "description", "")}

@@ -121,3 +121,27 @@ def test_compare_matches_files_by_name(tmp_path):
     assert [Path(b).name for b, _ in data["pairs"]] == [f"p{i:04d}_s0000.mp4" for i in range(3)]
     assert data["guided"]["mean"]["temporal_flickering"] > data["baseline"]["mean"]["temporal_flickering"]
     assert "comparison" in data
+
+
+def test_unreadable_videos_are_listed_and_the_others_scored(tmp_path):
+    """An empty and a truncated mp4 beside a good one: the good one is scored, the two are listed with a
+    one-line reason (no ffmpeg banner), the JSON is written; exit 1 only when nothing could be scored."""
+    good = write_video(_clip(5), tmp_path / "good.mp4")
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "truncated.mp4").write_bytes(good.read_bytes()[:300])
+    out = tmp_path / "eval.json"
+    result = _invoke([str(tmp_path), "--metrics", "temporal_flickering", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["videos"][str(good)]["temporal_flickering"] is not None
+    assert set(data["unreadable"]) == {str(tmp_path / "empty.mp4"), str(tmp_path / "truncated.mp4")}
+    assert data["unreadable"][str(tmp_path / "empty.mp4")] == "empty file (0 bytes)"
+    assert "\n" not in data["unreadable"][str(tmp_path / "truncated.mp4")]
+    assert f"warning: could not read {tmp_path / 'truncated.mp4'}" in result.stderr
+    assert "ffmpeg version" not in result.output and "configuration:" not in result.output
+
+    out.unlink()
+    nothing = _invoke([str(tmp_path / "empty.mp4"), str(tmp_path / "truncated.mp4"),
+                       "--metrics", "temporal_flickering", "--json", str(out)])
+    assert nothing.exit_code == 1 and "nothing was scored: none of the 2 video(s) could be read" in nothing.output
+    assert set(json.loads(out.read_text())["unreadable"]) == {str(tmp_path / "empty.mp4"), str(tmp_path / "truncated.mp4")}
