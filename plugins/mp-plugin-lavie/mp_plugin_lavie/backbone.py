@@ -56,6 +56,14 @@ class LaVieBackbone(Backbone):
         """Frame-by-frame VAE decode (LaVie decodes all frames in one batch: same result, less memory)."""
         return decode_frames(self.vae, latents, checkpoint)
 
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (N, 3, H, W) in [-1, 1] -> unscaled latent frames (N, C, H/f, W/f): the posterior
+        mean ``vae.encode(x).latent_dist.mean``, one frame at a time (as :meth:`decode`)."""
+        images = images.to(self.device, self.vae.dtype)
+        means = [self.vae.encode(images[i : i + 1]).latent_dist.mean for i in range(images.shape[0])]
+        return torch.cat(means).to(self.dtype)
+
     def set_denoiser_checkpointing(self, enabled: bool) -> None:
         self.unet.gradient_checkpointing = enabled
 

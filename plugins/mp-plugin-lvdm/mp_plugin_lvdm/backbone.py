@@ -74,6 +74,13 @@ class LVDMBackbone(Backbone):
             decoder.gradient_checkpointing = previous
         return torch.cat(frames)
 
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (N, 3, H, W) in [-1, 1] -> unscaled latent frames (N, C, H/f, W/f): the posterior
+        mean (``vae.encode_mean``), one frame at a time (as :meth:`decode`); DynamiCrafter's too."""
+        images = images.to(self.device, self.dtype)
+        return torch.cat([self.vae.encode_mean(images[i : i + 1]) for i in range(images.shape[0])])
+
     def set_denoiser_checkpointing(self, enabled: bool) -> None:
         self.unet.gradient_checkpointing = enabled
 

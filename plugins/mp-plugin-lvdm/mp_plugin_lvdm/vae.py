@@ -188,5 +188,10 @@ class AutoencoderKL(nn.Module):
         noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         return mean + std * noise
 
+    def encode_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """The posterior's mean (the deterministic encoding), unscaled."""
+        mean, _ = self.quant_conv(self.encoder(x)).chunk(2, dim=1)
+        return mean
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.post_quant_conv(z))
