@@ -113,6 +113,12 @@ def train_command(real, fake, out, disc_type, arch, pretrained, epochs, batch_si
     if seconds:
         click.echo(f"trained {len(seconds)} epochs in {sum(seconds):.1f} s ({sum(seconds) / len(seconds):.2f} s/epoch)")
     outputs = log.get("outputs", {})
+    if not log.get("best"):  # no epoch had a finite validation loss: no weights were written
+        raise click.ClickException(
+            f"no epoch improved on validation (the validation loss was never finite), so no weights were written; "
+            f"see {outputs.get('log')} and {outputs.get('curves')}. Check the caches with `mpcore disc eval` or "
+            "lower --lr, and start over with --overwrite."
+        )
     click.echo(f"wrote {outputs.get('weights')} (+ {Path(str(outputs.get('config'))).name}), {outputs.get('log')}, "
                f"{outputs.get('curves')}, {outputs.get('checkpoint')}")
 

@@ -715,8 +715,9 @@ def train_discriminator(
                 epochs=history,
                 best=best,
                 finished=finished,
-                outputs={"weights": outputs.weights, "config": outputs.config, "log": outputs.log,
-                         "curves": outputs.curves, "checkpoint": outputs.checkpoint},
+                # the weights (and their config) exist only once an epoch improved on validation
+                outputs={**({"weights": outputs.weights, "config": outputs.config} if best is not None else {}),
+                         "log": outputs.log, "curves": outputs.curves, "checkpoint": outputs.checkpoint},
                 timings={"epoch_s": epoch_seconds, "train_s": sum(epoch_seconds)},
                 sessions=sessions,
                 **({"distributed": {**dist.describe(), "global_batch_size": config.batch_size}} if distributed else {}),
@@ -728,23 +729,36 @@ def train_discriminator(
             generator = torch.Generator().manual_seed(derived_seed(config.seed, "epoch", epoch))
             order = torch.randperm(len(split.train), generator=generator).tolist()
             batches = [order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)]
-            if distributed:
-                shares, sizes, live = _shares(batches, dist)
-                bar = tqdm(_loader(caches, split.train, shares, train_weights, config.num_workers), total=len(shares),
-                           desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False, unit="batch")
-                train_loss, train_accuracy = train_epoch_distributed(train_model, optimizer, bar, sizes, live, device, dist)
-            else:
-                bar = tqdm(_loader(caches, split.train, batches, train_weights, config.num_workers), total=len(batches),
-                           desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False, unit="batch")
-                train_loss, train_accuracy = train_epoch(model, optimizer, bar, device)
+            try:  # a damaged shard or non-finite flows (FlowCacheError) stop training, naming cache and shard
+                if distributed:
+                    shares, sizes, live = _shares(batches, dist)
+                    bar = tqdm(_loader(caches, split.train, shares, train_weights, config.num_workers), total=len(shares),
+                               desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False, unit="batch")
+                    train_loss, train_accuracy = train_epoch_distributed(train_model, optimizer, bar, sizes, live, device,
+                                                                         dist)
+                else:
+                    bar = tqdm(_loader(caches, split.train, batches, train_weights, config.num_workers), total=len(batches),
+                               desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False, unit="batch")
+                    train_loss, train_accuracy = train_epoch(model, optimizer, bar, device)
+                if split.val and distributed:
+                    logits, labels = predict_distributed(model, caches, split.val, config.batch_size, device, dist,
+                                                         config.num_workers, progress,
+                                                         desc=f"val {epoch + 1}/{config.epochs}")
+                elif split.val:
+                    logits, labels = predict(model, caches, split.val, config.batch_size, device, config.num_workers,
+                                             progress, desc=f"val {epoch + 1}/{config.epochs}")
+            except FlowCacheError as error:
+                # a DataLoader worker's error arrives with its traceback in the message: keep the last line
+                message = str(error).strip().splitlines()[-1].removeprefix("FlowCacheError: ")
+                raise DiscTrainError(f"{message}. Training stopped in epoch {epoch + 1}; this epoch was not saved.") from None
+            if not math.isfinite(train_loss):  # the flows are finite (checked when read): the optimization diverged
+                raise DiscTrainError(
+                    f"the training loss became {train_loss} in epoch {epoch + 1} although every flow of --real "
+                    f"{caches[REAL].path} and --fake {caches[FAKE].path} is finite (checked when read): the training "
+                    f"diverged. Lower --lr (now {config.lr}) and start over with --overwrite; this epoch was not saved."
+                )
             row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_accuracy,
                                    "balanced": config.balance, "lr": config.lr}
-            if split.val and distributed:
-                logits, labels = predict_distributed(model, caches, split.val, config.batch_size, device, dist,
-                                                     config.num_workers, progress, desc=f"val {epoch + 1}/{config.epochs}")
-            elif split.val:
-                logits, labels = predict(model, caches, split.val, config.batch_size, device, config.num_workers,
-                                         progress, desc=f"val {epoch + 1}/{config.epochs}")
             if split.val:
                 metrics = logit_metrics(logits, labels, val_weights)
                 row.update({"val_loss": metrics["loss"], "val_accuracy": metrics["accuracy"],

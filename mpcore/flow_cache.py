@@ -272,12 +272,30 @@ class FlowCache:
             return tuple(handle.get_slice("flow").get_shape()[-2:])  # type: ignore[return-value]
 
     def _read(self, shard: int, name: str) -> torch.Tensor:
-        with safe_open(str(self.path / self._shards[shard]["file"]), framework="pt") as handle:
-            return handle.get_tensor(name)
+        file = self.path / self._shards[shard]["file"]
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                return handle.get_tensor(name)
+        except Exception as error:  # SafetensorError (truncated, corrupt), OSError (missing), KeyError...
+            raise FlowCacheError(
+                f"flow cache {self.path}: shard {file.name} cannot be read ({type(error).__name__}: {error}); "
+                "the cache is damaged (e.g. a copy cut short): extract it again with `mpcore flows extract`"
+            ) from None
 
     def _shard_flows(self, shard: int) -> torch.Tensor:
+        """The flows of one shard, read once and kept; checked finite (one pass over data just read)."""
         if shard not in self._flow_shards:
-            self._flow_shards[shard] = self._read(shard, "flow")
+            flows = self._read(shard, "flow")
+            finite = torch.isfinite(flows).flatten(1).all(dim=1)
+            if not finite.all():
+                bad = int((~finite).nonzero()[0])
+                video = self.videos[int(self.video_index[self._starts[shard] + bad])].id
+                raise FlowCacheError(
+                    f"flow cache {self.path}: shard {self._shards[shard]['file']} holds non-finite flows (NaN/inf) in "
+                    f"{int((~finite).sum())} of its {len(finite)} pairs, first pair {self._starts[shard] + bad} "
+                    f"(video {video!r}); extract the cache again (`mpcore flows extract`) or leave that video out"
+                )
+            self._flow_shards[shard] = flows
         return self._flow_shards[shard]
 
     def flows(self, indices: list[int] | torch.Tensor | None = None) -> torch.Tensor:

@@ -326,3 +326,60 @@ def test_trained_discriminator_guides_mpcore_run(trained, tmp_path):
     assert manifest["discriminator"]["path"] == str(trained)
     assert manifest["discriminator"]["source"] == str(trained) and manifest["discriminator"]["is_random_init"] is False
     assert manifest["discriminator"]["flow_scale"] == 1.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# damaged data and failed training: a clear error, no claim of weights that were not written
+
+
+def test_non_finite_flows_stop_training_naming_cache_and_shard(tmp_path, caches):
+    bad = tmp_path / "nan_real"
+    with FlowCacheWriter(bad, {"label": "real", "size": [16, 16]}, shard_size=24) as writer:
+        for v in range(4):
+            flows = torch.zeros(12, 2, 16, 16)
+            if v == 3:
+                flows[5, 0, 3, 3] = float("nan")
+            writer.add(VideoEntry(f"real{v:02d}", f"/videos/real{v:02d}.mp4", frames=16), flows, list(range(12)),
+                       [i + 1 for i in range(12)])
+    out = tmp_path / "run" / "disc.safetensors"
+    result = invoke(["disc", "train", "--real", str(bad), "--fake", str(caches["fake"]), "--out", str(out), *ARCH,
+                     *FAST, "--epochs", "1"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert f"flow cache {bad}: shard shard-00001.safetensors holds non-finite flows" in result.output
+    assert "first pair 41 (video 'real03')" in result.output and "wrote" not in result.output
+    assert not out.exists()
+
+
+def test_truncated_shard_is_an_error_naming_cache_and_shard(tmp_path, caches):
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for file in Path(caches["fake"]).iterdir():
+        (damaged / file.name).write_bytes(file.read_bytes())
+    shard = damaged / "shard-00000.safetensors"
+    shard.write_bytes(shard.read_bytes()[:200])
+    result = invoke(train_args({**caches, "fake": damaged}, tmp_path / "run" / "disc.safetensors"))
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert f"--fake: flow cache {damaged}: shard shard-00000.safetensors cannot be read" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_diverging_training_is_an_error_not_a_nan_success(tmp_path, caches):
+    out = tmp_path / "run" / "disc.safetensors"
+    result = invoke(train_args(caches, out, "--lr", "1e30", "--epochs", "2"))
+    assert result.exit_code == 1, result.output
+    assert "the training loss became nan in epoch 1" in result.output and "Lower --lr" in result.output
+    assert "wrote" not in result.output and not out.exists()
+
+
+def test_a_run_that_never_improved_claims_no_weights(tmp_path, caches, monkeypatch):
+    from mpcore import disc_train
+
+    real_metrics = disc_train.logit_metrics
+    monkeypatch.setattr(disc_train, "logit_metrics", lambda *a: {**real_metrics(*a), "loss": float("nan")})
+    out = tmp_path / "run" / "disc.safetensors"
+    result = invoke(train_args(caches, out, "--epochs", "1"))
+    assert result.exit_code == 1, result.output
+    assert "no epoch improved on validation" in result.output and "no weights were written" in result.output
+    assert f"wrote {out}" not in result.output and not out.exists()
+    log = json.loads((tmp_path / "run" / "disc_log.json").read_text())
+    assert log["best"] is None and "weights" not in log["outputs"] and "config" not in log["outputs"]
