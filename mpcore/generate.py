@@ -218,11 +218,20 @@ def _generate(**kwargs):
         bar = tqdm(total=len(todo), desc="generate", unit="video", disable=not setup.progress, dynamic_ncols=True)
         for item in mine:
             item_start = time.perf_counter()
+
+            def report_skips(line: str, item: Item = item) -> None:  # only items with skipped updates: no noise
+                if not line.endswith(" 0 skipped"):
+                    tqdm.write(f"{item.name}: {line}", file=sys.stderr)
+
             try:
                 runner.generate_one(setup, models, item.prompt.text, item.seed, item_video_path(out_dir, item, fmt),
                                     manifest_extra={"item": {"name": item.name, "prompt_index": item.prompt.index,
                                                              "category": item.prompt.category,
-                                                             "prompts_file": str(prompts_path)}})
+                                                             "prompts_file": str(prompts_path)}},
+                                    report=report_skips)
+            except runner.GuidanceSkippedError:  # written and complete, but it equals its baseline
+                status[item.name] = {"status": "generated", "seconds": time.perf_counter() - item_start,
+                                     "all_updates_skipped": True}
             except Exception as error:
                 status[item.name] = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
                 tqdm.write(f"failed {item.name} (prompt {item.prompt.text!r}, seed {item.seed}): "
@@ -267,6 +276,13 @@ def _generate(**kwargs):
     if counts["failed"]:
         raise click.ClickException(f"{counts['failed']} of {len(items)} items failed (listed in {summary_path}); "
                                    "run the same command again to retry them")
+    unguided = [name for name, s in status.items() if s.get("all_updates_skipped")]
+    if unguided:
+        raise click.ClickException(
+            f"{len(unguided)} of {len(items)} videos equal their plain baseline: MotionPrompt skipped every token "
+            f"update ({', '.join(unguided[:5])}{', ...' if len(unguided) > 5 else ''}; see guidance_updates in their "
+            "manifests). Lower the learning rate (-o lr=...) or the loss weights and generate into a new --out."
+        )
 
 
 def _manifest_path(out_dir: Path, item: Item, fmt: str) -> Path:

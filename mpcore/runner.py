@@ -40,6 +40,33 @@ class SamplingError(RuntimeError):
     """Sampling produced an unusable result (non-finite latents); nothing was written for it."""
 
 
+class GuidanceSkippedError(RuntimeError):
+    """Every MotionPrompt update of a video was skipped (non-finite loss, gradient or token): the
+    video was written, but it equals the plain baseline of the same seed."""
+
+
+def guidance_health(result: dict[str, Any]) -> dict[str, Any]:
+    """How many token updates MotionPrompt attempted in its range, how many it skipped and why, from
+    its result (``skipped_updates`` and the per-iteration ``skipped``/``skip_reason`` of the trace)."""
+    records = [record for entry in result.get("trace", []) for record in entry.get("iterations", [])]
+    reasons: dict[str, int] = {}
+    for record in records:
+        if record.get("skipped"):
+            reason = record.get("skip_reason", "unknown")
+            reasons[reason] = reasons.get(reason, 0) + 1
+    skipped = int(result.get("skipped_updates", sum(reasons.values())))
+    return {"updates": len(records), "skipped": skipped, "skip_reasons": reasons,
+            "all_skipped": bool(records) and skipped >= len(records)}
+
+
+def describe_health(health: dict[str, Any]) -> str:
+    """One line, e.g. ``MotionPrompt: 9 token updates, 2 skipped (non-finite gradient: 2)``."""
+    line = f"MotionPrompt: {health['updates']} token updates, {health['skipped']} skipped"
+    if health["skip_reasons"]:
+        line += " (" + ", ".join(f"{reason}: {n}" for reason, n in health["skip_reasons"].items()) + ")"
+    return line
+
+
 def user_errors() -> tuple[type[Exception], ...]:
     """Exceptions that are the user's to fix: the CLI prints their message, without a traceback."""
     from mpcore.prompts import PromptFileError
@@ -47,7 +74,7 @@ def user_errors() -> tuple[type[Exception], ...]:
     from mpcore.weights import CheckpointMismatchError
 
     return (ConfigError, OutputError, CheckpointMismatchError, plugins.UnknownPluginError, FileNotFoundError,
-            PromptFileError)
+            PromptFileError, GuidanceSkippedError)
 
 
 @dataclass
@@ -238,6 +265,7 @@ def generate_one(
     seed: int,
     out: Path,
     manifest_extra: dict[str, Any] | None = None,
+    report: Any = echo,
 ) -> dict[str, Path]:
     """Sample ``prompt`` with ``seed`` and write the video ``out`` and its companions.
 
@@ -245,6 +273,10 @@ def generate_one(
     trace plot, and last the manifest, so an existing manifest marks a complete video.
     ``manifest_extra`` adds top-level manifest sections. Returns the written paths by name.
     Raises :class:`SamplingError`, before writing anything, if the latents are not finite.
+
+    With guidance, ``report`` (None: silent) gets one line: how many token updates were made and how
+    many skipped, and why (also in the manifest's ``guidance_updates``). If every update was skipped,
+    :class:`GuidanceSkippedError` is raised after everything is written: the video equals the baseline.
     """
     import torch
 
@@ -281,6 +313,9 @@ def generate_one(
     if paths["compare"] is not None:
         video.write_video(video.side_by_side(frames["baseline"], frames["motionprompt"]), paths["compare"], fps=setup.fps)
     guidance_result = results["motionprompt"].guidance if setup.guided else None
+    health = guidance_health(guidance_result) if setup.guided else None
+    if health is not None and report is not None:
+        report(describe_health(health))
     if paths["trace_plot"] is not None:
         from mpcore.trace_plot import plot_trace
 
@@ -306,7 +341,14 @@ def generate_one(
         timings=timings,
         warnings=[f"--model {TINY_MODEL} is a random-init model: the video is noise"] if setup.tiny else [],
         result=guidance_result,
+        guidance_updates=health,
         **(manifest_extra or {}),
     )
     write_json_atomic(manifest, paths["manifest"])
+    if health is not None and health["all_skipped"]:
+        raise GuidanceSkippedError(
+            f"MotionPrompt skipped all {health['updates']} token updates ({', '.join(health['skip_reasons'])}): "
+            f"{paths['video']} equals the plain baseline of seed {seed}, not a guided video. Lower the learning "
+            "rate (-o lr=...) or the loss weights (-o l_disc/l_tv/l_reg=...) and run again."
+        )
     return {name: path for name, path in paths.items() if path is not None}

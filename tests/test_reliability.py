@@ -1,0 +1,81 @@
+"""Fail loudly, lose nothing (issue 16): guidance health, early refusals, plugin faults, outputs.
+
+Each test runs the real CLI on the tiny random model (seconds), or refuses before any model loads.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from mpcore import plugins
+from mpcore.cli import build_cli
+
+TINY = ["--backbone", "animatediff", "--model", "tiny", "--frames", "4", "--height", "32", "--width", "32",
+        "--steps", "4", "--no-progress"]
+RUN = ["run", "--prompt", "a fox", *TINY]
+
+
+def invoke(args, **kwargs):
+    plugins.load_plugins(reload=True)
+    return CliRunner().invoke(build_cli(), args, **kwargs)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: the tiny model on a shared CPU runs far faster (and identically) with it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Fail loudly if any backbone weights are loaded."""
+    import mp_plugin_animatediff.backbone as backbone
+
+    def refuse(**kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(backbone, "load", refuse)
+
+
+# ---------------------------------------------------------------------------------------------------
+# guidance health: skipped updates are counted, said, and an all-skipped run is not a success
+
+
+def test_run_says_how_many_updates_were_made_and_skipped(tmp_path):
+    out = tmp_path / "fox.mp4"
+    result = invoke(RUN + ["--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "MotionPrompt: 3 token updates, 0 skipped" in result.stderr
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    assert manifest["guidance_updates"] == {"updates": 3, "skipped": 0, "skip_reasons": {}, "all_skipped": False}
+
+
+def test_every_update_skipped_is_an_error_saying_the_video_is_the_baseline(tmp_path):
+    out = tmp_path / "fox.mp4"
+    result = invoke(RUN + ["--out", str(out), "-o", "l_disc=1e38"])  # the gradient overflows: never applied
+    assert result.exit_code == 1, result.output
+    assert "MotionPrompt: 3 token updates, 3 skipped (non-finite gradient: 3)" in result.stderr
+    assert "MotionPrompt skipped all 3 token updates (non-finite gradient)" in result.output
+    assert f"{out} equals the plain baseline of seed 0" in result.output
+    manifest = json.loads(out.with_suffix(".json").read_text())  # written: the record says what happened
+    assert manifest["guidance_updates"]["all_skipped"] is True
+    assert manifest["guidance_updates"]["skip_reasons"] == {"non-finite gradient": 3}
+
+
+def test_generate_reports_items_whose_updates_were_all_skipped(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a fox\n")
+    out = tmp_path / "gen"
+    result = invoke(["generate", "--prompts", str(prompts), "--out", str(out), *TINY, "-o", "l_disc=1e38"])
+    assert result.exit_code == 1, result.output
+    assert "p0000_s0000: MotionPrompt: 3 token updates, 3 skipped" in result.stderr
+    assert "1 of 1 videos equal their plain baseline" in result.output
+    summary = json.loads((out / "generate.json").read_text())
+    assert summary["items"][0]["status"] == "generated" and summary["items"][0]["all_updates_skipped"] is True
