@@ -95,12 +95,26 @@ def sample(
     guidance: Guidance | None = None,
     progress: bool = True,
     description: str = "sampling",
+    latents: torch.Tensor | None = None,
 ) -> SampleResult:
-    """Sample one video for ``prompt``; ``guidance`` (e.g. MotionPrompt) may change each step's condition."""
+    """Sample one video for ``prompt``; ``guidance`` (e.g. MotionPrompt) may change each step's condition.
+
+    ``latents``: the initial noise x_T (B, C, F, h, w) as diffusers pipelines take it (already
+    multiplied by the scheduler's ``init_noise_sigma``); default: drawn from ``config.seed``. The
+    seed still drives everything else (eta noise, MotionPrompt's frame pairs).
+    """
     scheduler = backbone.make_scheduler()
     scheduler.set_timesteps(config.steps, device=backbone.device)
     generator = torch.Generator(device=backbone.device).manual_seed(config.seed)
-    latents = initial_latents(backbone, config, scheduler, generator)
+    if latents is None:
+        latents = initial_latents(backbone, config, scheduler, generator)
+    else:
+        f = backbone.vae_scale_factor
+        expected = (backbone.latent_channels, config.frames, config.height // f, config.width // f)
+        if latents.dim() != 5 or tuple(latents.shape[1:]) != expected:
+            raise ValueError(f"latents must have shape (B, {', '.join(map(str, expected))}) for this config, "
+                             f"got {tuple(latents.shape)}")
+        latents = latents.to(device=backbone.device, dtype=backbone.dtype)
 
     backbone.prepare_sampling(config)
     with torch.no_grad():
