@@ -58,6 +58,8 @@ class SamplerConfig:
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 PLACEMENTS = ("end", "front")
+ESTIMATES = ("tweedie", "rollout")
+MAX_ROLLOUT_STEPS = 8
 
 
 @dataclass
@@ -92,6 +94,12 @@ class MotionPromptConfig:
     """Resize decoded frames to this side length before the flow estimator (None = decoded size)."""
     paper_opt_range: tuple[int, int] = (4, 15)
     """The backbone's range at PAPER_STEPS steps, used to resolve ``opt_range=None``."""
+    estimate: str = "tweedie"
+    """How the clean video the discriminator judges is estimated from x_t: 'tweedie' is the paper's
+    one-step estimate; 'rollout' takes ``rollout_steps`` differentiable DDIM steps over the rest of
+    the trajectory first (:func:`mpcore.motionprompt.estimate_clean_frames`)."""
+    rollout_steps: int = 3
+    """Model calls (CFG) of the 'rollout' estimate, N >= 1 (N = 1 is the one-step Tweedie estimate)."""
 
     def resolved_opt_range(self, steps: int) -> tuple[int, int]:
         if self.opt_range is not None:
@@ -120,6 +128,13 @@ class MotionPromptConfig:
             value = getattr(self, name)
             _require(value >= 0 and math.isfinite(value), name, value, "a finite number >= 0")
         _require(self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "a finite number > 0")
+        _require(self.estimate in ESTIMATES, "estimate", self.estimate, " | ".join(ESTIMATES))
+        _require(
+            1 <= self.rollout_steps <= MAX_ROLLOUT_STEPS,
+            "rollout_steps",
+            self.rollout_steps,
+            f"an integer in [1, {MAX_ROLLOUT_STEPS}] (model calls with gradient per estimate)",
+        )
         _require(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, " | ".join(OPTIMIZERS))
         _require(
             isinstance(self.flow_estimator, str) and self.flow_estimator.strip() != "",
@@ -133,6 +148,10 @@ class MotionPromptConfig:
             self.flow_size,
             "None or an integer >= 8",
         )
+
+    def estimate_calls(self) -> int:
+        """Model calls per clean-video estimate: 1 for 'tweedie', ``rollout_steps`` for 'rollout'."""
+        return self.rollout_steps if self.estimate == "rollout" else 1
 
     def token_init_words(self) -> list[str]:
         """The init word of each learnable token, cycling through ``init_words``."""

@@ -4,8 +4,10 @@ At each DDIM step i inside the optimization range (DESIGN.md "The method"):
 
 1. encode P + S with the learnable rows -> c*, predict the output with CFG (the unconditional
    output is computed once per step, it does not depend on S);
-2. Tweedie estimate of the clean video x0_hat, for the selected frames only
-   (:func:`mpcore_kernels.subset_tweedie`, fused with the gather and the VAE latent scale);
+2. estimate of the clean video x0_hat, for the selected frames only: the paper's one-step Tweedie
+   estimate (:func:`mpcore_kernels.subset_tweedie`, fused with the gather and the VAE latent scale),
+   or, with ``estimate='rollout'``, a short differentiable DDIM rollout ending in that estimate
+   (:func:`estimate_clean_frames`);
 3. pick adjacent frame pairs at seeded random positions and decode ONLY those frames;
 4. flow of each pair; loss = l_disc * mean softplus(-D(flow)) + l_tv * TV(flow) + l_reg * ||e_S - e_S_init||^2
    (softplus(-D) is the generator side of the non-saturating GAN loss);
@@ -31,6 +33,80 @@ from mpcore.sampling import StepCondition, cfg_output
 TOKEN_FORMAT = "<mp_{}>"
 
 
+def rollout_indices(num_steps: int, step: int, calls: int) -> list[int]:
+    """Sampling-step indices of the model calls of a ``calls``-step DDIM rollout from ``step``.
+
+    The remaining ``num_steps - step`` steps of the trajectory are split into ``calls`` equal
+    strides (DDIM with fewer steps over the same interval): ``calls = 1`` is the one-step estimate
+    at ``step``; ``calls = num_steps - step`` is every remaining step, i.e. the sampler itself.
+    """
+    remaining = num_steps - step
+    if remaining < 1 or calls < 1:
+        raise ValueError(f"no rollout from step {step} of {num_steps} with {calls} calls")
+    calls = min(calls, remaining)
+    return [step + (k * remaining) // calls for k in range(calls)]
+
+
+def ddim_step(x_t: torch.Tensor, model_output: torch.Tensor, alpha_bar: float, alpha_bar_next: float,
+              prediction_type: str) -> torch.Tensor:
+    """One deterministic DDIM step x_t -> x_s (Song et al. 2021, eq. 12 with sigma = 0).
+
+    x0 and eps from the model output (epsilon: x0 = (x_t - sqrt(1-a) eps) / sqrt(a); v-prediction:
+    x0 = sqrt(a) x_t - sqrt(1-a) v, eps = sqrt(a) v + sqrt(1-a) x_t), then
+    x_s = sqrt(a_s) x0 + sqrt(1 - a_s) eps. Computed in float32, returned in x_t's dtype.
+    """
+    a, a_next = float(alpha_bar), float(alpha_bar_next)
+    x, out = x_t.float(), model_output.float()
+    if prediction_type == "epsilon":
+        eps = out
+        x0 = (x - (1 - a) ** 0.5 * eps) / a**0.5
+    elif prediction_type == "v_prediction":
+        x0 = a**0.5 * x - (1 - a) ** 0.5 * out
+        eps = a**0.5 * out + (1 - a) ** 0.5 * x
+    else:
+        raise ValueError(f"unsupported prediction_type {prediction_type!r}")
+    return (a_next**0.5 * x0 + (1 - a_next) ** 0.5 * eps).to(x_t.dtype)
+
+
+def estimate_clean_frames(
+    backbone: Backbone,
+    scheduler,
+    latents: torch.Tensor,
+    step: int,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    cfg_scale: float,
+    frame_index: list[int],
+    calls: int = 1,
+    uncond_output: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Clean-video estimate of the frames ``frame_index`` from x_t at sampling step ``step``.
+
+    ``calls = 1``: the one-step Tweedie estimate x0_hat = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t) (the
+    v form for v-prediction), MotionPrompt's as published. ``calls = N > 1``: N - 1 deterministic
+    DDIM steps (:func:`ddim_step`) along :func:`rollout_indices`, each with a CFG model call on all
+    frames, then the Tweedie estimate at the last one; differentiable end to end, so the gradient
+    reaches ``cond`` through every call. Returns (B * len(frame_index), C, h, w) in float32 with
+    the VAE latent scale undone (:func:`mpcore_kernels.subset_tweedie`), ready to decode.
+    ``uncond_output`` is the unconditional output at (x_t, t) if already computed (it is reused only
+    for the first call: later calls see an x that depends on ``cond``).
+    """
+    timesteps = scheduler.timesteps
+    indices = rollout_indices(len(timesteps), step, calls)
+    x = latents
+    for k, index in enumerate(indices):
+        t = timesteps[index]
+        output = cfg_output(backbone, x, t, cond, uncond, cfg_scale, uncond_output if k == 0 else None)
+        alpha_bar = scheduler.alphas_cumprod[int(t)]
+        if k == len(indices) - 1:
+            # Tweedie x0 of the selected frames only -> (B * K, C, h, w), fp32, VAE latent scale undone
+            return subset_tweedie(x, output, frame_index, alpha_bar, prediction_type=backbone.prediction_type,
+                                  latent_scale=backbone.latent_scale(t))
+        alpha_bar_next = scheduler.alphas_cumprod[int(timesteps[indices[k + 1]])]
+        x = ddim_step(x, output, alpha_bar, alpha_bar_next, backbone.prediction_type)
+    raise AssertionError("unreachable")
+
+
 def select_frame_pairs(num_frames: int, num_pairs: int, generator: torch.Generator) -> list[tuple[int, int]]:
     """``num_pairs`` disjoint adjacent pairs (f, f+1) at random positions among ``num_frames`` frames.
 
@@ -47,6 +123,14 @@ def select_frame_pairs(num_frames: int, num_pairs: int, generator: torch.Generat
         start = slot + k  # each earlier pair occupies one extra frame
         pairs.append((start, start + 1))
     return pairs
+
+
+def pair_flow(flow_estimator: FlowEstimator, images: torch.Tensor, flow_size: int | None = None) -> torch.Tensor:
+    """Flow of each adjacent pair of decoded frames (a0, b0, a1, b1, ...) -> (n, 2, H, W) float32,
+    the frames first resized to ``flow_size`` x ``flow_size`` if given."""
+    if flow_size is not None:
+        images = F.interpolate(images, size=(flow_size, flow_size), mode="bilinear", align_corners=False)
+    return flow_estimator(images[0::2], images[1::2]).float()
 
 
 @dataclass
@@ -113,6 +197,14 @@ class MotionPrompt:
         with torch.no_grad():
             return F.cosine_similarity(self.tokens, self.init_embeddings, dim=-1).tolist()
 
+    @torch.no_grad()
+    def condition_is_finite(self) -> bool:
+        """The token and the guided prompt's embedding with it are finite (a huge but finite token can
+        still overflow the text encoder)."""
+        if not torch.isfinite(self.tokens).all():
+            return False
+        return bool(torch.isfinite(self.backbone.encode_prompt([self.guided_prompt], self.override())).all())
+
     def in_range(self, step: int) -> bool:
         return self.opt_range[0] <= step < self.opt_range[1]
 
@@ -120,31 +212,21 @@ class MotionPrompt:
     def objective(
         self,
         latents: torch.Tensor,
-        t: torch.Tensor,
+        step: int,
         uncond: torch.Tensor,
         uncond_output: torch.Tensor | None,
         pairs: list[tuple[int, int]],
     ) -> LossTerms:
-        """The MotionPrompt loss for the current token values at (x_t, t), differentiable w.r.t. them."""
+        """The MotionPrompt loss for the current token values at x_t of sampling step ``step``,
+        differentiable w.r.t. them."""
         cfg, backbone = self.config, self.backbone
         cond = backbone.encode_prompt([self.guided_prompt], self.override())
-        model_output = cfg_output(backbone, latents, t, cond, uncond, self.sampler.cfg_scale, uncond_output)
-        alpha_bar = self.scheduler.alphas_cumprod[int(t)]
         frame_index = [f for pair in pairs for f in pair]
-        # Tweedie x0 of the selected frames only -> (B * 2n, C, h, w), fp32, VAE latent scale undone
-        x0_frames = subset_tweedie(
-            latents,
-            model_output,
-            frame_index,
-            alpha_bar,
-            prediction_type=backbone.prediction_type,
-            latent_scale=backbone.latent_scale(t),
-        )
+        x0_frames = estimate_clean_frames(backbone, self.scheduler, latents, step, cond, uncond, self.sampler.cfg_scale,
+                                          frame_index, cfg.estimate_calls(), uncond_output)
         images = backbone.decode(x0_frames.to(backbone.dtype), checkpoint=cfg.checkpoint_vae).float()
-        if cfg.flow_size is not None:
-            images = F.interpolate(images, size=(cfg.flow_size, cfg.flow_size), mode="bilinear", align_corners=False)
-        frame_a, frame_b = images[0::2], images[1::2]
-        flow = self.flow_estimator(frame_a, frame_b).float()
+        flow = pair_flow(self.flow_estimator, images, cfg.flow_size)
+        # generator side of the non-saturating GAN loss: softplus(-D) = -log sigmoid(D), lower when D says real
         disc = F.softplus(-self.discriminator(flow).float()).mean()
         tv = flow_tv_loss(flow, reduction="mean")
         reg = (self.tokens - self.init_embeddings).pow(2).sum()
@@ -152,7 +234,7 @@ class MotionPrompt:
         return LossTerms(total=total, disc=disc, tv=tv, reg=reg)
 
     def optimize_step(
-        self, latents: torch.Tensor, t: torch.Tensor, uncond: torch.Tensor, uncond_output: torch.Tensor | None
+        self, latents: torch.Tensor, step: int, uncond: torch.Tensor, uncond_output: torch.Tensor | None
     ) -> list[dict[str, Any]]:
         """K optimizer iterations at one sampling step; returns the per-iteration loss terms."""
         iterations = []
@@ -161,7 +243,7 @@ class MotionPrompt:
         for _ in range(self.config.iterations):
             pairs = select_frame_pairs(latents.shape[2], num_pairs, self.pair_generator)
             self.optimizer.zero_grad(set_to_none=True)
-            terms = self.objective(latents, t, uncond, uncond_output, pairs)
+            terms = self.objective(latents, step, uncond, uncond_output, pairs)
             record = {**terms.as_floats(), "pairs": pairs, "skipped": False}
             if torch.isfinite(terms.total):
                 terms.total.backward()
@@ -169,9 +251,18 @@ class MotionPrompt:
                 # a NaN/inf loss or gradient never reaches the tokens (hence never the latents)
                 self.skipped_updates += 1
                 record["skipped"] = True
+                record["skip_reason"] = "non-finite loss" if not torch.isfinite(terms.total) else "non-finite gradient"
                 self.optimizer.zero_grad(set_to_none=True)
             else:
+                last_good = self.tokens.detach().clone()
                 self.optimizer.step()
+                if not self.condition_is_finite():
+                    # an update that overflowed (e.g. a huge lr) is undone before any further model call
+                    with torch.no_grad():
+                        self.tokens.copy_(last_good)
+                    self.skipped_updates += 1
+                    record["skipped"] = True
+                    record["skip_reason"] = "non-finite token or prompt embedding after the update"
             iterations.append(record)
         return iterations
 
@@ -190,7 +281,7 @@ class MotionPrompt:
         backbone.set_denoiser_checkpointing(self.config.checkpoint_denoiser)
         try:
             with torch.enable_grad():
-                entry["iterations"] = self.optimize_step(latents, t, uncond, uncond_output)
+                entry["iterations"] = self.optimize_step(latents, step, uncond, uncond_output)
         finally:
             backbone.set_denoiser_checkpointing(False)
         with torch.no_grad():

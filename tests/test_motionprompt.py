@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from mpcore.motionprompt import MotionPrompt, select_frame_pairs
+from mpcore.config import SamplerConfig
+from mpcore.motionprompt import MotionPrompt, estimate_clean_frames, rollout_indices, select_frame_pairs
 from mpcore.sampling import sample
 
 
@@ -74,14 +75,14 @@ def test_k_iterations_lower_the_objective(tiny_backbone, sampler_config, motion_
     frames2 = dataclasses.replace(sampler_config, frames=2)
     guidance.prepare(tiny_backbone, "a fox", frames2, scheduler)
     latents = torch.randn(1, 4, 2, 8, 8, generator=torch.Generator().manual_seed(0))
-    t = scheduler.timesteps[2]
+    step = 2
     uncond = tiny_backbone.encode_prompt([""]).detach()
     pairs = [(0, 1)]  # the only pair of 2 frames: the objective is a fixed function of the token
     with torch.no_grad():
-        before = guidance.objective(latents, t, uncond, None, pairs).total.item()
-    records = guidance.optimize_step(latents, t, uncond, None)
+        before = guidance.objective(latents, step, uncond, None, pairs).total.item()
+    records = guidance.optimize_step(latents, step, uncond, None)
     with torch.no_grad():
-        after = guidance.objective(latents, t, uncond, None, pairs).total.item()
+        after = guidance.objective(latents, step, uncond, None, pairs).total.item()
     assert [r["pairs"] for r in records] == [[(0, 1)]] * 6
     assert records[0]["total"] == pytest.approx(before, rel=1e-5)
     assert after < before
@@ -131,7 +132,7 @@ def _objective_and_grad(backbone, config, flow_estimator, discriminator, sampler
     uncond = backbone.encode_prompt([""]).detach()
     backbone.set_denoiser_checkpointing(config.checkpoint_denoiser)
     try:
-        terms = guidance.objective(latents, scheduler.timesteps[1], uncond, None, [(0, 1)])
+        terms = guidance.objective(latents, 1, uncond, None, [(0, 1)])
         terms.total.backward()
     finally:
         backbone.set_denoiser_checkpointing(False)
@@ -160,3 +161,190 @@ def test_half_precision_weights_keep_token_optimizer_and_loss_float32(sampler_co
     assert state["exp_avg"].dtype == torch.float32 and state["exp_avg_sq"].dtype == torch.float32
     assert result.guidance["skipped_updates"] == 0
     assert result.guidance["final_cosine"][0] < 1.0
+
+
+# ----------------------------------------------------------------------------- the estimate
+
+
+def _prepared(backbone, config, flow_estimator, discriminator, sampler_config):
+    guidance = MotionPrompt(config, flow_estimator, discriminator)
+    scheduler = backbone.make_scheduler()
+    scheduler.set_timesteps(sampler_config.steps)
+    guidance.prepare(backbone, "a fox", sampler_config, scheduler)
+    return guidance, scheduler
+
+
+@pytest.mark.parametrize("steps,step,calls,expected", [
+    (25, 4, 1, [4]), (25, 4, 3, [4, 11, 18]), (25, 24, 3, [24]), (6, 0, 6, [0, 1, 2, 3, 4, 5]), (10, 2, 4, [2, 4, 6, 8]),
+])
+def test_rollout_indices_split_the_rest_of_the_trajectory(steps, step, calls, expected):
+    assert rollout_indices(steps, step, calls) == expected
+
+
+def test_rollout_over_every_remaining_step_is_the_sampler(tiny_backbone, sampler_config):
+    """N plain DDIM steps: a rollout from x_T over all steps (plain prompt) is the sampler's own output."""
+    scheduler = tiny_backbone.make_scheduler()
+    assert scheduler.config.set_alpha_to_one  # the last DDIM step then lands on the Tweedie estimate
+    scheduler.set_timesteps(sampler_config.steps)
+    x_T = torch.randn(1, 4, sampler_config.frames, 8, 8, generator=torch.Generator().manual_seed(5))
+    final = sample(tiny_backbone, "a fox", sampler_config, progress=False, latents=x_T).latents
+    with torch.no_grad():
+        cond = tiny_backbone.encode_prompt(["a fox"])
+        uncond = tiny_backbone.encode_prompt([""])
+        frames = estimate_clean_frames(tiny_backbone, scheduler, x_T, 0, cond, uncond, sampler_config.cfg_scale,
+                                       [1, 2], calls=sampler_config.steps)
+        one_step = estimate_clean_frames(tiny_backbone, scheduler, x_T, 0, cond, uncond, sampler_config.cfg_scale,
+                                         [1, 2], calls=1)
+    expected = final[0, :, [1, 2]].permute(1, 0, 2, 3) / tiny_backbone.latent_scale(0)
+    assert torch.allclose(frames, expected, atol=1e-4)
+    assert not torch.allclose(one_step, expected, atol=1e-2)  # the one-step estimate is not the sample
+
+
+def test_rollout_of_one_call_is_the_tweedie_estimate(tiny_backbone, sampler_config):
+    scheduler = tiny_backbone.make_scheduler()
+    scheduler.set_timesteps(sampler_config.steps)
+    x_t = torch.randn(1, 4, sampler_config.frames, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        cond = tiny_backbone.encode_prompt(["a fox"])
+        t = scheduler.timesteps[2]
+        eps = tiny_backbone.predict(x_t, t, cond)
+        a = float(scheduler.alphas_cumprod[int(t)])
+        tweedie = (x_t - (1 - a) ** 0.5 * eps) / a**0.5 / tiny_backbone.latent_scale(t)
+        frames = estimate_clean_frames(tiny_backbone, scheduler, x_t, 2, cond, cond, 1.0, [3, 0], calls=1)
+    assert torch.allclose(frames, tweedie[0, :, [3, 0]].permute(1, 0, 2, 3), atol=1e-5)
+
+
+def test_rollout_gradient_reaches_only_the_token(tiny_backbone, sampler_config, motion_config, flow_estimator, discriminator):
+    config = dataclasses.replace(motion_config, estimate="rollout", rollout_steps=3)
+    guidance, _ = _prepared(tiny_backbone, config, flow_estimator, discriminator, sampler_config)
+    latents = torch.randn(1, 4, sampler_config.frames, 8, 8, generator=torch.Generator().manual_seed(0))
+    uncond = tiny_backbone.encode_prompt([""]).detach()
+    terms = guidance.objective(latents, 1, uncond, None, [(0, 1)])
+    terms.total.backward()
+    assert guidance.tokens.grad is not None and guidance.tokens.grad.abs().sum() > 0
+    modules = (tiny_backbone.unet, tiny_backbone.vae, tiny_backbone.pipe.text_encoder)
+    assert all(p.grad is None for m in modules for p in m.parameters())
+    # a rollout is a different estimate than the one-step one (the loss differs)
+    one_step, _ = _prepared(tiny_backbone, motion_config, flow_estimator, discriminator, sampler_config)
+    with torch.no_grad():
+        assert one_step.objective(latents, 1, uncond, None, [(0, 1)]).disc != pytest.approx(float(terms.disc), rel=1e-4)
+
+
+def test_rollout_guidance_samples_and_records_the_estimate(tiny_backbone, sampler_config, motion_config, flow_estimator, discriminator):
+    config = dataclasses.replace(motion_config, estimate="rollout", rollout_steps=2, iterations=1)
+    calls = []
+    predict = tiny_backbone.predict
+
+    def counting(latents, t, cond):
+        if torch.is_grad_enabled():
+            calls.append(int(t))
+        return predict(latents, t, cond)
+
+    tiny_backbone.predict = counting
+    result = sample(tiny_backbone, "a fox", sampler_config, guidance=MotionPrompt(config, flow_estimator, discriminator),
+                    progress=False)
+    assert torch.isfinite(result.latents).all()
+    assert len(calls) == 2 * 2  # two optimized steps, one iteration each, two model calls with gradient each
+
+
+# ----------------------------------------------------------------------------- the objective
+
+
+class PrefersRightwardFlow(torch.nn.Module):
+    """A discriminator with a known preference: 'real' means a large mean horizontal flow."""
+
+    def forward(self, flow):
+        return flow[:, 0].mean(dim=(1, 2))
+
+
+def test_guidance_moves_the_flow_towards_what_the_discriminator_calls_real(tiny_backbone, motion_config, flow_estimator):
+    """The sign of the GAN term: softplus(-D) must RAISE D. With softplus(+D) this test fails."""
+    frames2 = SamplerConfig(steps=6, frames=2, height=32, width=32, seed=3, cfg_scale=7.5)
+    config = dataclasses.replace(motion_config, iterations=8, lr=0.05, l_tv=0.0, l_reg=0.0)
+    discriminator = PrefersRightwardFlow()
+    guidance, _ = _prepared(tiny_backbone, config, flow_estimator, discriminator, frames2)
+    latents = torch.randn(1, 4, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    uncond = tiny_backbone.encode_prompt([""]).detach()
+
+    def logit() -> float:
+        with torch.no_grad():
+            return -float(torch.log(torch.expm1(guidance.objective(latents, 2, uncond, None, [(0, 1)]).disc)))
+
+    before = logit()
+    guidance.optimize_step(latents, 2, uncond, None)
+    after = logit()
+    assert after > before + 1e-3, f"D's logit did not rise: {before} -> {after}"
+
+
+@pytest.mark.parametrize("zeroed", ["l_disc", "l_tv", "l_reg"])
+def test_a_zero_loss_weight_removes_its_term(zeroed, tiny_backbone, sampler_config, motion_config, flow_estimator, discriminator):
+    config = dataclasses.replace(motion_config, **{"l_disc": 1.5, "l_tv": 2.0, "l_reg": 3.0, zeroed: 0.0})
+    guidance, _ = _prepared(tiny_backbone, config, flow_estimator, discriminator, sampler_config)
+    with torch.no_grad():
+        guidance.tokens.add_(0.01)  # off its init, so the regulariser has a value and a gradient
+    latents = torch.randn(1, 4, sampler_config.frames, 8, 8, generator=torch.Generator().manual_seed(0))
+    uncond = tiny_backbone.encode_prompt([""]).detach()
+    terms = guidance.objective(latents, 1, uncond, None, [(0, 1)])
+    weights = {"disc": config.l_disc, "tv": config.l_tv, "reg": config.l_reg}
+    assert all(float(getattr(terms, name).detach()) > 0 for name in weights)
+    expected = sum(w * getattr(terms, name) for name, w in weights.items() if w > 0)
+    assert float(terms.total) == pytest.approx(float(expected), rel=1e-6)
+    # and the gradient is that of the remaining terms only
+    terms.total.backward()
+    grad = guidance.tokens.grad.clone()
+    guidance.tokens.grad = None
+    terms = guidance.objective(latents, 1, uncond, None, [(0, 1)])
+    sum(w * getattr(terms, name) for name, w in weights.items() if w > 0).backward()
+    assert torch.allclose(grad, guidance.tokens.grad, atol=1e-7)
+
+
+def test_the_ddim_step_in_the_range_uses_the_optimized_condition(tiny_backbone, sampler_config, motion_config, flow_estimator, discriminator):
+    used = {}
+    predict = tiny_backbone.predict
+    guidance = MotionPrompt(motion_config, flow_estimator, discriminator)
+    step_of = {}
+
+    def spy(latents, t, cond):
+        # in the range: uncond (no grad), K iterations (grad), then the DDIM step's cond (no grad): keep the last
+        if not torch.is_grad_enabled() and cond.shape[0] == 1:
+            used[step_of[int(t)]] = cond.detach().clone()
+        return predict(latents, t, cond)
+
+    scheduler = tiny_backbone.make_scheduler()
+    scheduler.set_timesteps(sampler_config.steps)
+    step_of.update({int(t): i for i, t in enumerate(scheduler.timesteps)})
+    tiny_backbone.predict = spy
+    result = sample(tiny_backbone, "a fox", sampler_config, guidance=guidance, progress=False)
+    plain = tiny_backbone.encode_prompt(["a fox"])
+    final = tiny_backbone.encode_prompt([result.guidance["guided_prompt"]], guidance.override()).detach()
+    last_step = result.guidance["opt_range"][1] - 1
+    assert last_step in used
+    # the last optimized step's DDIM prediction used c* with the final token (the one after its K updates)
+    assert torch.allclose(used[last_step], final, atol=1e-6)
+    assert not torch.allclose(used[last_step], plain, atol=1e-4)
+
+
+def test_sample_takes_initial_latents(tiny_backbone, sampler_config):
+    scheduler = tiny_backbone.make_scheduler()
+    scheduler.set_timesteps(sampler_config.steps)
+    from mpcore.sampling import initial_latents
+
+    seeded = initial_latents(tiny_backbone, sampler_config, scheduler, torch.Generator().manual_seed(sampler_config.seed))
+    default = sample(tiny_backbone, "a fox", sampler_config, progress=False).latents
+    given = sample(tiny_backbone, "a fox", sampler_config, progress=False, latents=seeded.clone()).latents
+    other = sample(tiny_backbone, "a fox", sampler_config, progress=False, latents=torch.randn_like(seeded)).latents
+    assert torch.equal(default, given)
+    assert not torch.allclose(default, other)
+    with pytest.raises(ValueError, match="latents must have shape"):
+        sample(tiny_backbone, "a fox", sampler_config, progress=False, latents=seeded[:, :, :2])
+
+
+def test_a_non_finite_token_update_is_rolled_back(tiny_backbone, sampler_config, motion_config, flow_estimator, discriminator):
+    config = dataclasses.replace(motion_config, lr=1e38, optimizer="sgd")
+    guidance = MotionPrompt(config, flow_estimator, discriminator)
+    result = sample(tiny_backbone, "a fox", sampler_config, guidance=guidance, progress=False)
+    assert torch.isfinite(result.latents).all()
+    assert torch.isfinite(guidance.tokens).all()
+    records = [r for e in result.guidance["trace"] if e["optimized"] for r in e["iterations"]]
+    assert result.guidance["skipped_updates"] == sum(r["skipped"] for r in records) > 0
+    assert any(r.get("skip_reason") == "non-finite token or prompt embedding after the update" for r in records)
