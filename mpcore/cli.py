@@ -140,6 +140,9 @@ def build_cli() -> click.Group:
                                 params=params + [option for option, _ in backbone_options.values()])
         command.backbone_options = {k: owners for k, (_, owners) in backbone_options.items()}  # type: ignore[attr-defined]
         cli.add_command(command)
+    from mpcore import diagnose_cli  # imported here: it imports helpers from this module
+
+    diagnose_cli.register(cli, backbone_options)
     # imported here: these modules import helpers from this one
     from mpcore.disc_cli import disc
     from mpcore.drift_cli import drift

@@ -111,6 +111,14 @@ class Backbone(abc.ABC):
         """Decode already-unscaled latent frames (N, C, h, w) to images (N, 3, H, W) in [-1, 1],
         one frame at a time; ``checkpoint`` enables per-block gradient checkpointing."""
 
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Encode images (N, 3, H, W) in [-1, 1] to latent frames (N, C, h, w) WITHOUT the latent
+        scale (the inverse of :meth:`decode`; multiply by ``latent_scale(t)`` to get the sampler's
+        latents): the VAE posterior's mean, deterministic. Used by ``mpcore diagnose`` to noise real
+        clips to x_t. Backbones that cannot encode raise ``NotImplementedError``."""
+        raise NotImplementedError(f"backbone {self.name!r} does not implement encode(): mpcore diagnose needs it "
+                                  "to put real clips on the sampler's trajectory")
+
     def set_denoiser_checkpointing(self, enabled: bool) -> None:
         """Gradient checkpointing of the denoiser (used only while optimizing the token)."""
 

@@ -1,0 +1,162 @@
+"""mpcore diagnose steps: where the estimate carries motion and where the discriminator responds."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from mpcore import diagnose
+from mpcore.config import PAPER_DEFAULTS, MotionPromptConfig, SamplerConfig
+from mpcore.testing import DifferenceFlow, LinearDiscriminator
+
+
+def test_roc_auc():
+    assert diagnose.roc_auc([3, 4], [1, 2]) == 1.0
+    assert diagnose.roc_auc([1, 2], [3, 4]) == 0.0
+    assert diagnose.roc_auc([1, 1], [1, 1]) == 0.5
+    assert diagnose.roc_auc([2, 0], [1]) == 0.5
+    assert math.isnan(diagnose.roc_auc([], [1]))
+
+
+def test_flow_agreement_of_a_flow_with_itself_and_its_opposite():
+    flow = torch.randn(3, 2, 5, 7, generator=torch.Generator().manual_seed(0))
+    same = diagnose.flow_agreement(flow, flow)
+    assert same["cosine"] == pytest.approx([1.0] * 3) and same["epe"] == pytest.approx([0.0] * 3)
+    assert same["magnitude_ratio"] == pytest.approx([1.0] * 3)
+    opposite = diagnose.flow_agreement(-2 * flow, flow)
+    assert opposite["cosine"] == pytest.approx([-1.0] * 3) and opposite["magnitude_ratio"] == pytest.approx([2.0] * 3)
+
+
+def test_parse_estimates():
+    assert diagnose.parse_estimates("tweedie,rollout3") == {"tweedie": 1, "rollout3": 3}
+    for bad in ("rollout", "rollout0", "ddim2", ""):
+        with pytest.raises(ValueError):
+            diagnose.parse_estimates(bad)
+
+
+def _result(per_step: dict[str, list[tuple[float, float]]], checked: list[int], steps: int = 25, calls=None) -> dict:
+    return {"checked_steps": checked, "sampler": {"steps": steps},
+            "estimates": calls or {name: int(name[7:]) if name.startswith("rollout") else 1 for name in per_step},
+            "per_step": {name: [{"step": s, "motion_cosine": c, "auc": a} for s, (c, a) in zip(checked, rows)]
+                         for name, rows in per_step.items()}}
+
+
+def test_recommend_takes_the_earliest_run_where_motion_and_auc_both_hold():
+    checked = [0, 2, 4, 6, 8]
+    weak, good = (0.1, 0.5), (0.5, 0.8)
+    result = _result({"tweedie": [weak, weak, weak, good, good], "rollout3": [weak, good, good, weak, good]}, checked)
+    rec = diagnose.recommend(result)
+    assert rec["estimate"] == "rollout3" and rec["opt_range"] == [2, 6]  # steps 2 and 4 measured: up to the next checked
+    assert rec["settings"] == {"estimate": "rollout", "rollout_steps": 3, "opt_range": "2,6"}
+    assert rec["qualifying"] == {"tweedie": [6, 8], "rollout3": [2, 4, 8]}
+    assert diagnose.recommend(result, max_length=1)["opt_range"] == [2, 3]
+    # a high cosine without discrimination (or the reverse) does not qualify
+    assert diagnose.recommend(_result({"tweedie": [(0.9, 0.5), (0.1, 0.9)]}, [0, 1]))["opt_range"] is None
+    # ties on the start go to fewer model calls
+    tie = diagnose.recommend(_result({"rollout2": [good, good], "tweedie": [good, weak]}, [3, 4]))
+    assert tie["estimate"] == "tweedie" and tie["opt_range"] == [3, 4]
+
+
+class _Oracle:
+    """A perfect denoiser of one known clean latent video x0: eps = (x_t - sqrt(a) x0) / sqrt(1 - a)."""
+
+    def __init__(self, backbone, clean):
+        self.backbone, self.clean = backbone, clean
+        self.alphas = backbone.make_scheduler().alphas_cumprod
+
+    def __call__(self, latents, t, cond):
+        a = self.alphas[int(t)]
+        return (latents - a.sqrt() * self.clean) / (1 - a).sqrt()
+
+
+def test_a_perfect_estimate_keeps_all_the_motion(tiny_backbone):
+    """Planted: an identity 'VAE' and an oracle denoiser, so every estimate IS the clean clip: cosine 1,
+    EPE 0, the same discriminator verdict as the clean clip's, at every step and for every estimate."""
+    sampler = SamplerConfig(steps=5, frames=4, height=8, width=8, seed=0, cfg_scale=3.0)
+    frames = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    backbone = tiny_backbone
+    backbone.vae_scale_factor = 1
+    backbone.latent_scale = lambda t=None: 1.0
+    backbone.encode = lambda images: torch.cat([images, torch.zeros_like(images[:, :1])], dim=1)
+    backbone.decode = lambda latents, checkpoint=False: latents[:, :3]
+    backbone.predict = _Oracle(backbone, backbone.encode(frames).permute(1, 0, 2, 3).unsqueeze(0))
+    motion = MotionPromptConfig(**PAPER_DEFAULTS["animatediff"])
+    clip = diagnose.Clip(frames=frames, caption="a fox")
+    discriminator = LinearDiscriminator()
+    result = diagnose.diagnose_steps(backbone, [clip], DifferenceFlow(), discriminator, sampler, motion, [0, 2, 4],
+                                     {"tweedie": 1, "rollout3": 3}, pairs_per_clip=2, progress=False)
+    clean_logit = result["reference"]["logit_real_clean"]
+    assert result["reference"]["vae_motion_cosine"] == pytest.approx(1.0, abs=1e-5)
+    for name in ("tweedie", "rollout3"):
+        rows = result["per_step"][name]
+        assert [r["step"] for r in rows] == [0, 2, 4]
+        for row in rows:
+            assert row["motion_cosine"] == pytest.approx(1.0, abs=1e-4)
+            assert row["epe"] == pytest.approx(0.0, abs=1e-3)
+            assert row["magnitude_ratio"] == pytest.approx(1.0, abs=1e-4)
+            assert row["logit_real"] == pytest.approx(clean_logit, abs=1e-4)
+            assert len(row["values"]["cosine"]) == 2  # two pairs of one clip
+
+
+def _write_clips(folder, count, frames=4, size=32):
+    from mpcore.video import write_video
+
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        video = np.zeros((frames, size, size, 3), np.uint8)
+        for f in range(frames):  # a bright square moving right
+            video[f, 10:18, 4 + 3 * f: 12 + 3 * f] = 230
+        video += rng.integers(0, 20, video.shape, dtype=np.uint8)
+        write_video(video, folder / f"clip{i}.mp4", fps=8)
+
+
+def test_diagnose_command_on_the_tiny_model(tmp_path):
+    from mpcore.cli import build_cli
+
+    _write_clips(tmp_path / "real", 2)
+    (tmp_path / "captions.txt").write_text("a square moving right\na white square sliding right\n")
+    out = tmp_path / "diag"
+    result = CliRunner().invoke(build_cli(), [
+        "diagnose", "steps", "--model", "tiny", "--videos", str(tmp_path / "real"), "--prompts",
+        str(tmp_path / "captions.txt"), "--frames", "4", "--height", "32", "--width", "32", "--steps", "4",
+        "--check-steps", "1-3", "--estimates", "tweedie,rollout2", "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    data = json.loads((out / "diagnose.json").read_text())
+    assert (out / "diagnose.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert data["schema_version"] == diagnose.SCHEMA_VERSION and data["clips"] == 2
+    assert data["checked_steps"] == [1, 2, 3] and data["estimates"] == {"tweedie": 1, "rollout2": 2}
+    for name in ("tweedie", "rollout2"):
+        rows = data["per_step"][name]
+        assert [r["step"] for r in rows] == [1, 2, 3]
+        for row in rows:
+            assert set(row) >= {"motion_cosine", "epe", "magnitude_ratio", "logit_real", "logit_own", "auc"}
+            assert len(row["values"]["logit_real"]) == len(row["values"]["logit_own"]) == 2
+            assert -1 <= row["motion_cosine"] <= 1 and 0 <= row["auc"] <= 1
+    assert set(data["recommendation"]) >= {"estimate", "opt_range", "reason", "settings"}
+    assert "recommended" in result.output or "no recommendation" in result.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--prompts", "{captions1}"], "1 captions for 2 videos"),
+    ([], "no caption for"),
+    (["--prompts", "{captions2}", "--estimates", "ddim"], "unknown estimate"),
+    (["--prompts", "{captions2}", "--check-steps", "0-99"], "steps must lie in"),
+])
+def test_diagnose_refuses_bad_input_before_loading(tmp_path, args, message):
+    from mpcore.cli import build_cli
+
+    _write_clips(tmp_path / "real", 2)
+    (tmp_path / "c1.txt").write_text("one\n")
+    (tmp_path / "c2.txt").write_text("one\ntwo\n")
+    args = [a.format(captions1=tmp_path / "c1.txt", captions2=tmp_path / "c2.txt") for a in args]
+    result = CliRunner().invoke(build_cli(), ["diagnose", "steps", "--model", "tiny", "--videos", str(tmp_path / "real"),
+                                              "--steps", "4", "--out", str(tmp_path / "diag"), *args])
+    assert result.exit_code != 0
+    assert message in result.output
+    assert not (tmp_path / "diag").exists()
