@@ -346,9 +346,12 @@ def check_same_settings(summary_path: Path, settings: dict[str, Any]) -> None:
     """Refuse to add to an output folder whose ``generate.json`` records other settings: every video
     of a folder is generated with the same settings (more prompts or seeds are fine)."""
     try:
-        previous = json.loads(summary_path.read_text(encoding="utf-8"))["settings"]
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+        previous, names = summary["settings"], [row["name"] for row in summary.get("items", [])]
     except (OSError, ValueError, KeyError, TypeError):
         return  # a new folder (or no readable generate.json)
+    if not any((summary_path.parent / f"{name}.json").is_file() for name in names):
+        return  # no video was finished with those settings (e.g. every item failed): nothing to keep consistent
     changes = _differences(previous, settings)
     if changes:
         raise GenerateError(f"{summary_path.parent} holds videos generated with other settings ({'; '.join(changes)}): "

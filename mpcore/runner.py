@@ -30,6 +30,14 @@ from mpcore.cli import SAMPLER_FLAGS, _parse_scalar, _resolve_device, echo, reso
 from mpcore.config import PAPER_STEPS, ConfigError, MotionPromptConfig, SamplerConfig, parse_override, to_dict
 from mpcore.interfaces import DEFAULT_BACKBONE, DEFAULT_MODEL, TINY_MODEL
 
+MAX_STEPS = 1000
+"""Upper bound of ``--steps``: the training timesteps of the supported schedulers (DDPM's 1000). DDIM
+picks its steps among them, so more sampling steps than that cannot be distinct."""
+GUIDANCE_ONLY_OPTIONS = {"overrides": "-o/--set", "compare": "--compare", "flow": "--flow", "flow_weights": "--flow-weights",
+                         "flow_options": "--flow-option", "discriminator": "--discriminator",
+                         "discriminator_type": "--discriminator-type"}
+"""Options that only MotionPrompt uses: refused with ``--guidance none`` instead of silently ignored."""
+
 RANDOM_INIT_SEED = 0
 """Seed of every random-init component (``--model tiny``, ``--flow-weights random``,
 ``--discriminator random``). It is fixed, not the sampling seed: one loaded model serves every seed,
@@ -161,6 +169,16 @@ def prepare(options: dict[str, Any], backbone_option_owners: dict[str, list[str]
             flag = "--" + name.replace("_", "-")
             raise click.UsageError(f"{flag} is an option of backbone(s) {', '.join(allowed)}, not {backbone_name}")
         backbone_options[name] = value
+    if options["guidance"] == "none":
+        given = [flag for name, flag in GUIDANCE_ONLY_OPTIONS.items() if options.get(name)]
+        if given:
+            raise click.UsageError(f"--guidance none samples the plain baseline, which uses none of {', '.join(given)}: "
+                                   "drop them, or leave out --guidance none")
+    if options["fps"] is not None and options["fps"] < 1:
+        raise click.BadParameter(f"{options['fps']} frames per second; give an integer >= 1 (e.g. 8)", param_hint="--fps")
+    if options.get("steps") is not None and options["steps"] > MAX_STEPS:
+        raise click.BadParameter(f"{options['steps']} DDIM steps; at most {MAX_STEPS} (the scheduler's training "
+                                 "timesteps; the paper uses 50)", param_hint="--steps")
     sampler_flags = {k: options.get(k) for k in SAMPLER_FLAGS}
     flow_flag = [f"flow_estimator={options['flow']}"] if options["flow"] else []  # --flow NAME = -o flow_estimator=NAME
     sampler, motion = resolve_configs(spec, model, sampler_flags, flow_flag + list(options["overrides"]))
@@ -169,6 +187,8 @@ def prepare(options: dict[str, Any], backbone_option_owners: dict[str, list[str]
     if guided:
         motion.validate(sampler)
     flow_options = dict(parse_override(o) for o in options["flow_options"])
+    if sampler.steps > MAX_STEPS:  # a backbone default or -o could still exceed it
+        raise click.BadParameter(f"{sampler.steps} DDIM steps; at most {MAX_STEPS}", param_hint="--steps")
 
     tiny = model == TINY_MODEL
     # the tiny model's flow: the weight-free estimator, or RAFT at random init when asked for by name
@@ -237,13 +257,18 @@ def load(setup: RunSetup) -> Models:
     if setup.tiny:
         echo(f"note: --model {TINY_MODEL} is a tiny RANDOM-INIT model: its output is noise. It exists so the "
              "whole path runs offline; use real weights for real videos.")
+    flow_estimator = None
+    if setup.guided:  # first: it is small, and its loader checks --flow-option before the backbone loads
+        flow_options = {k: _parse_scalar(v) for k, v in setup.flow_options.items()}
+        try:
+            flow_estimator = setup.flow.load(setup.flow_weights, setup.device, seed=RANDOM_INIT_SEED, **flow_options)
+        except TypeError as error:  # the loaders' way to say: unknown option
+            raise ConfigError(f"--flow-option: {error}") from None
     start = time.perf_counter()
     backbone = setup.backbone.load(model=setup.model, device=setup.device, dtype=setup.dtype, seed=RANDOM_INIT_SEED,
                                    offload=setup.offload, attention=setup.attention, **setup.backbone_options)
     models = Models(backbone=backbone, load_backbone_s=time.perf_counter() - start)
     if setup.guided:
-        flow_options = {k: _parse_scalar(v) for k, v in setup.flow_options.items()}
-        flow_estimator = setup.flow.load(setup.flow_weights, setup.device, seed=RANDOM_INIT_SEED, **flow_options)
         if setup.discriminator_path == "random":
             disc = setup.discriminator.random(seed=RANDOM_INIT_SEED, device=setup.device)
         else:

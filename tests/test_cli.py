@@ -59,8 +59,9 @@ def test_run_writes_video_compare_manifest_and_trace(tmp_path):
 
 def test_same_seed_twice_identical_video_and_guidance_changes_it(tmp_path):
     runs = {}
-    for name, extra in {"a": [], "b": [], "plain": ["--guidance", "none"]}.items():
-        result = invoke(TINY + ["--out", str(tmp_path / name), "-o", "iterations=2"] + extra)
+    guided = ["-o", "iterations=2"]
+    for name, extra in {"a": guided, "b": guided, "plain": ["--guidance", "none"]}.items():  # none refuses -o
+        result = invoke(TINY + ["--out", str(tmp_path / name)] + extra)
         assert result.exit_code == 0, result.output
         runs[name] = read_video(tmp_path / name)
     assert runs["a"].shape == (4, 32, 32, 3)

@@ -79,3 +79,55 @@ def test_generate_reports_items_whose_updates_were_all_skipped(tmp_path):
     assert "1 of 1 videos equal their plain baseline" in result.output
     summary = json.loads((out / "generate.json").read_text())
     assert summary["items"][0]["status"] == "generated" and summary["items"][0]["all_updates_skipped"] is True
+
+
+# ---------------------------------------------------------------------------------------------------
+# every option checked before any model loads: one line, no traceback
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--fps", "0"], "Invalid value for --fps: 0 frames per second; give an integer >= 1"),
+        (["--steps", "5000"], "Invalid value for --steps: 5000 DDIM steps; at most 1000"),
+        (["--guidance", "none", "-o", "lr=0.1"], "--guidance none samples the plain baseline, which uses none of -o/--set"),
+        (["--guidance", "none", "--compare"], "which uses none of --compare: drop them"),
+        (["--motion-adapter", "guoyww/animatediff-motion-adapter-v1-5-2"], "--model tiny builds its own tiny random"),
+    ],
+)
+def test_bad_options_are_refused_before_loading(tmp_path, no_model_loading, args, message):
+    out = tmp_path / "x.mp4"
+    result = invoke(RUN + ["--out", str(out)] + args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not out.exists()
+
+
+def test_unknown_flow_option_is_refused_before_the_backbone_loads(tmp_path, no_model_loading):
+    result = invoke(RUN + ["--out", str(tmp_path / "x.mp4"), "--flow-option", "bogus=1"])
+    assert result.exit_code == 1, result.output
+    assert "Error: --flow-option: unknown option(s) for the tvl1 flow estimator: bogus; accepted:" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_generate_refuses_fps_0_and_a_failed_run_does_not_pin_its_settings(tmp_path, monkeypatch):
+    from mpcore import runner
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a fox\n")
+    out = tmp_path / "gen"
+    base = ["generate", "--prompts", str(prompts), "--out", str(out), *TINY, "--guidance", "none"]
+    refused = invoke(base + ["--fps", "0"])
+    assert refused.exit_code == 2 and "--fps" in refused.output and not out.exists()
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("simulated failure after sampling")
+
+    monkeypatch.setattr(runner, "generate_one", fail)
+    failed = invoke(base + ["--cfg", "3"])
+    assert failed.exit_code == 1 and "1 of 1 items failed" in failed.output
+    monkeypatch.undo()
+    rerun = invoke(base)  # other settings: nothing was generated with the failed ones
+    assert rerun.exit_code == 0, rerun.output
+    assert (out / "p0000_s0000.mp4").is_file()
+    assert json.loads((out / "generate.json").read_text())["settings"]["sampler"]["cfg_scale"] != 3

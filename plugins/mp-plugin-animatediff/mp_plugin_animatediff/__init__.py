@@ -48,7 +48,11 @@ def check(model: str | None, motion_adapter: str | None = None, base_config: str
             raise click.UsageError(f"--model {TOY_MODEL} brings its own motion adapter and config: drop "
                                    "--motion-adapter/--base-config")
         check_installed()
-    elif model and model != "tiny":
+    elif model == "tiny":
+        if motion_adapter or base_config:
+            raise click.UsageError("--model tiny builds its own tiny random model and motion adapter: drop "
+                                   "--motion-adapter/--base-config")
+    elif model:
         loading.check_source(model, "base model", "--model")
         loading.check_source(motion_adapter or loading.DEFAULT_MOTION_ADAPTER, "motion adapter", "--motion-adapter")
         if base_config:
