@@ -128,6 +128,13 @@ def markdown(summary: dict) -> str:
         lines.append(f"| {name} | {better} | {'' if real is None else f'{real:.4g}'} | {row['baseline']:.4g} | "
                      f"{row['guided']:.4g} | {row['diff']:+.4g} [{row['ci'][0]:+.4g}, {row['ci'][1]:+.4g}] | "
                      f"{wins_text} |")
+    gate = summary.get("gate")
+    if gate:
+        lines += ["", f"Gate (discriminator term drop, guided runs' traces; {'passed' if gate['passed'] else 'NOT passed'}):"]
+        for name, label in (("over_iterations", "over the K iterations"), ("over_range", "over the range")):
+            row = gate[name]
+            if row["mean_drop"] is not None:
+                lines.append(f"- {label}: {row['mean_drop']:+.4g} [{row['ci'][0]:+.4g}, {row['ci'][1]:+.4g}] ({row['n']} videos)")
     lines += ["", f"Fidelity classifier accuracy on real held-out clips: {summary['classifier_real_accuracy']:.3f}.",
               f"Times: {json.dumps(summary['times'])}", ""]
     return "\n".join(lines)
@@ -191,11 +198,16 @@ def main(n_prompts, seeds, overrides, steps, tag, work, out, classifier_clips, c
     guided = {"videos": {g: {**evaluated["guided"]["videos"][g], **guided_objects["videos"][g]} for _, g in pairs},
               "metrics": {**evaluated["guided"]["metrics"], **guided_objects["metrics"]}, "unavailable": {}}
     comparison = paired_comparison(baseline, guided, pairs, seed=0, resamples=resamples)
+    # the gate: does the discriminator term fall over the K iterations and over the range?
+    from mpcore.diagnose import gate
+
+    manifests = [json.loads(Path(g).with_suffix(".json").read_text()) for _, g in pairs]
+    guidance_gate = gate([m["result"] for m in manifests if m.get("result")], seed=0, resamples=resamples)
     git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     summary = {
         "tag": tag, "prompts": n_prompts, "seeds": seeds, "n_pairs": len(pairs), "overrides": list(overrides),
         "steps": steps, "git": git, "classifier_real_accuracy": classifier_accuracy, "real_reference": reference,
-        "comparison": comparison, "times": times,
+        "comparison": comparison, "gate": guidance_gate, "times": times,
         "per_video": {"baseline": baseline["videos"], "guided": guided["videos"], "captions": captions},
     }
     out.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,10 @@ One invocation measures every requested mode for one backbone configuration and 
   (``PAPER_DEFAULTS["animatediff"]``: K=3 iterations, range 3 < i < 15 at 50 steps scaled to
   ``--steps``, 2 decoded frames, ...), no gradient checkpointing (memory traded for time);
 * ``lean``     -- the same with ``checkpoint_denoiser=True`` and ``checkpoint_vae=True`` (gradient
-  checkpointing of the UNet and per-block checkpointing of the VAE decoder).
+  checkpointing of the UNet and per-block checkpointing of the VAE decoder);
+* ``rollout``  -- ``fast`` with ``estimate=rollout``, ``rollout_steps=3``: each estimate is three
+  differentiable CFG model calls (a short DDIM rollout) instead of one, with the denoiser's
+  gradient checkpointing (``checkpoint_denoiser=True``) so the three calls' activations are not all kept.
 
 Guided modes use the random-init RAFT flow estimator and the random-init ViT discriminator of the
 ``raft`` / ``vit`` plugins: their judgments are meaningless, their cost is the real one (RAFT-small
@@ -64,7 +67,8 @@ from mpcore.manifest import cpu_stall_us, git_revision
 REPO = Path(__file__).resolve().parent.parent
 PROMPT = "a horse galloping along a beach at sunset, waves rolling in"
 SEED = 0
-MODES = ("baseline", "fast", "lean")
+MODES = ("baseline", "fast", "lean", "rollout")
+ROLLOUT_STEPS = 3
 CONFIGS: dict[str, dict[str, Any]] = {
     # frames, height, width of the sampled video
     "tiny": dict(frames=8, height=64, width=64),
@@ -106,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="(default tiny) tiny: reserved tiny random AnimateDiff, 64x64x8; mid: mid-size random AnimateDiff "
                              "built here, 128x128x8; real: --model/--motion-adapter, 512x512x16")
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default 50, the paper's; --smoke: 4)")
-    parser.add_argument("--modes", default=None, help="comma-separated subset of baseline,fast,lean "
+    parser.add_argument("--modes", default=None, help="comma-separated subset of baseline,fast,lean,rollout "
                         "(default all; --smoke: baseline,fast)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--dtype", choices=["auto", "float32", "float16", "bfloat16"], default="auto",
@@ -210,8 +214,9 @@ def _system_load() -> dict[str, Any]:
 def motion_config(mode: str, **changes):
     from mpcore.config import PAPER_DEFAULTS, MotionPromptConfig
 
-    return MotionPromptConfig(**{**PAPER_DEFAULTS["animatediff"], "checkpoint_denoiser": mode == "lean",
-                                  "checkpoint_vae": mode == "lean", **changes})
+    rollout = {"estimate": "rollout", "rollout_steps": ROLLOUT_STEPS} if mode == "rollout" else {}
+    return MotionPromptConfig(**{**PAPER_DEFAULTS["animatediff"], "checkpoint_denoiser": mode in ("lean", "rollout"),
+                                  "checkpoint_vae": mode == "lean", **rollout, **changes})
 
 
 def run_worker(args) -> dict[str, Any]:
@@ -298,6 +303,7 @@ def run_worker(args) -> dict[str, Any]:
         "steps": args.steps,
         "opt_range": list(motion.resolved_opt_range(args.steps)) if guided else None,
         "iterations": motion.iterations if guided else None,
+        "estimate_calls": motion.estimate_calls() if guided else None,
         "decoded_frames": motion.decoded_frames if guided else None,
         "checkpoint_denoiser": motion.checkpoint_denoiser if guided else None,
         "checkpoint_vae": motion.checkpoint_vae if guided else None,
@@ -411,7 +417,7 @@ def markdown_rows(summary: dict[str, Any]) -> list[str]:
         notes = [f"{row['steps']} steps", f"{row['frames']}x{row['size'][0]}x{row['size'][1]}", row["dtype"],
                  f"{row['threads']} threads"]
         if row["mode"] != "baseline":
-            notes.append(f"K={row['iterations']} range {row['opt_range']}")
+            notes.append(f"K={row['iterations']} range {row['opt_range']} calls/estimate {row.get('estimate_calls', 1)}")
             if cpu and ratio.get("mem_total") is not None:
                 notes.append(f"total-RSS ratio {_x(ratio['mem_total'])}")
             for check in summary["targets"]:

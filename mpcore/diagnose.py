@@ -361,3 +361,47 @@ def plot(result: dict[str, Any], recommendation: dict[str, Any], out_png: str | 
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     return out_png
+
+
+# ----------------------------------------------------------------------------- the gate
+
+
+def gate(results: list[dict[str, Any]], seed: int = 0, resamples: int = 10000) -> dict[str, Any]:
+    """Does guidance lower the discriminator term where it runs? From guided runs' traces
+    (``MotionPrompt.finish()``: the manifest's ``result``), two paired drops, each with a 95%
+    bootstrap CI over videos:
+
+    * ``over_iterations``: per video, the mean over optimized steps of disc(first iteration) -
+      disc(last iteration). Each iteration draws new frame pairs, so the last iteration's term is
+      measured on pairs the earlier updates were not computed on;
+    * ``over_range``: per video, disc at the first iteration of the first optimized step minus disc at
+      the last iteration of the last one (the trajectory moves too: this is what the video gets).
+
+    Skipped iterations are left out. ``passed`` is true when both drops are positive with CIs above 0.
+    """
+    from mpcore.compare import bootstrap_ci
+
+    per_iteration, per_range = [], []
+    for result in results:
+        steps = [e for e in result.get("trace", []) if e.get("optimized")]
+        drops = []
+        for entry in steps:
+            values = [r["disc"] for r in entry.get("iterations", []) if not r.get("skipped") and math.isfinite(r["disc"])]
+            if len(values) >= 2:
+                drops.append(values[0] - values[-1])
+        if drops:
+            per_iteration.append(float(np.mean(drops)))
+        first = [r["disc"] for r in steps[0]["iterations"] if not r.get("skipped")] if steps else []
+        last = [r["disc"] for r in steps[-1]["iterations"] if not r.get("skipped")] if steps else []
+        if first and last and len(steps) > 1:
+            per_range.append(first[0] - last[-1])
+
+    def summary(values: list[float]) -> dict[str, Any]:
+        if not values:
+            return {"n": 0, "mean_drop": None, "ci": None}
+        return {"n": len(values), "mean_drop": float(np.mean(values)), "ci": list(bootstrap_ci(np.asarray(values), seed, resamples)),
+                "values": values}
+
+    iterations, over_range = summary(per_iteration), summary(per_range)
+    passed = all(s["ci"] is not None and s["ci"][0] > 0 for s in (iterations, over_range))
+    return {"over_iterations": iterations, "over_range": over_range, "passed": passed}

@@ -182,3 +182,41 @@ def register(cli: click.Group, backbone_options: dict) -> None:
     command.backbone_options = {k: owners for k, (_, owners) in backbone_options.items()}  # type: ignore[attr-defined]
     diagnose.add_command(command)
     cli.add_command(diagnose)
+
+
+@click.command("gate")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the result here.")
+def gate_command(runs: tuple[Path, ...], json_out: Path | None):
+    """Does guidance lower the discriminator term? Reads guided runs' manifests (RUNS: .json files or folders of
+    them, e.g. an `mpcore generate` output) and reports the drop over the K iterations and over the range, with 95%
+    CIs. Exit code 1 when the gate does not pass."""
+    from mpcore import diagnose as diag
+    from mpcore.manifest import write_json_atomic
+
+    files = []
+    for run in runs:
+        files += sorted(p for p in run.glob("*.json") if p.name != "generate.json") if run.is_dir() else [run]
+    results = []
+    for path in files:
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise click.ClickException(f"cannot read manifest {path}: {error}") from None
+        if isinstance(manifest, dict) and isinstance(manifest.get("result"), dict) and manifest["result"].get("trace"):
+            results.append(manifest["result"])
+    if not results:
+        raise click.ClickException(f"no guided run manifests (with a 'result' trace) in {', '.join(map(str, runs))}")
+    result = diag.gate(results)
+    for name, label in (("over_iterations", "over the K iterations"), ("over_range", "over the range")):
+        row = result[name]
+        text = "n/a" if row["mean_drop"] is None else f"{row['mean_drop']:+.4f} [{row['ci'][0]:+.4f}, {row['ci'][1]:+.4f}]"
+        click.echo(f"discriminator term drop {label}: {text} ({row['n']} videos)")
+    click.echo(f"gate: {'passed' if result['passed'] else 'NOT passed'}")
+    if json_out is not None:
+        write_json_atomic(result, json_out)
+    if not result["passed"]:
+        raise SystemExit(1)
+
+
+diagnose.add_command(gate_command)

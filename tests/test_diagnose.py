@@ -160,3 +160,43 @@ def test_diagnose_refuses_bad_input_before_loading(tmp_path, args, message):
     assert result.exit_code != 0
     assert message in result.output
     assert not (tmp_path / "diag").exists()
+
+
+def _trace(values_per_step: list[list[float]], skipped_last: bool = False) -> dict:
+    trace = [{"step": 0, "optimized": False}]
+    for i, values in enumerate(values_per_step):
+        iterations = [{"disc": v, "skipped": False} for v in values]
+        if skipped_last:
+            iterations[-1]["skipped"] = True
+        trace.append({"step": i + 1, "optimized": True, "iterations": iterations})
+    return {"trace": trace}
+
+
+def test_gate_measures_the_drop_of_the_discriminator_term():
+    falling = [_trace([[5.0 + k, 4.5 + k, 4.0 + k], [4.0, 3.8, 3.6]]) for k in range(6)]
+    result = diagnose.gate(falling, resamples=500)
+    assert result["over_iterations"]["mean_drop"] == pytest.approx(np.mean([1.0, 0.4]))
+    assert result["over_range"]["mean_drop"] == pytest.approx(np.mean([5.0 + k - 3.6 for k in range(6)]))
+    assert result["passed"]
+    rising = [_trace([[4.0, 4.5, 5.0 + k], [5.0, 5.5, 6.0]]) for k in range(6)]
+    assert not diagnose.gate(rising, resamples=500)["passed"]
+    assert diagnose.gate(rising, resamples=500)["over_iterations"]["mean_drop"] < 0
+    # skipped iterations do not count: only the first two values remain
+    assert diagnose.gate([_trace([[3.0, 2.0, 99.0]] * 2, skipped_last=True)], resamples=50)["over_iterations"]["mean_drop"] == 1.0
+
+
+def test_gate_command_reads_manifests(tmp_path):
+    from mpcore.cli import build_cli
+
+    for k in range(4):
+        (tmp_path / f"v{k}.json").write_text(json.dumps({"result": _trace([[5.0, 4.0 - 0.1 * k], [3.0, 2.0]])}))
+    (tmp_path / "generate.json").write_text("{}")
+    result = CliRunner().invoke(build_cli(), ["diagnose", "gate", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "gate: passed" in result.output
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.json").write_text(json.dumps({"result": _trace([[1.0, 2.0], [1.0, 3.0]])}))
+    assert CliRunner().invoke(build_cli(), ["diagnose", "gate", str(tmp_path / "bad")]).exit_code == 1
+    (tmp_path / "empty").mkdir()
+    result = CliRunner().invoke(build_cli(), ["diagnose", "gate", str(tmp_path / "empty")])
+    assert result.exit_code != 0 and "no guided run manifests" in result.output

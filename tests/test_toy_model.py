@@ -89,4 +89,6 @@ def test_effect_benchmark_smoke(tmp_path):
         low, high = metrics[name]["ci"]
         assert low <= metrics[name]["diff"] <= high
     assert summary["real_reference"]["presence"] == 1.0
+    assert set(summary["gate"]) == {"over_iterations", "over_range", "passed"}
+    assert summary["gate"]["over_iterations"]["n"] == 2  # both guided videos' traces were read
     assert (tmp_path / "out" / "bench_effect_smoke.md").read_text().startswith("# bench_effect")
