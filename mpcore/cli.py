@@ -113,7 +113,7 @@ def build_cli() -> click.Group:
                 )
         failed = [{"plugin": name, "error": error} for name, error in sorted(state.failed.items())]
         if as_json:
-            click.echo(json.dumps({"plugins": rows, "failed": failed}, indent=2))
+            click.echo(json.dumps({"plugins": rows, "failed": failed, "warnings": state.warnings}, indent=2))
             return
         header = ("NAME", "KIND", "VERSION", "DISTRIBUTION")
         table = [header] + [(r["name"], r["kind"], r["version"] or "-", r["distribution"] or "(in-process)") for r in rows]
@@ -153,7 +153,9 @@ def build_cli() -> click.Group:
 
     for group_or_command in (flows, disc, eval_command, drift, report, weights):
         cli.add_command(group_or_command)
-    state.manager.hook.register_commands(cli=cli)
+    plugins.register_commands(state, cli)  # a plugin whose hook raises is dropped and listed as failed
+    for warning in state.warnings:
+        echo(f"warning: {warning}")
     return cli
 
 

@@ -1,8 +1,10 @@
 """Plugin manager: entry-point group ``mpcore``, an allow-list, validation, and the registry.
 
 ``MPCORE_PLUGINS`` (comma-separated entry-point names) restricts which installed plugins load;
-unset loads all, empty loads none. A plugin that raises on import, or implements a hook that
-:mod:`mpcore.hookspecs` does not define, is reported by name and the rest still load.
+unset loads all, empty loads none; a name there that is not installed is reported as failed. A
+plugin that raises on import, implements a hook that :mod:`mpcore.hookspecs` does not define, or
+whose ``register_*`` hook raises, is reported by name (``failed``) and the rest still load. Two
+plugins registering the same name give a warning naming both distributions and the one used.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class PluginState:
     """Plugin name -> error message of plugins that could not load."""
     sources: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
     """Plugin name -> (distribution, version)."""
+    warnings: list[str] = field(default_factory=list)
+    """Duplicate registrations (which one is used)."""
 
 
 _state: PluginState | None = None
@@ -85,25 +89,69 @@ def load_plugins(reload: bool = False) -> PluginState:
             state.failed[entry_point.name] = f"{type(error).__name__}: {error}"
             continue
         register_plugin(state, module, entry_point.name, dist, version)
+    if allowed is not None:
+        installed = {entry_point.name for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+        for name in sorted(allowed - installed):
+            state.failed[name] = (f"named in {ALLOW_ENV} but not installed (installed plugins: "
+                                  f"{', '.join(sorted(installed)) or 'none'})")
+    for kind in KINDS:  # run every register hook once now: a raising plugin is dropped and reported
+        registry(kind, state)
+    state.warnings = _duplicates(state)
     _state = state
     return state
 
 
+def _call_hook(state: PluginState, impl: Any, hook_name: str, **kwargs: Any) -> bool:
+    """Call one plugin's hook; if it raises, unregister that plugin and record why (False)."""
+    plugin_name = state.manager.get_name(impl.plugin)
+    try:
+        impl.function(**kwargs)
+    except Exception as error:  # a broken plugin must not take the others down
+        state.failed[plugin_name] = f"{hook_name} raised {type(error).__name__}: {error}"
+        state.manager.unregister(impl.plugin)
+        return False
+    return True
+
+
 def registry(kind: str, state: PluginState | None = None) -> dict[str, Registered]:
     """Name -> Registered for one kind (a key of :data:`KINDS`); first registration wins."""
-    state = state or load_plugins()
-    found: dict[str, Registered] = {}
+    return {name: found[0] for name, found in _registrations(kind, state or load_plugins()).items()}
+
+
+def _registrations(kind: str, state: PluginState) -> dict[str, list[Registered]]:
+    """Name -> every registration of that name, in plugin registration order."""
+    found: dict[str, list[Registered]] = {}
     hook = getattr(state.manager.hook, KINDS[kind])
     for impl in hook.get_hookimpls():  # pluggy keeps them in registration order
         plugin_name = state.manager.get_name(impl.plugin)
         dist, version = state.sources.get(plugin_name, (None, None))
+        mine: list[Registered] = []
 
-        def register(spec: Any, _plugin=plugin_name, _dist=dist, _version=version) -> None:
-            if spec.name not in found:
-                found[spec.name] = Registered(spec, _plugin, _dist, _version)
+        def register(spec: Any, _plugin=plugin_name, _dist=dist, _version=version, _mine=mine) -> None:
+            _mine.append(Registered(spec, _plugin, _dist, _version))
 
-        impl.function(register=register)
+        if _call_hook(state, impl, KINDS[kind], register=register):  # a raising hook adds nothing
+            for item in mine:
+                found.setdefault(item.spec.name, []).append(item)
     return found
+
+
+def _duplicates(state: PluginState) -> list[str]:
+    """One warning per name registered by more than one plugin: who registers it and who wins."""
+    warnings = []
+    for kind in KINDS:
+        for name, found in _registrations(kind, state).items():
+            if len(found) > 1:
+                owners = [f"plugin {item.plugin} " + (f"from {item.distribution}" if item.distribution else "(in-process)")
+                          for item in found]
+                warnings.append(f"{kind} {name!r} is registered by {' and '.join(owners)}; using {owners[0]}")
+    return warnings
+
+
+def register_commands(state: PluginState, cli: Any) -> None:
+    """Let every plugin add its commands; one whose hook raises is dropped and reported."""
+    for impl in state.manager.hook.register_commands.get_hookimpls():
+        _call_hook(state, impl, "register_commands", cli=cli)
 
 
 def get(kind: str, name: str) -> Registered:

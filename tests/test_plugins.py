@@ -142,3 +142,68 @@ def test_plugins_can_add_cli_commands(monkeypatch, tmp_path):
     plugins.load_plugins(reload=True)
     result = CliRunner().invoke(build_cli(), ["hello", "fox"])
     assert result.exit_code == 0 and result.output == "hello fox\n"
+
+
+def test_a_raising_hook_is_reported_like_a_failing_import(monkeypatch, tmp_path):
+    _fake_entry_points(monkeypatch, tmp_path, {
+        "mp_raising_hook": """
+            from mpcore import hookimpl
+
+            @hookimpl
+            def register_flow_estimators(register):
+                raise RuntimeError('boom in the hook')
+        """,
+        "mp_raising_command": """
+            from mpcore import hookimpl
+
+            @hookimpl
+            def register_commands(cli):
+                raise RuntimeError('boom adding a command')
+        """,
+    })
+    state = plugins.load_plugins(reload=True)
+    assert state.failed["mp_raising_hook"] == "register_flow_estimators raised RuntimeError: boom in the hook"
+    assert not state.manager.has_plugin("mp_raising_hook")
+    assert "raft" in plugins.registry("flow") and "animatediff" in plugins.registry("backbone")
+    from click.testing import CliRunner
+
+    from mpcore.cli import build_cli
+
+    result = CliRunner().invoke(build_cli(), ["plugins"])
+    assert result.exit_code == 0, result.output
+    assert "FAILED mp_raising_hook: register_flow_estimators raised RuntimeError: boom in the hook" in result.output
+    assert "FAILED mp_raising_command: register_commands raised RuntimeError: boom adding a command" in result.output
+    assert "animatediff" in result.output
+
+
+def test_duplicate_names_warn_naming_both_distributions(monkeypatch, tmp_path, capsys):
+    _fake_entry_points(monkeypatch, tmp_path, {
+        "mp_second_tvl1": """
+            from mpcore import hookimpl
+            from mpcore.interfaces import FlowEstimatorSpec
+
+            @hookimpl
+            def register_flow_estimators(register):
+                register(FlowEstimatorSpec(name="tvl1", load=lambda *a, **k: None))
+        """,
+    })
+    state = plugins.load_plugins(reload=True)
+    assert state.warnings == ["flow 'tvl1' is registered by plugin tvl1 from mp-plugin-tvl1 and plugin mp_second_tvl1 "
+                              "(in-process); using plugin tvl1 from mp-plugin-tvl1"]
+    assert plugins.registry("flow")["tvl1"].distribution == "mp-plugin-tvl1"
+    from click.testing import CliRunner
+
+    from mpcore.cli import build_cli
+
+    result = CliRunner().invoke(build_cli(), ["plugins", "--json"])
+    assert "warning: flow 'tvl1' is registered by plugin tvl1 from mp-plugin-tvl1" in capsys.readouterr().err
+    assert json.loads(result.stdout)["warnings"] == state.warnings
+
+
+def test_allow_list_naming_a_missing_plugin_says_so(monkeypatch):
+    monkeypatch.setenv(plugins.ALLOW_ENV, "nosuch,raft")
+    state = plugins.load_plugins(reload=True)
+    assert list(plugins.registry("flow")) == ["raft"]
+    assert state.failed["nosuch"].startswith(f"named in {plugins.ALLOW_ENV} but not installed (installed plugins: ")
+    with pytest.raises(plugins.UnknownPluginError, match="nosuch \\(named in MPCORE_PLUGINS but not installed"):
+        plugins.get("backbone", "animatediff")
