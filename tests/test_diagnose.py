@@ -200,3 +200,29 @@ def test_gate_command_reads_manifests(tmp_path):
     (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(build_cli(), ["diagnose", "gate", str(tmp_path / "empty")])
     assert result.exit_code != 0 and "no guided run manifests" in result.output
+
+
+@pytest.mark.parametrize("backbone_name", ["lavie", "videocrafter2", "dynamicrafter-512"])
+def test_diagnose_runs_on_every_backbone(backbone_name):
+    """The diagnostic uses only the backbone interface (encode, the scheduler, the estimate, decode),
+    so it runs on each first-party backbone: LaVie, VideoCrafter2 and DynamiCrafter (v-prediction,
+    image-conditioned, t-dependent latent scale)."""
+    if backbone_name == "lavie":
+        from mp_plugin_lavie.backbone import load
+
+        backbone = load("tiny", seed=0)
+    else:
+        from mp_plugin_lvdm.backbone import load
+
+        name, _, variant = backbone_name.partition("-")
+        image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1 if variant else None
+        backbone = load("tiny", seed=0, backbone=name, variant=variant or None, image=image)
+    f = backbone.vae_scale_factor
+    sampler = SamplerConfig(steps=4, frames=4, height=4 * f, width=4 * f, seed=0, cfg_scale=2.0)
+    frames = torch.rand(4, 3, 4 * f, 4 * f, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    motion = MotionPromptConfig(**PAPER_DEFAULTS["animatediff"])
+    result = diagnose.diagnose_steps(backbone, [diagnose.Clip(frames, "a fox")], DifferenceFlow(), LinearDiscriminator(),
+                                     sampler, motion, [1, 3], {"tweedie": 1, "rollout2": 2}, progress=False)
+    for name in ("tweedie", "rollout2"):
+        for row in result["per_step"][name]:
+            assert math.isfinite(row["motion_cosine"]) and math.isfinite(row["logit_real"]) and math.isfinite(row["logit_own"])
