@@ -13,18 +13,28 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` (same suffix, so writers pick the same format); when
     the block succeeds it is moved onto ``path`` with :func:`os.replace`, when it fails it is removed.
 
-    The temporary is created by the writer with the ordinary file mode (umask applies).
+    A file gets the ordinary mode of a new file (0666 minus the umask) before the move, whatever mode
+    its writer chose (safetensors writes 0600).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
     try:
         yield tmp
+        if tmp.is_file():
+            follow_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def follow_umask(path: str | Path) -> None:
+    """Give the file ``path`` the mode a new file gets from ``open`` (0666 minus the process umask)."""
+    mask = os.umask(0)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def remove_stale_temporaries(folder: str | Path, stems: list[str]) -> int:

@@ -38,7 +38,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from mpcore.files import write_text_atomic
+from mpcore.files import follow_umask, write_text_atomic
 
 FORMAT = "mpcore-flow-cache"
 VERSION = 1
@@ -140,6 +140,7 @@ class FlowCacheWriter:
         name = f"{self.shard_prefix}{len(self._shards):05d}.safetensors"
         save_file({"flow": flows.contiguous(), "video": videos, "frame_a": frame_a, "frame_b": frame_b},
                   str(self.tmp / name))
+        follow_umask(self.tmp / name)  # safetensors creates its files 0600
         self._shards.append({"file": name, "count": int(flows.shape[0])})
         self._pending, self._pending_count = [], 0
 

@@ -383,3 +383,19 @@ def test_a_run_that_never_improved_claims_no_weights(tmp_path, caches, monkeypat
     assert f"wrote {out}" not in result.output and not out.exists()
     log = json.loads((tmp_path / "run" / "disc_log.json").read_text())
     assert log["best"] is None and "weights" not in log["outputs"] and "config" not in log["outputs"]
+
+
+def test_shards_and_weights_follow_the_umask(tmp_path, caches):
+    """safetensors creates files 0600; every output gets 0666 minus the umask like the others."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        cache = make_cache(tmp_path / "cache", "real", videos=1, pairs=2, seed=0)
+        out = tmp_path / "run" / "disc.safetensors"
+        result = invoke(train_args(caches, out, "--epochs", "1"))
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0, result.output
+    for path in [cache / "shard-00000.safetensors", out, out.with_suffix(".json"), tmp_path / "run" / "disc_log.json"]:
+        assert oct(path.stat().st_mode & 0o777) == oct(0o644), path
