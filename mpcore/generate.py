@@ -95,13 +95,13 @@ def item_video_path(out_dir: Path, item: Item, fmt: str) -> Path:
 
 
 def is_complete(item: Item, video_path: Path) -> bool:
-    """True if the item's video and manifest both exist (the manifest is written last).
+    """True if the item's video (non-empty, readable) and manifest both exist (the manifest is written last).
 
     A manifest of another prompt or seed (the prompt list changed under the same ``--out``)
     raises :class:`GenerateError` rather than being silently kept.
     """
     manifest_path = video_path.with_name(f"{item.name}.json")
-    if not (video_path.exists() and manifest_path.is_file()):
+    if not (_video_is_usable(video_path) and manifest_path.is_file()):
         return False
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -113,6 +113,18 @@ def is_complete(item: Item, video_path: Path) -> bool:
             f"{item.name} is prompt {item.prompt.text!r}, seed {item.seed}: the prompt list changed; use a new --out"
         )
     return True
+
+
+def _video_is_usable(path: Path) -> bool:
+    """A video file that is non-empty and can be opened, or a frame folder with a PNG in it (a cheap
+    check: a zero-byte or unreadable video of a finished item is generated again, not kept)."""
+    if path.is_dir():
+        return any(path.glob("*.png"))
+    try:
+        with open(path, "rb") as handle:
+            return bool(handle.read(1))
+    except OSError:
+        return False
 
 
 def check_out_dir(out_dir: Path) -> Path:

@@ -131,3 +131,18 @@ def test_generate_refuses_fps_0_and_a_failed_run_does_not_pin_its_settings(tmp_p
     assert rerun.exit_code == 0, rerun.output
     assert (out / "p0000_s0000.mp4").is_file()
     assert json.loads((out / "generate.json").read_text())["settings"]["sampler"]["cfg_scale"] != 3
+
+
+def test_generate_redoes_a_finished_item_whose_video_is_empty(tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a fox\n")
+    out = tmp_path / "gen"
+    args = ["generate", "--prompts", str(prompts), "--out", str(out), *TINY, "--guidance", "none"]
+    assert invoke(args).exit_code == 0
+    video = out / "p0000_s0000.mp4"
+    size = video.stat().st_size
+    video.write_bytes(b"")  # e.g. a disk that filled up, or a copy cut short
+    result = invoke(args)
+    assert result.exit_code == 0, result.output
+    assert "0 already complete, 1 to generate" in result.output
+    assert video.stat().st_size == size
