@@ -55,6 +55,12 @@ class TextTokens(abc.ABC):
     def set_rows(self, ids: list[int], values: torch.Tensor) -> None:
         """Write ``values`` (len(ids), D) into the table rows ``ids``; no other row changes."""
 
+    def token_ids(self, prompt: str, truncate: bool = True) -> list[int] | None:
+        """The token ids the encoder sees for ``prompt``, special tokens included, cut to the context
+        length when ``truncate`` (as :meth:`encode` cuts it); None if this tokenizer cannot tell (then
+        MotionPrompt cannot check that its learnable tokens survive truncation)."""
+        return None
+
     @abc.abstractmethod
     def encode(self, prompts: list[str], override: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
         """Encode prompts; rows of ``override`` (token id -> (D,) tensor) replace the table rows,

@@ -133,6 +133,44 @@ def pair_flow(flow_estimator: FlowEstimator, images: torch.Tensor, flow_size: in
     return flow_estimator(images[0::2], images[1::2]).float()
 
 
+def fit_guided_prompt(text, prompt: str, token_strings: list[str], token_ids: list[int],
+                      placement: str) -> tuple[str, dict[str, Any] | None]:
+    """The guided prompt P + S (or S + P), with P cut word by word from its end until every learnable
+    token survives the text encoder's truncation (a long prompt would otherwise drop the tokens at
+    the end, and guidance would silently do nothing). Returns the prompt and, if words were cut,
+    ``{"words": n, "tokens": m, "prompt_used": ...}`` (a warning is issued); None if nothing was cut
+    or the tokenizer cannot tell (:meth:`~mpcore.interfaces.TextTokens.token_ids` returns None)."""
+    import warnings
+
+    from mpcore.config import ConfigError
+
+    def join(words: list[str]) -> str:
+        tokens = " ".join(token_strings)
+        body = " ".join(words)
+        if not body:
+            return tokens
+        return f"{body} {tokens}" if placement == "end" else f"{tokens} {body}"
+
+    def fits(guided: str) -> bool:
+        seen = text.token_ids(guided)
+        return seen is None or all(token in seen for token in token_ids)
+
+    words = prompt.split()
+    full = join(words)
+    if fits(full):
+        return (f"{prompt} {' '.join(token_strings)}" if placement == "end" else f"{' '.join(token_strings)} {prompt}"), None
+    while words and not fits(join(words)):
+        words.pop()
+    if not fits(join(words)):
+        raise ConfigError(f"invalid config: num_tokens={len(token_strings)}; the learnable tokens do not fit in the "
+                          "text encoder's context even with an empty prompt")
+    cut_tokens = len(text.token_ids(full, truncate=False)) - len(text.token_ids(join(words), truncate=False))
+    cut = {"words": len(prompt.split()) - len(words), "tokens": cut_tokens, "prompt_used": " ".join(words)}
+    warnings.warn(f"the prompt is longer than the text encoder's context: its last {cut['words']} word(s) "
+                  f"({cut_tokens} tokens) were cut so that the learnable token(s) fit", stacklevel=2)
+    return join(words), cut
+
+
 @dataclass
 class LossTerms:
     total: torch.Tensor
@@ -183,9 +221,9 @@ class MotionPrompt:
         self.init_embeddings = init.detach().clone()
         self.tokens = torch.nn.Parameter(init.detach().clone())  # float32, the only thing optimized
         self.optimizer = make_optimizer(cfg.optimizer, [self.tokens], cfg.lr)
-        tokens_text = " ".join(self.token_strings)
         self.prompt = prompt
-        self.guided_prompt = f"{prompt} {tokens_text}" if cfg.placement == "end" else f"{tokens_text} {prompt}"
+        self.guided_prompt, self.prompt_cut = fit_guided_prompt(backbone.text, prompt, self.token_strings, self.token_ids,
+                                                                cfg.placement)
         self.pair_generator = torch.Generator().manual_seed(sampler.seed)
         self.skipped_updates = 0
         self.trace = []
@@ -299,6 +337,7 @@ class MotionPrompt:
             "tokens": self.token_strings,
             "init_words": self.config.token_init_words(),
             "opt_range": list(self.opt_range),
+            "prompt_cut": self.prompt_cut,
             "skipped_updates": self.skipped_updates,
             "final_cosine": self.token_cosine(),
             "token_drift_l2": [float(v) for v in (self.tokens.detach() - self.init_embeddings).norm(dim=-1)],

@@ -51,6 +51,11 @@ class HFTextTokens(TextTokens):
         table = self.embedding_table()
         table[ids] = values.to(device=table.device, dtype=table.dtype)
 
+    def token_ids(self, prompt: str, truncate: bool = True) -> list[int]:
+        if truncate:
+            return self.tokenizer(prompt, truncation=True, max_length=self.tokenizer.model_max_length).input_ids
+        return self.tokenizer(prompt, truncation=False).input_ids
+
     # -- encoding
     def encode(self, prompts: list[str], override: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
         """CLIP ``last_hidden_state`` of max-length-padded prompts, as diffusers' SD pipelines encode."""

@@ -351,3 +351,34 @@ def test_a_non_finite_token_update_is_rolled_back(tiny_backbone, sampler_config,
     records = [r for e in result.guidance["trace"] if e["optimized"] for r in e["iterations"]]
     assert result.guidance["skipped_updates"] == sum(r["skipped"] for r in records) > 0
     assert any(r.get("skip_reason") == "non-finite token or prompt embedding after the update" for r in records)
+
+
+def test_a_long_prompt_is_cut_so_the_token_survives(tiny_backbone, sampler_config, motion_config, flow_estimator, discriminator):
+    """A prompt longer than the context used to truncate the token away: guidance silently did nothing."""
+    long_prompt = " ".join(["a red fox jumps over the lazy dog"] * 12)
+    baseline = sample(tiny_backbone, long_prompt, sampler_config, progress=False).latents
+    guidance = MotionPrompt(motion_config, flow_estimator, discriminator)
+    with pytest.warns(UserWarning, match="were cut so that the learnable token"):
+        result = sample(tiny_backbone, long_prompt, sampler_config, guidance=guidance, progress=False)
+    cut = result.guidance["prompt_cut"]
+    assert cut["words"] > 0 and cut["tokens"] > 0
+    assert guidance.guided_prompt.endswith("<mp_0>") and long_prompt.startswith(cut["prompt_used"])
+    assert guidance.token_ids[0] in tiny_backbone.text.token_ids(guidance.guided_prompt)
+    assert result.guidance["final_cosine"][0] < 1.0
+    assert not torch.allclose(result.latents, baseline)
+    # a prompt that fits is used as it is
+    short = MotionPrompt(motion_config, flow_estimator, discriminator)
+    assert sample(tiny_backbone, "a fox", sampler_config, guidance=short, progress=False).guidance["prompt_cut"] is None
+
+
+def test_openclip_tokens_survive_a_long_prompt():
+    from mp_plugin_lvdm.backbone import load
+
+    backbone = load("tiny", seed=0, backbone="videocrafter2")
+    ids = backbone.text.add_tokens(["<mp_0>"])
+    from mpcore.motionprompt import fit_guided_prompt
+
+    with pytest.warns(UserWarning):
+        guided, cut = fit_guided_prompt(backbone.text, "a fox " * 60, ["<mp_0>"], ids, "end")
+    assert ids[0] in backbone.text.token_ids(guided) and cut["words"] > 0
+    assert len(backbone.text.token_ids(guided)) <= backbone.text.context_length

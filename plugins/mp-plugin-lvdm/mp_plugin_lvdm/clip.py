@@ -249,23 +249,25 @@ class OpenCLIPTextTokens(TextTokens):
         table = self.embedding_table()
         table[ids] = values.to(device=table.device, dtype=table.dtype)
 
-    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+    def token_ids(self, prompt: str, truncate: bool = True) -> list[int]:
+        """SOT + BPE (added tokens mapped to their rows) + EOT; cut to the context length with EOT last."""
         pattern = re.compile("(" + "|".join(re.escape(t) for t in sorted(self.added, key=len, reverse=True)) + ")") \
             if self.added else None
-        rows = []
-        for prompt in prompts:
-            ids = []
-            for piece in (pattern.split(prompt) if pattern else [prompt]):
-                if piece in self.added:
-                    ids.append(self.added[piece])
-                elif piece:
-                    ids += self.tokenizer.encode(piece)
-            ids = [SOT] + ids + [EOT]
-            if len(ids) > self.context_length:
-                ids = ids[: self.context_length]
-                ids[-1] = EOT
-            rows.append(ids + [PAD] * (self.context_length - len(ids)))
-        return torch.tensor(rows, dtype=torch.long)
+        ids = []
+        for piece in (pattern.split(prompt) if pattern else [prompt]):
+            if piece in self.added:
+                ids.append(self.added[piece])
+            elif piece:
+                ids += self.tokenizer.encode(piece)
+        ids = [SOT] + ids + [EOT]
+        if truncate and len(ids) > self.context_length:
+            ids = ids[: self.context_length]
+            ids[-1] = EOT
+        return ids
+
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        rows = [self.token_ids(prompt) for prompt in prompts]
+        return torch.tensor([ids + [PAD] * (self.context_length - len(ids)) for ids in rows], dtype=torch.long)
 
     def encode(self, prompts: list[str], override: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
         hidden = self.encoder(self.tokenize(prompts).to(self.device), override)
