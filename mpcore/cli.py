@@ -189,6 +189,8 @@ def _run_params() -> list[click.Parameter]:
           help="MotionPrompt setting, e.g. -o lr=0.001 -o opt_range=4,15 -o iterations=3 (repeatable)."),
         O(["--compare"], is_flag=True, help="Also sample the baseline (same seed) and write baseline | MotionPrompt side by side."),
         O(["--out"], default=None, help="Output .mp4, .gif or folder (PNG frames). Default: outputs/<prompt>_<seed>.mp4"),
+        O(["--overwrite"], is_flag=True,
+          help="Replace an existing output at --out (and its manifest, compare video and trace plot)."),
         O(["--fps"], type=int, default=8, show_default=True, help="Frames per second of the written video."),
         O(["--device"], default=None, help="torch device (default: cuda if available, else cpu)."),
         O(["--dtype"], type=click.Choice(DTYPES), default="auto", show_default=True,
@@ -213,9 +215,14 @@ def _run(**kwargs):
 def _run_checked(**kwargs):
     from mpcore import runner, video
 
-    prompt, out = kwargs.pop("prompt"), kwargs.pop("out")
+    prompt, out, overwrite = kwargs.pop("prompt"), kwargs.pop("out"), kwargs.pop("overwrite")
     setup = runner.prepare(kwargs, click.get_current_context().command.backbone_options)  # type: ignore[attr-defined]
-    out = video.check_output_writable(Path(out or f"outputs/{_slug(prompt)}_{setup.sampler.seed}.mp4"))
+    # create=False: nothing is created under --out before the model has loaded
+    out = video.check_output_writable(Path(out or f"outputs/{_slug(prompt)}_{setup.sampler.seed}.mp4"), create=False)
+    existing = [p for p in setup.output_paths(out, every=True).values() if p is not None and p.exists()]
+    if existing and not overwrite:
+        raise click.UsageError(f"{existing[0]} already exists (an earlier run's output): pass --overwrite to replace "
+                               "it and its companions, or choose another --out")
     models = runner.load(setup)
     paths = runner.generate_one(setup, models, prompt, setup.sampler.seed, out)
     for name, path in paths.items():

@@ -150,7 +150,7 @@ def params() -> list[click.Parameter]:
           help="Video format of each item (frames: a folder of lossless PNG frames)."),
         O(["--fail-fast"], is_flag=True, help="Stop at the first item that fails (default: report it, go on)."),
     ]
-    shared = [p for p in _run_params() if p.name not in ("prompt", "seed", "out")]
+    shared = [p for p in _run_params() if p.name not in ("prompt", "seed", "out", "overwrite")]
     return shared[:2] + own + shared[2:]  # after --backbone and --model
 
 

@@ -28,6 +28,7 @@ import click
 from mpcore import plugins
 from mpcore.cli import SAMPLER_FLAGS, _parse_scalar, _resolve_device, echo, resolve_configs, resolve_dtype
 from mpcore.config import PAPER_STEPS, ConfigError, MotionPromptConfig, SamplerConfig, parse_override, to_dict
+from mpcore.files import remove_stale_temporaries
 from mpcore.interfaces import DEFAULT_BACKBONE, DEFAULT_MODEL, TINY_MODEL
 
 MAX_STEPS = 1000
@@ -117,15 +118,16 @@ class RunSetup:
     def tiny(self) -> bool:
         return self.model == TINY_MODEL
 
-    def output_paths(self, out: Path) -> dict[str, Path | None]:
-        """The files of one video written to ``out``: the manifest is written last."""
+    def output_paths(self, out: Path, every: bool = False) -> dict[str, Path | None]:
+        """The files of one video written to ``out``: the manifest is written last. ``every``: also
+        the companions this run does not write (those an earlier run may have left there)."""
         from mpcore import video
 
         return {
             "video": out,
             "manifest": video.derived_path(out, "", ".json"),
-            "compare": video.derived_path(out, "_compare") if self.compare and self.guided else None,
-            "trace_plot": video.derived_path(out, "_trace", ".png") if self.guided else None,
+            "compare": video.derived_path(out, "_compare") if every or (self.compare and self.guided) else None,
+            "trace_plot": video.derived_path(out, "_trace", ".png") if every or self.guided else None,
         }
 
     def settings(self) -> dict[str, Any]:
@@ -370,6 +372,11 @@ def generate_one(
         **(manifest_extra or {}),
     )
     write_json_atomic(manifest, paths["manifest"])
+    # what an earlier or killed run left under these names: companions this run did not write, temporaries
+    for name, path in setup.output_paths(out, every=True).items():
+        if paths[name] is None and path is not None and path.is_file():
+            path.unlink()
+    remove_stale_temporaries(out.parent, [p.stem for p in setup.output_paths(out, every=True).values() if p is not None])
     if health is not None and health["all_skipped"]:
         raise GuidanceSkippedError(
             f"MotionPrompt skipped all {health['updates']} token updates ({', '.join(health['skip_reasons'])}): "

@@ -64,7 +64,7 @@ def _is_frame_folder(path: Path) -> bool:
     return path.is_dir() and all(entry.is_file() and _FRAME_PATTERN.match(entry.name) for entry in path.iterdir())
 
 
-def check_output_writable(out: str | Path) -> Path:
+def check_output_writable(out: str | Path, create: bool = True) -> Path:
     """Validate the output path before any model is loaded; return it resolved.
 
     Checks the form (see :data:`ALLOWED_FORMS`), creates the parent directory if missing and proves
@@ -72,6 +72,10 @@ def check_output_writable(out: str | Path) -> Path:
     only be replaced if it looks like a previous PNG-frame output (only ``NNNNN.png`` files), so an
     unrelated directory is never deleted; an existing *file* where a folder output is requested is
     refused as well. Any failure raises :class:`OutputError` naming the directory and the reason.
+
+    With ``create=False`` a missing parent directory is not created (the writer creates it later):
+    the nearest existing ancestor is checked instead, so a command that fails before writing leaves
+    no empty folder behind.
     """
     path = Path(out).expanduser().resolve()
     kind = output_kind(path)
@@ -86,6 +90,9 @@ def check_output_writable(out: str | Path) -> Path:
     elif path.is_dir():  # pragma: no cover - output_kind already maps directories to "frames"
         raise OutputError(f"output {str(path)!r} is a directory")
     parent = path.parent
+    if not create:
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -146,3 +146,32 @@ def test_generate_redoes_a_finished_item_whose_video_is_empty(tmp_path):
     assert result.exit_code == 0, result.output
     assert "0 already complete, 1 to generate" in result.output
     assert video.stat().st_size == size
+
+
+# ---------------------------------------------------------------------------------------------------
+# outputs: nothing created before the model loads, no silent overwrite, no stale leftovers
+
+
+def test_a_failed_load_leaves_no_folder_behind(tmp_path, no_model_loading):
+    out = tmp_path / "new" / "sub" / "fox.mp4"
+    result = invoke(RUN + ["--out", str(out)])
+    assert result.exit_code != 0  # the stand-in loader refuses
+    assert not (tmp_path / "new").exists()
+
+
+def test_existing_output_is_refused_unless_overwrite_which_removes_stale_files(tmp_path):
+    out = tmp_path / "fox.mp4"
+    assert invoke(RUN + ["--out", str(out)]).exit_code == 0  # guided: video, manifest, trace plot
+    trace = tmp_path / "fox_trace.png"
+    assert trace.is_file()
+    stale_tmp = tmp_path / ".fox.tmp-999999.mp4"  # what a killed run leaves
+    stale_tmp.write_bytes(b"half")
+    before = out.read_bytes()
+    refused = invoke(RUN + ["--out", str(out), "--guidance", "none"])
+    assert refused.exit_code == 2 and f"{out} already exists" in refused.output and "--overwrite" in refused.output
+    assert out.read_bytes() == before
+    replaced = invoke(RUN + ["--out", str(out), "--guidance", "none", "--overwrite"])
+    assert replaced.exit_code == 0, replaced.output
+    assert not trace.exists(), "a trace plot of the earlier guided run would be shown as this run's"
+    assert not stale_tmp.exists()
+    assert json.loads(out.with_suffix(".json").read_text())["guidance"] == "none"
