@@ -175,3 +175,35 @@ def test_existing_output_is_refused_unless_overwrite_which_removes_stale_files(t
     assert not trace.exists(), "a trace plot of the earlier guided run would be shown as this run's"
     assert not stale_tmp.exists()
     assert json.loads(out.with_suffix(".json").read_text())["guidance"] == "none"
+
+
+# ---------------------------------------------------------------------------------------------------
+# a --model that is not a model: what was found, what was expected, before anything loads
+
+
+def test_a_model_path_that_is_not_a_model_says_what_was_found(tmp_path, no_model_loading):
+    from safetensors.torch import save_file
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a model")
+    whole = tmp_path / "whole.safetensors"
+    save_file({"w": torch.zeros(64, 64)}, str(whole))
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(whole.read_bytes()[:1000])
+    folder = tmp_path / "sd15"
+    (folder / "vae").mkdir(parents=True)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline",
+                                                          "unet": ["diffusers", "UNet2DConditionModel"],
+                                                          "vae": ["diffusers", "AutoencoderKL"],
+                                                          "safety_checker": [None, None]}))
+    cases = {notes: "is a .txt file, not a model", cut: "is not a readable .safetensors file",
+             folder: "lacks the component folder(s) unet that its model_index.json lists",
+             tmp_path: "is not a diffusers folder: it has no model_index.json or config.json (found: "}
+    for model, message in cases.items():
+        out = tmp_path / "out" / "x.mp4"
+        result = invoke(["run", "--backbone", "animatediff", "--model", str(model), "--prompt", "x",
+                         "--guidance", "none", "--out", str(out)])
+        assert result.exit_code == 1, (model, result.output)
+        assert message in result.output and "Traceback" not in result.output, result.output
+        assert "hf download" not in result.output
+        assert not out.parent.exists()

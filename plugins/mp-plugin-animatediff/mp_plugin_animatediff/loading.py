@@ -43,16 +43,53 @@ def looks_local(name: str) -> bool:
 
 
 def check_source(name: str, what: str, flag: str) -> None:
-    """Fail early, before any model loads, when a local path is missing."""
-    if looks_local(name) and not Path(name).expanduser().exists():
-        raise ModelNotFoundError(
-            f"{what} not found at {Path(name).expanduser()}. Pass {flag} with a diffusers folder, a "
-            f"single-file checkpoint ({', '.join(CHECKPOINT_SUFFIXES)}) or a Hugging Face hub id."
-        )
+    """Fail early, before any model loads, when a local path is missing or is not a model: say what
+    was found there and what was expected (cheap: a folder's listing, a safetensors header)."""
+    path = Path(name).expanduser()
+    if not looks_local(name):
+        return  # a hub id
+    expected = (f"Pass {flag} with a diffusers folder, a single-file checkpoint ({', '.join(CHECKPOINT_SUFFIXES)}) "
+                "or a Hugging Face hub id.")
+    if not path.exists():
+        raise ModelNotFoundError(f"{what} not found at {path}. {expected}")
+    if path.is_dir():
+        index = path / ("model_index.json" if (path / "model_index.json").exists() else "config.json")
+        if not index.is_file():
+            found = ", ".join(sorted(p.name for p in path.iterdir())[:8]) or "nothing"
+            raise ModelNotFoundError(f"{what} {path} is not a diffusers folder: it has no model_index.json or "
+                                     f"config.json (found: {found}). {expected}")
+        if index.name == "model_index.json":
+            import json
+
+            try:
+                components = json.loads(index.read_text())
+            except ValueError as error:
+                raise ModelNotFoundError(f"{what} {index} is not valid JSON ({error})") from None
+            missing = [key for key, value in components.items()
+                       if not key.startswith("_") and isinstance(value, list) and value[0] and not (path / key).is_dir()]
+            if missing:
+                raise ModelNotFoundError(f"{what} {path} lacks the component folder(s) {', '.join(missing)} that its "
+                                         "model_index.json lists (an incomplete download?). " + expected)
+        return
+    if path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+        raise ModelNotFoundError(f"{what} {path} is a {path.suffix or 'suffix-less'} file, not a model. {expected}")
+    if path.stat().st_size == 0:
+        raise ModelNotFoundError(f"{what} {path} is an empty file. {expected}")
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                handle.keys()
+        except Exception as error:  # SafetensorError: a truncated or corrupt file
+            raise ModelNotFoundError(f"{what} {path} is not a readable .safetensors file ({error}); a download "
+                                     "cut short? Download it again.") from None
 
 
-def _hub_error(name: str, what: str, error: Exception) -> RuntimeError:
-    return RuntimeError(
+def _hub_error(name: str, what: str, error: Exception) -> ModelNotFoundError:
+    if Path(name).expanduser().exists():
+        return ModelNotFoundError(f"could not load {what} {name}: {type(error).__name__}: {error}")
+    return ModelNotFoundError(
         f"could not load {what} {name!r}: {type(error).__name__}: {error}\n"
         f"Without network access, download it first (e.g. `hf download {name}`) and pass the local "
         "folder, or set HF_HUB_OFFLINE=1 to use the local cache."

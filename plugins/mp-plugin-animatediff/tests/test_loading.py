@@ -63,8 +63,11 @@ def test_read_state_dict_unwraps_and_drops_non_tensors(tmp_path):
 def test_missing_local_paths_fail_before_loading(tmp_path):
     with pytest.raises(FileNotFoundError, match="base model not found"):
         check(model=str(tmp_path / "nope.safetensors"))
+    base = tmp_path / "base"  # a diffusers folder as far as the cheap check sees (an empty component list)
+    base.mkdir()
+    (base / "model_index.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match="motion adapter not found.*--motion-adapter"):
-        check(model=str(tmp_path), motion_adapter="./missing/mm_sd_v15_v2.ckpt")
+        check(model=str(base), motion_adapter="./missing/mm_sd_v15_v2.ckpt")
     check(model="tiny")  # reserved: nothing to look for
     check(model="some-user/some-model")  # a hub id: resolved at load time
 
