@@ -189,6 +189,9 @@ def _finish(folder: Path, index: dict[str, Any], path: Path, overwrite: bool) ->
     if path.exists() and overwrite:
         shutil.rmtree(path)
     os.replace(folder, path)
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):  # what killed runs into the same --out left
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def write_merged(path: str | os.PathLike, workdir: str | os.PathLike, meta: dict[str, Any],

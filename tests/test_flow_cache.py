@@ -55,3 +55,17 @@ def test_errors(tmp_path):
             writer.add(VideoEntry("b", "b.mp4", 8), torch.zeros(1, 3, 4, 4), [0], [1])
     with pytest.raises(IndexError):
         FlowCache(tmp_path / "c").flows([5])
+
+
+def test_a_finished_cache_removes_what_killed_runs_left(tmp_path):
+    stale = tmp_path / ".cache.tmp-999999"  # a killed `flows extract` (SIGKILL skips its cleanup)
+    stale.mkdir()
+    (stale / "shard-00000.safetensors").write_bytes(b"half")
+    stale_parts = tmp_path / ".cache.tmp-999998-2p"  # a killed multi-process one
+    stale_parts.mkdir()
+    other = tmp_path / ".other.tmp-999999"  # another output's: left alone
+    other.mkdir()
+    with FlowCacheWriter(tmp_path / "cache", {"label": "real"}) as writer:
+        writer.add(VideoEntry("v0", "/v0.mp4", frames=4), torch.zeros(2, 2, 8, 8), [0, 1], [1, 2])
+    assert len(FlowCache(tmp_path / "cache")) == 2
+    assert not stale.exists() and not stale_parts.exists() and other.exists()
