@@ -256,6 +256,12 @@ class Models:
 
 def load(setup: RunSetup) -> Models:
     """Load the backbone and, for MotionPrompt, the flow estimator and the discriminator."""
+    if not setup.progress:  # --no-progress also hides the loaders' own bars (diffusers, transformers)
+        import diffusers.utils.logging
+        import transformers.utils.logging
+
+        diffusers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.disable_progress_bar()
     if setup.tiny:
         echo(f"note: --model {TINY_MODEL} is a tiny RANDOM-INIT model: its output is noise. It exists so the "
              "whole path runs offline; use real weights for real videos.")

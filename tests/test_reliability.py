@@ -207,3 +207,17 @@ def test_a_model_path_that_is_not_a_model_says_what_was_found(tmp_path, no_model
         assert message in result.output and "Traceback" not in result.output, result.output
         assert "hf download" not in result.output
         assert not out.parent.exists()
+
+
+def test_no_progress_also_hides_the_loaders_bars(tmp_path, no_model_loading):
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    try:
+        result = invoke(RUN + ["--out", str(tmp_path / "x.mp4"), "--no-progress"])
+        assert isinstance(result.exception, AssertionError)  # the stand-in loader: the bars were set before it
+        assert not diffusers.utils.logging.is_progress_bar_enabled()
+        assert not transformers.utils.logging.is_progress_bar_enabled()
+    finally:
+        diffusers.utils.logging.enable_progress_bar()
+        transformers.utils.logging.enable_progress_bar()
