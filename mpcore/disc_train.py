@@ -206,6 +206,43 @@ def open_caches(real: str | os.PathLike, fake: str | os.PathLike, same_size: boo
     return caches
 
 
+def trained_on(caches: dict[int, FlowCache]) -> dict[str, Any]:
+    """What a discriminator trained on ``caches`` was trained on, from the caches' index.json
+    (written by ``mpcore flows extract``): the flow estimator (``estimator``: name, weights, options)
+    and the frame size the flows were computed at (``size`` [H, W]), plus each cache's path and
+    index SHA-256. Stored in the discriminator's config JSON; ``mpcore run`` checks it.
+
+    Both caches must agree on both: flows of two estimators or frame sizes differ in ways the
+    discriminator would learn instead of real vs generated motion. A cache that does not record one
+    (e.g. written by hand) takes the other's value; when neither records it, it is None."""
+    found: dict[str, dict[str, Any]] = {}
+    for label in (REAL, FAKE):
+        index = caches[label].index
+        estimator = index.get("estimator")
+        found[CLASS_NAMES[label]] = {
+            "estimator": dict(estimator) if isinstance(estimator, dict) and estimator.get("name") else None,
+            "size": [int(n) for n in index["size"]] if isinstance(index.get("size"), list) else None,
+        }
+    real, fake = found["real"], found["fake"]
+    for key, what, fix in (("estimator", "flow estimator", "--estimator (and --weights/--option)"),
+                           ("size", "frame size (H, W) of the flows", "--size")):
+        if real[key] is not None and fake[key] is not None and real[key] != fake[key]:
+            raise DiscTrainError(
+                f"the caches were extracted with different {what}s: --real {caches[REAL].path} has {real[key]}, "
+                f"--fake {caches[FAKE].path} has {fake[key]}. Extract both with the same {fix}: the discriminator "
+                "would learn that difference instead of real vs generated motion."
+            )
+    estimator = real["estimator"] or fake["estimator"]
+    return {
+        "flow_estimator": estimator["name"] if estimator else None,
+        "flow_weights": estimator.get("weights") if estimator else None,
+        "flow_options": estimator.get("options") if estimator else None,
+        "frame_size": real["size"] or fake["size"],
+        "caches": [{"label": CLASS_NAMES[label], "path": str(caches[label].path),
+                    "index_sha256": index_sha256(caches[label])} for label in (REAL, FAKE)],
+    }
+
+
 @dataclass
 class Split:
     """Pairs of each side, as (label, pair index in that label's cache), and a summary for the log."""
@@ -635,6 +672,7 @@ def train_discriminator(
             raise DiscTrainError(f"{', '.join(map(str, existing))} already exist(s) (an earlier run): {hint}"
                                  "start over with --overwrite (which deletes the earlier outputs), or choose another --out")
     caches = open_caches(real, fake)
+    training_data = trained_on(caches)  # refuses caches of different estimators or frame sizes
     cache_info = {CLASS_NAMES[label]: {"path": str(caches[label].path), "index_sha256": index_sha256(caches[label])}
                   for label in (REAL, FAKE)}
     state = None
@@ -678,6 +716,7 @@ def train_discriminator(
             raise DiscTrainError(f"could not build the {spec.name!r} discriminator: {error}") from error
         model = model.to(device)
         model.train()
+        model.trained_on = training_data  # spec.save writes it into the config JSON (interfaces.Discriminator)
         train_model = model
         if distributed:  # DDP through accelerate; `model` stays the plain module (saved, validated)
             from accelerate import Accelerator
@@ -710,7 +749,8 @@ def train_discriminator(
                 discriminator={"type": spec.name, "arch_options": arch_options, "pretrained": pretrained,
                                "parameters": parameters, "describe": describe},
                 config=dataclasses.asdict(config),
-                data={"caches": cache_info, "flow_size": list(caches[REAL].size), "split": split.summary,
+                data={"caches": cache_info, "flow_size": list(caches[REAL].size), "trained_on": training_data,
+                      "split": split.summary,
                       "class_balance": balance},
                 epochs=history,
                 best=best,

@@ -31,7 +31,12 @@ class FlowEstimator(Protocol):
 
 
 class Discriminator(Protocol):
-    """``logit = D(flow)``: flow (B, 2, H, W) in pixels; logit (B,), higher = more real."""
+    """``logit = D(flow)``: flow (B, 2, H, W) in pixels; logit (B,), higher = more real.
+
+    Optional attribute ``trained_on`` (dict or None): what it was trained on -- ``flow_estimator``
+    (plugin name), ``frame_size`` [H, W] the flows were computed at, ``caches`` -- set by ``mpcore
+    disc train`` before ``save`` and stored in the config JSON under the same key; ``mpcore run``
+    refuses another estimator and computes flows at that size (see :mod:`mpcore.runner`)."""
 
     def __call__(self, flow: torch.Tensor) -> torch.Tensor: ...
 
@@ -194,7 +199,9 @@ class DiscriminatorSpec:
     option. Random init is seeded by ``seed``. Needed by ``mpcore disc train``."""
     save: Callable[..., None] | None = None
     """``save(model, path)``: write a model from ``build`` (trained) to ``path`` (.safetensors) and
-    its config JSON beside it, so that ``load(path, device)`` returns it. Needed by ``mpcore disc train``."""
+    its config JSON beside it, so that ``load(path, device)`` returns it, including the model's
+    ``trained_on`` attribute (see :class:`Discriminator`) as the config's ``trained_on`` key. Needed by
+    ``mpcore disc train``."""
 
 
 class MetricUnavailable(RuntimeError):

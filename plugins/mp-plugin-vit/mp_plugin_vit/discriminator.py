@@ -65,6 +65,10 @@ class ViTDiscriminatorConfig:
     """Flow (in pixels at ``img_size``) is divided by this before the projection layer."""
     type: str = TYPE
     version: int = FORMAT_VERSION
+    trained_on: dict[str, Any] | None = None
+    """What the discriminator was trained on (``mpcore disc train`` writes it from its flow caches):
+    ``flow_estimator``, ``frame_size`` [H, W] the flows were computed at, ``caches``. None when
+    unknown (configs written before this field, :func:`random`). ``mpcore run`` checks it."""
 
     def validate(self, source: str = "discriminator config") -> None:
         def fail(name: str, expected: str) -> None:
@@ -90,9 +94,15 @@ class ViTDiscriminatorConfig:
         number = isinstance(self.flow_scale, (int, float)) and not isinstance(self.flow_scale, bool)
         if not number or not math.isfinite(self.flow_scale) or self.flow_scale <= 0:
             fail("flow_scale", "a finite number > 0 (pixels at img_size)")
+        if self.trained_on is not None and not isinstance(self.trained_on, dict):
+            fail("trained_on", "an object (flow_estimator, frame_size, caches) or null")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The JSON fields; ``trained_on`` only when known (so such files read as before)."""
+        data = asdict(self)
+        if data["trained_on"] is None:
+            del data["trained_on"]
+        return data
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "discriminator config") -> "ViTDiscriminatorConfig":
@@ -294,6 +304,18 @@ class ViTDiscriminator(nn.Module):
         dtype = self.proj.weight.dtype
         features = self.encoder(self.proj(self.prepare(flow.to(dtype))))
         return self.head(features).squeeze(-1).float()
+
+    @property
+    def trained_on(self) -> dict[str, Any] | None:
+        """What the discriminator was trained on (its config's ``trained_on``; None when unknown).
+        ``mpcore disc train`` sets it before saving; :func:`save` writes it into the config JSON."""
+        return self.config.trained_on
+
+    @trained_on.setter
+    def trained_on(self, value: dict[str, Any] | None) -> None:
+        config = replace(self.config, trained_on=None if value is None else dict(value))
+        config.validate("trained_on")
+        self.config = config
 
     def describe(self) -> dict[str, Any]:
         """What was loaded, for the run manifest."""
