@@ -19,7 +19,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +109,12 @@ class RunSetup:
     attention: str
     fps: int
     progress: bool
+    trained_on: dict[str, Any] | None = None
+    """The discriminator's ``trained_on`` (estimator, frame size, caches), None when it records none."""
+    flow_size_source: str | None = None
+    """Where MotionPrompt's ``flow_size`` comes from (see :func:`check_trained_on`); None without guidance."""
+    warnings: list[str] = field(default_factory=list)
+    """Problems that do not stop the run; printed once and recorded in every manifest."""
 
     @property
     def guided(self) -> bool:
@@ -144,6 +150,62 @@ class RunSetup:
             "dtype": str(self.dtype).replace("torch.", ""),
             "fps": self.fps,
         }
+
+
+def read_trained_on(value: Any, source: str) -> dict[str, Any] | None:
+    """A discriminator's ``trained_on`` (:class:`mpcore.interfaces.Discriminator`), checked:
+    None, or a dict whose ``flow_estimator`` is a name or None and ``frame_size`` [H, W] or None."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: trained_on = {value!r}; expected an object (flow_estimator, frame_size) or null")
+    estimator, size = value.get("flow_estimator"), value.get("frame_size")
+    if estimator is not None and not (isinstance(estimator, str) and estimator):
+        raise ConfigError(f"{source}: trained_on.flow_estimator = {estimator!r}; expected a flow estimator name or null")
+    if size is not None and not (isinstance(size, list) and len(size) == 2
+                                 and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in size)):
+        raise ConfigError(f"{source}: trained_on.frame_size = {size!r}; expected [H, W] (positive integers) or null")
+    return dict(value)
+
+
+def check_trained_on(trained_on: dict[str, Any] | None, motion: MotionPromptConfig, sampler: SamplerConfig,
+                     source: str) -> tuple[str, list[str]]:
+    """Check a run's flows against what its discriminator (``source``) was trained on; return where
+    ``motion.flow_size`` comes from and the warnings. Changes ``motion.flow_size`` in place.
+
+    * another flow estimator than the discriminator's is a :class:`ConfigError`: a discriminator
+      judges only flows of the estimator it was trained on;
+    * with no ``flow_size`` set (-o flow_size) and a square training frame size S other than the
+      decoded frame size, flows are computed at S x S (``flow_size = S``), as in training;
+    * a non-square training frame size other than the decoded size, or an explicit ``flow_size``
+      other than a square training size, is a warning (flows are computed at a size D never saw).
+    """
+    explicit = motion.flow_size is not None
+    if not trained_on:
+        return ("explicit" if explicit else "decoded frame size"), []
+    estimator, size = trained_on.get("flow_estimator"), trained_on.get("frame_size")
+    if estimator is not None and estimator != motion.flow_estimator:
+        raise ConfigError(
+            f"the discriminator {source} was trained on flows of the {estimator!r} estimator (its trained_on), but "
+            f"this run computes flows with {motion.flow_estimator!r}: a discriminator judges only flows of the "
+            f"estimator it was trained on. Pass --flow {estimator}, or train a discriminator on {motion.flow_estimator} "
+            f"flows (`mpcore flows extract --estimator {motion.flow_estimator}`, then `mpcore disc train`)."
+        )
+    decoded = [sampler.height, sampler.width]
+    square = size is not None and size[0] == size[1]
+    if explicit:
+        if square and motion.flow_size != size[0]:
+            return "explicit", [f"flows are computed at -o flow_size={motion.flow_size}, but the discriminator {source} "
+                                f"was trained on flows of {size[0]}x{size[1]} frames"]
+        return "explicit", []
+    if size is None or size == decoded:
+        return "decoded frame size", []
+    if square:
+        motion.flow_size = size[0]
+        return "discriminator trained_on", []
+    return "decoded frame size", [
+        f"the discriminator {source} was trained on flows of {size[0]}x{size[1]} (HxW) frames, but the decoded frames are "
+        f"{decoded[0]}x{decoded[1]}: flows are computed at the decoded size (-o flow_size resizes only to a square)"]
 
 
 def prepare(options: dict[str, Any], backbone_option_owners: dict[str, list[str]]) -> RunSetup:
@@ -198,7 +260,8 @@ def prepare(options: dict[str, Any], backbone_option_owners: dict[str, list[str]
     bundled = spec.default_discriminator(model) if spec.default_discriminator is not None else None
     discriminator = options["discriminator"] or bundled or ("random" if tiny else None)
     disc_type = options["discriminator_type"]
-    flow_spec = disc_spec = None
+    flow_spec = disc_spec = trained_on = flow_size_source = None
+    warnings: list[str] = []
     if guided:
         flow_spec = plugins.get("flow", motion.flow_estimator).spec
         if discriminator is None:
@@ -212,11 +275,20 @@ def prepare(options: dict[str, Any], backbone_option_owners: dict[str, list[str]
             if not disc_path.is_file():
                 raise click.UsageError(f"discriminator file not found: {disc_path}")
             config_path = disc_path.with_suffix(".json")
-            if disc_type is None and config_path.is_file():
-                disc_type = json.loads(config_path.read_text()).get("type")
+            if config_path.is_file():  # read here, cheaply: what it was trained on is checked before any load
+                config = json.loads(config_path.read_text())
+                if isinstance(config, dict):
+                    disc_type = disc_type or config.get("type")
+                    trained_on = read_trained_on(config.get("trained_on"), str(config_path))
         disc_spec = plugins.get("discriminator", disc_type or "vit").spec
         if discriminator == "random" and disc_spec.random is None:
             raise click.UsageError(f"discriminator plugin {disc_spec.name!r} cannot build a random discriminator")
+        flow_size_source, warnings = check_trained_on(trained_on, motion, sampler, discriminator)
+        for warning in warnings:
+            echo(f"warning: {warning}")
+        if flow_size_source == "discriminator trained_on":
+            echo(f"note: flows are computed at {motion.flow_size}x{motion.flow_size}, the frame size the discriminator "
+                 f"was trained on (decoded frames: {sampler.height}x{sampler.width}); -o flow_size=N overrides it")
     if spec.check is not None:
         spec.check(model=model, **backbone_options)
     device = _resolve_device(options["device"])
@@ -239,6 +311,9 @@ def prepare(options: dict[str, Any], backbone_option_owners: dict[str, list[str]
         attention=options["attention"],
         fps=options["fps"],
         progress=options["progress"],
+        trained_on=trained_on,
+        flow_size_source=flow_size_source,
+        warnings=warnings,
     )
 
 
@@ -281,13 +356,22 @@ def load(setup: RunSetup) -> Models:
             disc = setup.discriminator.random(seed=RANDOM_INIT_SEED, device=setup.device)
         else:
             disc = setup.discriminator.load(setup.discriminator_path, setup.device)
+        loaded_trained_on = read_trained_on(getattr(disc, "trained_on", None), setup.discriminator_path)
+        if setup.trained_on is None and loaded_trained_on is not None:  # a plugin whose config prepare could not read
+            setup.trained_on = loaded_trained_on
+            setup.flow_size_source, warnings = check_trained_on(loaded_trained_on, setup.motion, setup.sampler,
+                                                                setup.discriminator_path)
+            setup.warnings.extend(warnings)
+            for warning in warnings:
+                echo(f"warning: {warning}")
         models.flow_estimator = flow_estimator
         models.discriminator = disc
         # the plugin's own description first: the names the user chose (e.g. a preset) win
         models.flow_info = {**(flow_estimator.describe() if hasattr(flow_estimator, "describe") else {}),
                             "name": setup.flow.name, "weights": setup.flow_weights, "options": setup.flow_options}
         models.discriminator_info = {**(disc.describe() if hasattr(disc, "describe") else {}),
-                                     "name": setup.discriminator.name, "path": setup.discriminator_path}
+                                     "name": setup.discriminator.name, "path": setup.discriminator_path,
+                                     "trained_on": setup.trained_on}
     return models
 
 
@@ -363,7 +447,8 @@ def generate_one(
         sampler=to_dict(sampler),
         motionprompt={**to_dict(motion), "opt_range": list(motion.resolved_opt_range(sampler.steps)),
                       "opt_range_source": "explicit" if motion.opt_range is not None else
-                      f"paper range {list(motion.paper_opt_range)} at {PAPER_STEPS} steps, scaled to {sampler.steps}"}
+                      f"paper range {list(motion.paper_opt_range)} at {PAPER_STEPS} steps, scaled to {sampler.steps}",
+                      "flow_size_source": setup.flow_size_source}
         if setup.guided else None,
         flow=models.flow_info,
         discriminator=models.discriminator_info,
@@ -372,7 +457,8 @@ def generate_one(
         dtype=str(setup.dtype).replace("torch.", ""),
         outputs={k: str(v) for k, v in paths.items() if v is not None},
         timings=timings,
-        warnings=[f"--model {TINY_MODEL} is a random-init model: the video is noise"] if setup.tiny else [],
+        warnings=([f"--model {TINY_MODEL} is a random-init model: the video is noise"] if setup.tiny else [])
+        + list(setup.warnings),
         result=guidance_result,
         guidance_updates=health,
         **(manifest_extra or {}),
