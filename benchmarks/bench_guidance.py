@@ -366,7 +366,7 @@ def compute_ratios(rows: list[dict[str, Any]], cpu: bool) -> dict[str, Any]:
     ratios: dict[str, Any] = {}
     if base is None:
         return ratios
-    for mode in ("fast", "lean"):
+    for mode in MODES[1:]:  # every guided mode
         row = by_mode.get(mode)
         if row is None:
             continue
