@@ -30,3 +30,11 @@ def decode_frames(vae, latents: torch.Tensor, checkpoint: bool = False) -> torch
     with vae_checkpointing(vae, checkpoint):
         frames = [vae.decode(latents[i : i + 1].to(vae.dtype)).sample for i in range(latents.shape[0])]
     return torch.cat(frames)
+
+
+@torch.no_grad()
+def encode_frames(vae, images: torch.Tensor) -> torch.Tensor:
+    """Encode images (N, 3, H, W) in [-1, 1] one at a time to unscaled latent frames (N, C, h, w): the
+    posterior mean ``vae.encode(x).latent_dist.mean`` (deterministic), in the VAE's dtype and device."""
+    images = images.to(vae.device, vae.dtype)
+    return torch.cat([vae.encode(images[i : i + 1]).latent_dist.mean for i in range(images.shape[0])])

@@ -11,7 +11,7 @@ from diffusers.utils import logging as diffusers_logging
 
 from mp_plugin_animatediff import loading, tiny, toy
 from mpcore.interfaces import Backbone
-from mpcore.vae import decode_frames
+from mpcore.vae import decode_frames, encode_frames
 from mpcore.text import HFTextTokens
 
 ATTENTION_CHOICES = ("auto", "sdpa", "xformers")
@@ -55,13 +55,10 @@ class AnimateDiffBackbone(Backbone):
         """Frame-by-frame VAE decode; with ``checkpoint`` the decoder's blocks are gradient-checkpointed."""
         return decode_frames(self.vae, latents, checkpoint)
 
-    @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images (N, 3, H, W) in [-1, 1] -> unscaled latent frames (N, C, H/f, W/f): the posterior
-        mean ``vae.encode(x).latent_dist.mean``, one frame at a time (as :meth:`decode`)."""
-        images = images.to(self.device, self.vae.dtype)
-        means = [self.vae.encode(images[i : i + 1]).latent_dist.mean for i in range(images.shape[0])]
-        return torch.cat(means).to(self.dtype)
+        mean, one frame at a time (as :meth:`decode`)."""
+        return encode_frames(self.vae, images).to(self.dtype)
 
     def set_denoiser_checkpointing(self, enabled: bool) -> None:
         if enabled:

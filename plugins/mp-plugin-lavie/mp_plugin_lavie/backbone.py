@@ -12,7 +12,7 @@ from diffusers.utils import logging as diffusers_logging
 from mp_plugin_lavie import loading, tiny
 from mp_plugin_lavie.unet import LaVieUNet3D, read_config
 from mpcore.interfaces import Backbone
-from mpcore.vae import decode_frames
+from mpcore.vae import decode_frames, encode_frames
 from mpcore.text import HFTextTokens
 
 ATTENTION_CHOICES = ("auto", "sdpa", "xformers")
@@ -56,13 +56,10 @@ class LaVieBackbone(Backbone):
         """Frame-by-frame VAE decode (LaVie decodes all frames in one batch: same result, less memory)."""
         return decode_frames(self.vae, latents, checkpoint)
 
-    @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images (N, 3, H, W) in [-1, 1] -> unscaled latent frames (N, C, H/f, W/f): the posterior
-        mean ``vae.encode(x).latent_dist.mean``, one frame at a time (as :meth:`decode`)."""
-        images = images.to(self.device, self.vae.dtype)
-        means = [self.vae.encode(images[i : i + 1]).latent_dist.mean for i in range(images.shape[0])]
-        return torch.cat(means).to(self.dtype)
+        mean, one frame at a time (as :meth:`decode`)."""
+        return encode_frames(self.vae, images).to(self.dtype)
 
     def set_denoiser_checkpointing(self, enabled: bool) -> None:
         self.unet.gradient_checkpointing = enabled
