@@ -100,6 +100,10 @@ class MotionPromptConfig:
     the trajectory first (:func:`mpcore.motionprompt.estimate_clean_frames`)."""
     rollout_steps: int = 3
     """Model calls (CFG) of the 'rollout' estimate, N >= 1 (N = 1 is the one-step Tweedie estimate)."""
+    probe_pairs: int = 0
+    """The gate's probe: at every optimized step, the discriminator term on this many held-out frame
+    pairs before the step's K updates and after them (same x_t, same pairs, no gradient; the pairs come
+    from their own generator, so the video does not change). 0 = off; each probe costs two estimates."""
 
     def resolved_opt_range(self, steps: int) -> tuple[int, int]:
         if self.opt_range is not None:
@@ -134,6 +138,12 @@ class MotionPromptConfig:
             "rollout_steps",
             self.rollout_steps,
             f"an integer in [1, {MAX_ROLLOUT_STEPS}] (model calls with gradient per estimate)",
+        )
+        _require(
+            0 <= self.probe_pairs and 2 * self.probe_pairs <= sampler.frames,
+            "probe_pairs",
+            self.probe_pairs,
+            f"an integer in [0, frames/2 = {sampler.frames // 2}] (0 = no gate probe)",
         )
         _require(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, " | ".join(OPTIMIZERS))
         _require(

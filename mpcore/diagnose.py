@@ -371,9 +371,11 @@ def gate(results: list[dict[str, Any]], seed: int = 0, resamples: int = 10000) -
     (``MotionPrompt.finish()``: the manifest's ``result``), two paired drops, each with a 95%
     bootstrap CI over videos:
 
-    * ``over_iterations``: per video, the mean over optimized steps of disc(first iteration) -
-      disc(last iteration). Each iteration draws new frame pairs, so the last iteration's term is
-      measured on pairs the earlier updates were not computed on;
+    * ``over_iterations``: per video, the mean over optimized steps of the term's drop over the step's
+      K updates. With the probe (``-o probe_pairs=N``) it is measured on the same held-out frame pairs
+      before and after the updates (``source: "probe"``); without it, disc(first iteration) -
+      disc(last iteration), whose frame pairs differ (``source: "iterations"``: far noisier, as
+      the term varies more between pairs than K updates move it);
     * ``over_range``: per video, disc at the first iteration of the first optimized step minus disc at
       the last iteration of the last one (the trajectory moves too: this is what the video gets).
 
@@ -382,10 +384,16 @@ def gate(results: list[dict[str, Any]], seed: int = 0, resamples: int = 10000) -
     from mpcore.compare import bootstrap_ci
 
     per_iteration, per_range = [], []
+    sources: set[str] = set()
     for result in results:
         steps = [e for e in result.get("trace", []) if e.get("optimized")]
         drops = []
         for entry in steps:
+            if "probe" in entry:
+                sources.add("probe")
+                drops.append(entry["probe"]["disc_before"] - entry["probe"]["disc_after"])
+                continue
+            sources.add("iterations")
             values = [r["disc"] for r in entry.get("iterations", []) if not r.get("skipped") and math.isfinite(r["disc"])]
             if len(values) >= 2:
                 drops.append(values[0] - values[-1])
@@ -404,4 +412,5 @@ def gate(results: list[dict[str, Any]], seed: int = 0, resamples: int = 10000) -
 
     iterations, over_range = summary(per_iteration), summary(per_range)
     passed = all(s["ci"] is not None and s["ci"][0] > 0 for s in (iterations, over_range))
+    iterations["source"] = " + ".join(sorted(sources)) or None
     return {"over_iterations": iterations, "over_range": over_range, "passed": passed}

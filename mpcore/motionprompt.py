@@ -31,6 +31,8 @@ from mpcore.interfaces import Backbone, Discriminator, FlowEstimator
 from mpcore.sampling import StepCondition, cfg_output
 
 TOKEN_FORMAT = "<mp_{}>"
+PROBE_SEED_OFFSET = 7919
+"""The gate probe's frame pairs come from a generator seeded ``seed + PROBE_SEED_OFFSET``."""
 
 
 def rollout_indices(num_steps: int, step: int, calls: int) -> list[int]:
@@ -225,6 +227,7 @@ class MotionPrompt:
         self.guided_prompt, self.prompt_cut = fit_guided_prompt(backbone.text, prompt, self.token_strings, self.token_ids,
                                                                 cfg.placement)
         self.pair_generator = torch.Generator().manual_seed(sampler.seed)
+        self.probe_generator = torch.Generator().manual_seed(sampler.seed + PROBE_SEED_OFFSET)
         self.skipped_updates = 0
         self.trace = []
 
@@ -304,6 +307,11 @@ class MotionPrompt:
             iterations.append(record)
         return iterations
 
+    @torch.no_grad()
+    def probe(self, latents, step, uncond, uncond_output, pairs) -> float:
+        """The discriminator term on ``pairs`` with the current token, no gradient (the gate's probe)."""
+        return float(self.objective(latents.detach(), step, uncond, uncond_output, pairs).disc)
+
     # ------------------------------------------------------------------ sampler interface
     def condition(self, step, t, latents, cond, uncond) -> StepCondition | None:
         entry: dict[str, Any] = {"step": step, "timestep": int(t), "optimized": self.in_range(step)}
@@ -316,12 +324,19 @@ class MotionPrompt:
         if self.sampler.cfg_scale > 1.0:
             with torch.no_grad():
                 uncond_output = backbone.predict(latents, t, uncond)
+        probe_pairs = None
+        if self.config.probe_pairs:
+            probe_pairs = select_frame_pairs(latents.shape[2], self.config.probe_pairs, self.probe_generator)
+            disc_before = self.probe(latents, step, uncond, uncond_output, probe_pairs)
         backbone.set_denoiser_checkpointing(self.config.checkpoint_denoiser)
         try:
             with torch.enable_grad():
                 entry["iterations"] = self.optimize_step(latents, step, uncond, uncond_output)
         finally:
             backbone.set_denoiser_checkpointing(False)
+        if probe_pairs is not None:
+            entry["probe"] = {"pairs": probe_pairs, "disc_before": disc_before,
+                              "disc_after": self.probe(latents, step, uncond, uncond_output, probe_pairs)}
         with torch.no_grad():
             backbone.text.set_rows(self.token_ids, self.tokens.detach())
             guided_cond = backbone.encode_prompt([self.guided_prompt], self.override())

@@ -226,3 +226,17 @@ def test_diagnose_runs_on_every_backbone(backbone_name):
     for name in ("tweedie", "rollout2"):
         for row in result["per_step"][name]:
             assert math.isfinite(row["motion_cosine"]) and math.isfinite(row["logit_real"]) and math.isfinite(row["logit_own"])
+
+
+def test_gate_prefers_the_probe_on_fixed_pairs():
+    def probed(before, after, noisy_iterations):
+        result = _trace([noisy_iterations, noisy_iterations])
+        for entry in result["trace"][1:]:
+            entry["probe"] = {"pairs": [(0, 1)], "disc_before": before, "disc_after": after}
+        return result
+
+    # the iterations (other pairs each time) rise, the probe on fixed pairs falls: the probe is what counts
+    result = diagnose.gate([probed(5.0, 4.9 - 0.01 * k, [1.0, 9.0]) for k in range(8)], resamples=500)
+    assert result["over_iterations"]["source"] == "probe"
+    assert result["over_iterations"]["mean_drop"] == pytest.approx(np.mean([0.1 + 0.01 * k for k in range(8)]))
+    assert result["over_iterations"]["ci"][0] > 0

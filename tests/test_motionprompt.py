@@ -382,3 +382,16 @@ def test_openclip_tokens_survive_a_long_prompt():
         guided, cut = fit_guided_prompt(backbone.text, "a fox " * 60, ["<mp_0>"], ids, "end")
     assert ids[0] in backbone.text.token_ids(guided) and cut["words"] > 0
     assert len(backbone.text.token_ids(guided)) <= backbone.text.context_length
+
+
+def test_the_gate_probe_measures_on_fixed_pairs_and_leaves_the_video_alone(tiny_backbone, sampler_config, motion_config, flow_estimator, discriminator):
+    plain = sample(tiny_backbone, "a fox", sampler_config,
+                   guidance=MotionPrompt(motion_config, flow_estimator, discriminator), progress=False)
+    config = dataclasses.replace(motion_config, probe_pairs=2)
+    guidance = MotionPrompt(config, flow_estimator, discriminator)
+    probed = sample(tiny_backbone, "a fox", sampler_config, guidance=guidance, progress=False)
+    assert torch.equal(plain.latents, probed.latents)  # the probe has its own pairs and no gradient
+    optimized = [e for e in probed.guidance["trace"] if e["optimized"]]
+    assert all(len(e["probe"]["pairs"]) == 2 for e in optimized)
+    # before and after the step's updates: the token moved in between, so the term differs
+    assert all(e["probe"]["disc_before"] != e["probe"]["disc_after"] for e in optimized)
