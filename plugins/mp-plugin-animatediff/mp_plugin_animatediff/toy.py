@@ -25,8 +25,14 @@ TOY_MODEL = "toy"
 TOY_SAMPLER_DEFAULTS = dict(frames=8, height=32, width=32, steps=25, cfg_scale=7.5)
 
 # AnimateDiff's paper defaults, with the weight-free TV-L1 estimator (RAFT's weights cannot ship) in
-# its small-frame setting; the bundled discriminator was trained on flows of the same estimator
-TOY_MOTIONPROMPT_DEFAULTS = dict(PAPER_DEFAULTS["animatediff"], flow_estimator="tvl1_fast")
+# its small-frame setting (the bundled discriminator was trained on flows of the same estimator), and
+# the estimate and range that `mpcore diagnose steps` chose for this model
+# (benchmarks/results/diagnose_toy: scripts/diagnose_toy.py): the one-step Tweedie estimate keeps
+# little motion and the discriminator cannot tell real clips' estimates from the model's own before
+# step 20 of 25 (AUC <= 0.59); a 3-call rollout keeps more and separates from step 14 (AUC 0.64-0.77).
+# The range is given at the paper's 50 steps, (28, 40), so that it scales: [14, 20) at the toy's 25.
+TOY_MOTIONPROMPT_DEFAULTS = dict(PAPER_DEFAULTS["animatediff"], flow_estimator="tvl1_fast", estimate="rollout",
+                                 rollout_steps=3, paper_opt_range=(28, 40))
 
 
 def toy_folder() -> Path:
