@@ -134,7 +134,9 @@ def markdown(summary: dict) -> str:
         for name, label in (("over_iterations", "over the K iterations"), ("over_range", "over the range")):
             row = gate[name]
             if row["mean_drop"] is not None:
-                lines.append(f"- {label}: {row['mean_drop']:+.4g} [{row['ci'][0]:+.4g}, {row['ci'][1]:+.4g}] ({row['n']} videos)")
+                source = f", measured on {row['source']}" if row.get("source") else ""
+                lines.append(f"- {label}: {row['mean_drop']:+.4g} [{row['ci'][0]:+.4g}, {row['ci'][1]:+.4g}] "
+                             f"({row['n']} videos{source})")
     lines += ["", f"Fidelity classifier accuracy on real held-out clips: {summary['classifier_real_accuracy']:.3f}.",
               f"Times: {json.dumps(summary['times'])}", ""]
     return "\n".join(lines)
@@ -151,8 +153,12 @@ def markdown(summary: dict) -> str:
 @click.option("--classifier-clips", default=2000, show_default=True)
 @click.option("--classifier-epochs", default=6, show_default=True)
 @click.option("--resamples", default=10000, show_default=True)
+@click.option("--probe-pairs", default=3, show_default=True,
+              help="The gate's probe (-o probe_pairs): held-out frame pairs scored before and after each step's "
+                   "updates (the videos do not change; 0 = the gate from the iterations only).")
 @click.option("--smoke", is_flag=True, help="2 prompts, 1 seed, 4 steps, a barely trained classifier (tests).")
-def main(n_prompts, seeds, overrides, steps, tag, work, out, classifier_clips, classifier_epochs, resamples, smoke):
+def main(n_prompts, seeds, overrides, steps, tag, work, out, classifier_clips, classifier_epochs, resamples, probe_pairs,
+         smoke):
     """Paired baseline vs MotionPrompt comparison on the bundled toy model."""
     from mp_plugin_tvl1 import load as load_tvl1
 
@@ -166,7 +172,7 @@ def main(n_prompts, seeds, overrides, steps, tag, work, out, classifier_clips, c
     prompts = run_dir / "prompts.txt"
     prompts.write_text("\n".join(s.caption for s in scenes) + "\n")
     extra = [f"--steps={steps}"] if steps else []
-    guided_extra = extra + [f"-o{o}" for o in overrides]
+    guided_extra = extra + [f"-o{o}" for o in overrides] + ([f"-oprobe_pairs={probe_pairs}"] if probe_pairs else [])
     for name, guidance, args in (("baseline", "none", extra), ("guided", "motionprompt", guided_extra)):
         start = time.perf_counter()
         generate(prompts, seeds, run_dir / name, guidance, args)

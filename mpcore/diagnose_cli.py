@@ -211,7 +211,8 @@ def gate_command(runs: tuple[Path, ...], json_out: Path | None):
     for name, label in (("over_iterations", "over the K iterations"), ("over_range", "over the range")):
         row = result[name]
         text = "n/a" if row["mean_drop"] is None else f"{row['mean_drop']:+.4f} [{row['ci'][0]:+.4f}, {row['ci'][1]:+.4f}]"
-        click.echo(f"discriminator term drop {label}: {text} ({row['n']} videos)")
+        source = f", measured on the {row['source']}" if row.get("source") else ""
+        click.echo(f"discriminator term drop {label}: {text} ({row['n']} videos{source})")
     click.echo(f"gate: {'passed' if result['passed'] else 'NOT passed'}")
     if json_out is not None:
         write_json_atomic(result, json_out)
