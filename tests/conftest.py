@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from mpcore.testing import DifferenceFlow, LinearDiscriminator
 from mpcore.config import PAPER_DEFAULTS, MotionPromptConfig, SamplerConfig
@@ -34,3 +35,24 @@ def flow_estimator():
 @pytest.fixture
 def discriminator():
     return LinearDiscriminator()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread: the tiny models' many small ops run faster, and far more predictably on a
+    shared CPU (OpenMP workers spin while other processes hold the cores); results are the same."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Fail loudly if any AnimateDiff backbone weights are loaded (checks that must come before loading)."""
+    import mp_plugin_animatediff.backbone as backbone
+
+    def refuse(**kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(backbone, "load", refuse)

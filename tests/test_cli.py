@@ -21,16 +21,6 @@ def invoke(args):
     return CliRunner().invoke(build_cli(), args)
 
 
-@pytest.fixture
-def no_model_loading(monkeypatch):
-    """Fail loudly if any backbone weights are loaded."""
-    import mp_plugin_animatediff.backbone as backbone
-
-    def refuse(**kwargs):
-        raise AssertionError("a model was loaded")
-
-    monkeypatch.setattr(backbone, "load", refuse)
-
 
 def test_run_writes_video_compare_manifest_and_trace(tmp_path):
     out = tmp_path / "clips" / "fox.mp4"

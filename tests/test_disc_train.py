@@ -35,14 +35,6 @@ FAST = ["--no-pretrained", "--epochs", "3", "--batch-size", "4", "--lr", "0.01",
 FAST_CONFIG = TrainConfig(epochs=3, batch_size=4, lr=0.01)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: tiny models on a shared CPU run far faster (and identically) with it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def make_cache(path: Path, kind: str, videos: int, pairs: int, seed: int, size: int = 16) -> Path:
     generator = torch.Generator().manual_seed(seed)

@@ -24,24 +24,6 @@ def invoke(args, **kwargs):
     return CliRunner().invoke(build_cli(), args, **kwargs)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: the tiny model on a shared CPU runs far faster (and identically) with it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def no_model_loading(monkeypatch):
-    """Fail loudly if any backbone weights are loaded."""
-    import mp_plugin_animatediff.backbone as backbone
-
-    def refuse(**kwargs):
-        raise AssertionError("a model was loaded")
-
-    monkeypatch.setattr(backbone, "load", refuse)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -22,13 +22,6 @@ TINY_RUN = ["run", "--backbone", "animatediff", "--model", "tiny", "--prompt", "
 ONE_EPOCH = TrainConfig(epochs=1, batch_size=4, lr=0.01, val_fraction=0.0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def invoke(args):
     plugins.load_plugins(reload=True)
@@ -57,15 +50,6 @@ def save_tiny_disc(path: Path, trained_on: dict | None) -> Path:
     mp_plugin_vit.save(model, path)
     return path
 
-
-@pytest.fixture
-def no_model_loading(monkeypatch):
-    import mp_plugin_animatediff.backbone as backbone
-
-    def refuse(**kwargs):
-        raise AssertionError("a model was loaded")
-
-    monkeypatch.setattr(backbone, "load", refuse)
 
 
 # ---------------------------------------------------------------------------------------------------
