@@ -19,6 +19,7 @@ requires grad: model parameters are frozen and get no gradients.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from mpcore_kernels import flow_tv_loss, subset_tweedie
 
-from mpcore.config import MotionPromptConfig, SamplerConfig
+from mpcore.config import ConfigError, MotionPromptConfig, SamplerConfig
 from mpcore.interfaces import Backbone, Discriminator, FlowEstimator
 from mpcore.sampling import StepCondition, cfg_output
 
@@ -142,35 +143,31 @@ def fit_guided_prompt(text, prompt: str, token_strings: list[str], token_ids: li
     the end, and guidance would silently do nothing). Returns the prompt and, if words were cut,
     ``{"words": n, "tokens": m, "prompt_used": ...}`` (a warning is issued); None if nothing was cut
     or the tokenizer cannot tell (:meth:`~mpcore.interfaces.TextTokens.token_ids` returns None)."""
-    import warnings
+    tokens = " ".join(token_strings)
 
-    from mpcore.config import ConfigError
-
-    def join(words: list[str]) -> str:
-        tokens = " ".join(token_strings)
-        body = " ".join(words)
+    def guided(body: str) -> str:
         if not body:
             return tokens
         return f"{body} {tokens}" if placement == "end" else f"{tokens} {body}"
 
-    def fits(guided: str) -> bool:
-        seen = text.token_ids(guided)
+    def fits(body: str) -> bool:
+        seen = text.token_ids(guided(body))
         return seen is None or all(token in seen for token in token_ids)
 
+    if fits(prompt):
+        return guided(prompt), None
     words = prompt.split()
-    full = join(words)
-    if fits(full):
-        return (f"{prompt} {' '.join(token_strings)}" if placement == "end" else f"{' '.join(token_strings)} {prompt}"), None
-    while words and not fits(join(words)):
+    while words and not fits(" ".join(words)):
         words.pop()
-    if not fits(join(words)):
+    used = " ".join(words)
+    if not fits(used):
         raise ConfigError(f"invalid config: num_tokens={len(token_strings)}; the learnable tokens do not fit in the "
                           "text encoder's context even with an empty prompt")
-    cut_tokens = len(text.token_ids(full, truncate=False)) - len(text.token_ids(join(words), truncate=False))
-    cut = {"words": len(prompt.split()) - len(words), "tokens": cut_tokens, "prompt_used": " ".join(words)}
+    cut_tokens = len(text.token_ids(guided(prompt), truncate=False)) - len(text.token_ids(guided(used), truncate=False))
+    cut = {"words": len(prompt.split()) - len(words), "tokens": cut_tokens, "prompt_used": used}
     warnings.warn(f"the prompt is longer than the text encoder's context: its last {cut['words']} word(s) "
                   f"({cut_tokens} tokens) were cut so that the learnable token(s) fit", stacklevel=2)
-    return join(words), cut
+    return guided(used), cut
 
 
 @dataclass

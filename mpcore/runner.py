@@ -240,9 +240,6 @@ def prepare(options: dict[str, Any], backbone_option_owners: dict[str, list[str]
                                    "drop them, or leave out --guidance none")
     if options["fps"] is not None and options["fps"] < 1:
         raise click.BadParameter(f"{options['fps']} frames per second; give an integer >= 1 (e.g. 8)", param_hint="--fps")
-    if options.get("steps") is not None and options["steps"] > MAX_STEPS:
-        raise click.BadParameter(f"{options['steps']} DDIM steps; at most {MAX_STEPS} (the scheduler's training "
-                                 "timesteps; the paper uses 50)", param_hint="--steps")
     sampler_flags = {k: options.get(k) for k in SAMPLER_FLAGS}
     flow_flag = [f"flow_estimator={options['flow']}"] if options["flow"] else []  # --flow NAME = -o flow_estimator=NAME
     sampler, motion = resolve_configs(spec, model, sampler_flags, flow_flag + list(options["overrides"]))
@@ -251,8 +248,9 @@ def prepare(options: dict[str, Any], backbone_option_owners: dict[str, list[str]
     if guided:
         motion.validate(sampler)
     flow_options = dict(parse_override(o) for o in options["flow_options"])
-    if sampler.steps > MAX_STEPS:  # a backbone default or -o could still exceed it
-        raise click.BadParameter(f"{sampler.steps} DDIM steps; at most {MAX_STEPS}", param_hint="--steps")
+    if sampler.steps > MAX_STEPS:  # --steps, or a backbone default
+        raise click.BadParameter(f"{sampler.steps} DDIM steps; at most {MAX_STEPS} (the scheduler's training "
+                                 "timesteps; the paper uses 50)", param_hint="--steps")
 
     tiny = model == TINY_MODEL
     # the tiny model's flow: the weight-free estimator, or RAFT at random init when asked for by name
@@ -465,10 +463,11 @@ def generate_one(
     )
     write_json_atomic(manifest, paths["manifest"])
     # what an earlier or killed run left under these names: companions this run did not write, temporaries
-    for name, path in setup.output_paths(out, every=True).items():
+    every_path = setup.output_paths(out, every=True)
+    for name, path in every_path.items():
         if paths[name] is None and path is not None and path.is_file():
             path.unlink()
-    remove_stale_temporaries(out.parent, [p.stem for p in setup.output_paths(out, every=True).values() if p is not None])
+    remove_stale_temporaries(out.parent, [p.stem for p in every_path.values() if p is not None])
     if health is not None and health["all_skipped"]:
         raise GuidanceSkippedError(
             f"MotionPrompt skipped all {health['updates']} token updates ({', '.join(health['skip_reasons'])}): "

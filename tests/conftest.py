@@ -37,7 +37,7 @@ def discriminator():
     return LinearDiscriminator()
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def one_thread():
     """One intra-op thread: the tiny models' many small ops run faster, and far more predictably on a
     shared CPU (OpenMP workers spin while other processes hold the cores); results are the same."""

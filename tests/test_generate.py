@@ -39,16 +39,6 @@ def temp_files(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if p.name.startswith(".") or ".tmp" in p.name]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model's many small ops run fastest on one thread, and far more predictably on a
-    shared CPU (OpenMP workers spin while other processes hold the cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def no_model_loading(monkeypatch):
     """Fail loudly if any backbone weights are loaded or any video is sampled."""
