@@ -14,8 +14,9 @@ from typing import Any
 import click
 
 from mpcore import __version__, plugins
-from mpcore.config import MotionPromptConfig, SamplerConfig, apply_overrides
-from mpcore.interfaces import DEFAULT_BACKBONE, DEFAULT_MODEL, TINY_MODEL
+
+# Nothing here imports torch at module level (nor mpcore.config / mpcore.interfaces, which do): `mpcore --help`
+# and `--version` stay fast.
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 SAMPLER_FLAGS = {  # CLI flag name -> SamplerConfig field
@@ -75,6 +76,9 @@ def resolve_configs(spec, model: str | None, sampler_flags: dict[str, Any], over
 
     The tiny random model defaults to the weight-free ``tvl1`` flow estimator, so it runs offline.
     """
+    from mpcore.config import MotionPromptConfig, SamplerConfig, apply_overrides
+    from mpcore.interfaces import TINY_MODEL
+
     defaults, motion_defaults = spec.defaults_for(model)
     sampler = SamplerConfig(**defaults)
     sampler = apply_overrides(sampler, {SAMPLER_FLAGS[k]: str(v) for k, v in sampler_flags.items() if v is not None})
@@ -85,81 +89,205 @@ def resolve_configs(spec, model: str | None, sampler_flags: dict[str, Any], over
     return sampler, motion
 
 
-def build_cli() -> click.Group:
-    """The command group, with the installed backbones' extra options and plugin commands added."""
+# name -> (where the command lives: "module:attribute", a click command or a function building one from the
+# installed backbones' options; its one-line help, shown by `mpcore --help` without importing the module;
+# whether it needs the plugins). A test checks each line against the command's own help.
+BUILTIN_COMMANDS: dict[str, tuple[str, str, bool]] = {
+    "diagnose": (
+        "mpcore.diagnose_cli:build_command",
+        "Measure where guidance can work before guiding a backbone.",
+        True,
+    ),
+    "disc": (
+        "mpcore.disc_cli:disc",
+        "Train and evaluate flow discriminators (real vs generated video flow) on flow caches.",
+        True,
+    ),
+    "drift": (
+        "mpcore.drift_cli:drift",
+        "Plot the learned token's cosine similarity to its init embedding per sampling step, mean "
+        "+- std over the guided runs in MANIFESTS_OR_DIRS (optionally split top/bottom by an eval "
+        "metric).",
+        False,
+    ),
+    "eval": (
+        "mpcore.eval_cli:eval_command",
+        "Evaluate VIDEOS (files, or folders of .mp4/.gif/.webm/.avi and PNG-frame folders; "
+        "`*_compare.*` files are skipped) with VBench's temporal metrics and other installed "
+        "metrics.",
+        True,
+    ),
+    "flows": (
+        "mpcore.flows_cli:flows",
+        "Evaluate and visualize optical-flow estimators (Middlebury EPE, warp error, color-coded "
+        "flow), and extract flow datasets for training the discriminator.",
+        True,
+    ),
+    "generate": (
+        "mpcore.generate:build_command",
+        "Generate one video per (prompt, seed) of a prompt list into a folder; resumable "
+        "(complete items are skipped).",
+        True,
+    ),
+    "plugins": (
+        "mpcore.cli:plugins_command",
+        "List installed backbones, flow estimators, discriminators, metrics and plugin commands, "
+        "and where each comes from.",
+        True,
+    ),
+    "report": (
+        "mpcore.report:report",
+        "Write a self-contained HTML report of an output folder of `mpcore run` / `mpcore "
+        "generate`.",
+        False,
+    ),
+    "run": (
+        "mpcore.cli:build_run_command",
+        "Sample a video with MotionPrompt guidance (or the plain baseline) and write video, "
+        "manifest and plots.",
+        True,
+    ),
+    "weights": (
+        "mpcore.weights_cli:weights",
+        "Checkpoint keys and shapes a backbone expects (strict loading), and checking files "
+        "against them.",
+        True,
+    ),
+}
 
-    @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class LazyGroup(click.Group):
+    """The ``mpcore`` group. A built-in command's module is imported, and the plugins loaded, only when that
+    command is used: ``mpcore --help`` and ``mpcore --version`` import neither torch nor any plugin.
+
+    Plugins may add commands (the ``register_commands`` hook); they load on first use of a name that is not
+    built in, and ``mpcore plugins`` lists them.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.plugin_commands: dict[str, str] = {}  # command name -> plugin that added it
+        self._plugins_loaded = False
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(BUILTIN_COMMANDS) | set(self.commands))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.commands:
+            return self.commands[name]
+        if name not in BUILTIN_COMMANDS:
+            self.load_plugins()  # a plugin may provide it
+            return self.commands.get(name)
+        target, _, needs_plugins = BUILTIN_COMMANDS[name]
+        if needs_plugins:
+            self.load_plugins()
+        module_name, attribute = target.split(":")
+        import importlib
+
+        found = getattr(importlib.import_module(module_name), attribute)
+        command = found if isinstance(found, click.Command) else found(backbone_options())
+        self.commands[name] = command
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list from :data:`BUILTIN_COMMANDS` (no import) and the commands added so far."""
+        limit = formatter.width - 6 - max(len(name) for name in self.list_commands(ctx))
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in self.commands:
+                rows.append((name, self.commands[name].get_short_help_str(limit)))
+            else:
+                rows.append((name, click.utils.make_default_short_help(BUILTIN_COMMANDS[name][1], limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+        formatter.write_paragraph()
+        formatter.write_text("Plugins may add commands: `mpcore plugins` lists them.")
+
+    def load_plugins(self) -> plugins.PluginState:
+        """Load the plugins (once), add their commands to this group, print their warnings."""
+        state = plugins.load_plugins()
+        if not self._plugins_loaded:
+            self._plugins_loaded = True
+            self.plugin_commands = plugins.register_commands(state, self)  # a raising hook: dropped, listed as failed
+            for warning in state.warnings:
+                echo(f"warning: {warning}")
+        return state
+
+
+def build_cli() -> click.Group:
+    """The ``mpcore`` command group (:class:`LazyGroup`)."""
+
+    @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
     @click.version_option(__version__, prog_name="mpcore")
     def cli():
         """MotionPrompt: natural motion for video diffusion models, at sampling time."""
 
-    @cli.command("plugins")
-    @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-    def plugins_command(as_json: bool):
-        """List installed backbones, flow estimators, discriminators and metrics, and where each comes from."""
-        state = plugins.load_plugins()
-        rows = []
-        for kind in plugins.KINDS:
-            for name, item in sorted(plugins.registry(kind, state).items()):
-                rows.append(
-                    {
-                        "name": name,
-                        "kind": kind,
-                        "version": item.version,
-                        "distribution": item.distribution,
-                        "plugin": item.plugin,
-                        "description": getattr(item.spec, "description", ""),
-                    }
-                )
-        failed = [{"plugin": name, "error": error} for name, error in sorted(state.failed.items())]
-        if as_json:
-            click.echo(json.dumps({"plugins": rows, "failed": failed, "warnings": state.warnings}, indent=2))
-            return
-        header = ("NAME", "KIND", "VERSION", "DISTRIBUTION")
-        table = [header] + [(r["name"], r["kind"], r["version"] or "-", r["distribution"] or "(in-process)") for r in rows]
-        widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
-        for row in table:
-            click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
-        for item in failed:
-            click.echo(f"FAILED {item['plugin']}: {item['error']}")
-
-    state = plugins.load_plugins()
-    backbones = plugins.registry("backbone", state)
-    backbone_options: dict[str, tuple[click.Option, list[str]]] = {}
-    for name, item in backbones.items():
-        for option in item.spec.options:
-            if option.name in backbone_options:
-                backbone_options[option.name][1].append(name)
-            else:
-                backbone_options[option.name] = (option, [name])
-
-    from mpcore import generate  # imported here: generate imports helpers from this module
-
-    for name, callback, params in [("run", _run, _run_params()), ("generate", generate.command, generate.params())]:
-        command = click.Command(name, callback=callback, help=callback.__doc__,
-                                params=params + [option for option, _ in backbone_options.values()])
-        command.backbone_options = {k: owners for k, (_, owners) in backbone_options.items()}  # type: ignore[attr-defined]
-        cli.add_command(command)
-    from mpcore import diagnose_cli  # imported here: it imports helpers from this module
-
-    diagnose_cli.register(cli, backbone_options)
-    # imported here: these modules import helpers from this one
-    from mpcore.disc_cli import disc
-    from mpcore.drift_cli import drift
-    from mpcore.eval_cli import eval_command
-    from mpcore.flows_cli import flows
-    from mpcore.report import report
-    from mpcore.weights_cli import weights
-
-    for group_or_command in (flows, disc, eval_command, drift, report, weights):
-        cli.add_command(group_or_command)
-    plugins.register_commands(state, cli)  # a plugin whose hook raises is dropped and listed as failed
-    for warning in state.warnings:
-        echo(f"warning: {warning}")
     return cli
 
 
+@click.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def plugins_command(as_json: bool):
+    """List installed backbones, flow estimators, discriminators, metrics and plugin commands, and where each comes
+    from."""
+    root = click.get_current_context().find_root().command
+    state = root.load_plugins() if isinstance(root, LazyGroup) else plugins.load_plugins()
+    rows = []
+    for kind in plugins.KINDS:
+        for name, item in sorted(plugins.registry(kind, state).items()):
+            rows.append(
+                {
+                    "name": name,
+                    "kind": kind,
+                    "version": item.version,
+                    "distribution": item.distribution,
+                    "plugin": item.plugin,
+                    "description": getattr(item.spec, "description", ""),
+                }
+            )
+    for name, plugin_name in sorted(getattr(root, "plugin_commands", {}).items()):
+        dist, version = state.sources.get(plugin_name, (None, None))
+        rows.append({"name": name, "kind": "command", "version": version, "distribution": dist, "plugin": plugin_name,
+                     "description": root.commands[name].get_short_help_str(80)})
+    failed = [{"plugin": name, "error": error} for name, error in sorted(state.failed.items())]
+    if as_json:
+        click.echo(json.dumps({"plugins": rows, "failed": failed, "warnings": state.warnings}, indent=2))
+        return
+    header = ("NAME", "KIND", "VERSION", "DISTRIBUTION")
+    table = [header] + [(r["name"], r["kind"], r["version"] or "-", r["distribution"] or "(in-process)") for r in rows]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+    for row in table:
+        click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+    for item in failed:
+        click.echo(f"FAILED {item['plugin']}: {item['error']}")
+
+
+def backbone_options() -> dict[str, tuple[click.Option, list[str]]]:
+    """Option name -> (the click option, the backbones that take it), from every installed backbone's spec."""
+    options: dict[str, tuple[click.Option, list[str]]] = {}
+    for name, item in plugins.registry("backbone").items():
+        for option in item.spec.options:
+            if option.name in options:
+                options[option.name][1].append(name)
+            else:
+                options[option.name] = (option, [name])
+    return options
+
+
+def with_backbone_options(command: click.Command, options: dict[str, tuple[click.Option, list[str]]]) -> click.Command:
+    """``command`` taking the installed backbones' options too (``run``, ``generate``, ``diagnose steps``)."""
+    command.params += [option for option, _ in options.values()]
+    command.backbone_options = {k: owners for k, (_, owners) in options.items()}  # type: ignore[attr-defined]
+    return command
+
+
+def build_run_command(options: dict[str, tuple[click.Option, list[str]]]) -> click.Command:
+    return with_backbone_options(click.Command("run", callback=_run, help=_run.__doc__, params=_run_params()), options)
+
+
 def _run_params() -> list[click.Parameter]:
+    from mpcore.interfaces import DEFAULT_BACKBONE, DEFAULT_MODEL, TINY_MODEL
+
     O = click.Option
     return [
         O(["--backbone"], default=None,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from mpcore.cli import echo
+from mpcore.cli import echo, with_backbone_options
 
 VIDEO_SUFFIXES = (".mp4", ".gif", ".webm", ".avi", ".mov", ".mkv")
 NOT_DIAGNOSE_OPTIONS = ("prompt", "guidance", "compare", "out", "fps")
@@ -175,13 +175,11 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def register(cli: click.Group, backbone_options: dict) -> None:
-    """Add ``mpcore diagnose steps`` with the installed backbones' options (as ``run`` has them)."""
-    command = click.Command("steps", callback=steps_command, help=steps_command.__doc__,
-                            params=params() + [option for option, _ in backbone_options.values()])
-    command.backbone_options = {k: owners for k, (_, owners) in backbone_options.items()}  # type: ignore[attr-defined]
-    diagnose.add_command(command)
-    cli.add_command(diagnose)
+def build_command(backbone_options: dict) -> click.Group:
+    """``mpcore diagnose``, its ``steps`` taking the installed backbones' options (as ``run`` has them)."""
+    steps = click.Command("steps", callback=steps_command, help=steps_command.__doc__, params=params())
+    diagnose.add_command(with_backbone_options(steps, backbone_options))
+    return diagnose
 
 
 @click.command("gate")

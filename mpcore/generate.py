@@ -31,7 +31,7 @@ from typing import Any
 
 import click
 
-from mpcore.cli import _run_params, echo
+from mpcore.cli import _run_params, echo, with_backbone_options
 from mpcore.files import remove_stale_temporaries
 from mpcore.prompts import Prompt
 
@@ -152,6 +152,12 @@ def params() -> list[click.Parameter]:
     ]
     shared = [p for p in _run_params() if p.name not in ("prompt", "seed", "out", "overwrite")]
     return shared[:2] + own + shared[2:]  # after --backbone and --model
+
+
+def build_command(options: dict) -> click.Command:
+    """``mpcore generate`` with the installed backbones' options (``options``: see :func:`mpcore.cli.backbone_options`)."""
+    return with_backbone_options(click.Command("generate", callback=command, help=command.__doc__, params=params()),
+                                 options)
 
 
 def command(**kwargs):

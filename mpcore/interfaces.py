@@ -163,6 +163,9 @@ class BackboneSpec:
     read_weights: Callable[[str], dict[str, torch.Tensor]] | None = None
     """``read_weights(path) -> {key: tensor}``: read a checkpoint file as ``load`` does (unwrapping its
     wrapper); default :func:`mpcore.weights.read_state_dict`. Used by ``mpcore weights check``."""
+    num_train_timesteps: int = 1000
+    """The scheduler's training timesteps: the most sampling steps it can take (``--steps`` is checked
+    against it before loading). 1000 for every backbone of the paper."""
     kind: str = "backbone"
 
     def defaults_for(self, model: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -179,6 +182,9 @@ class FlowEstimatorSpec:
     """``load(weights: str | None, device, seed=0, **options) -> FlowEstimator``; weights "random"
     builds a random-init model (offline smoke runs)."""
     description: str = ""
+    options: tuple[str, ...] | None = None
+    """The names of the options ``load`` accepts (``--flow-option KEY=VALUE``), checked before any model
+    loads; None = not declared (then ``load`` rejects unknown ones when it runs)."""
     kind: str = "flow"
 
 

@@ -148,10 +148,15 @@ def _duplicates(state: PluginState) -> list[str]:
     return warnings
 
 
-def register_commands(state: PluginState, cli: Any) -> None:
-    """Let every plugin add its commands; one whose hook raises is dropped and reported."""
+def register_commands(state: PluginState, cli: Any) -> dict[str, str]:
+    """Let every plugin add its commands to the click group ``cli``; one whose hook raises is dropped and
+    reported. Returns command name -> the plugin that added it."""
+    added: dict[str, str] = {}
     for impl in state.manager.hook.register_commands.get_hookimpls():
-        _call_hook(state, impl, "register_commands", cli=cli)
+        before = set(cli.commands)
+        if _call_hook(state, impl, "register_commands", cli=cli):
+            added.update({name: state.manager.get_name(impl.plugin) for name in set(cli.commands) - before})
+    return added
 
 
 def get(kind: str, name: str) -> Registered:

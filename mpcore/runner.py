@@ -31,7 +31,6 @@ from mpcore.config import PAPER_STEPS, ConfigError, MotionPromptConfig, SamplerC
 from mpcore.files import remove_stale_temporaries
 from mpcore.interfaces import DEFAULT_BACKBONE, DEFAULT_MODEL, TINY_MODEL
 
-MAX_STEPS = 1000
 """Upper bound of ``--steps``: the training timesteps of the supported schedulers (DDPM's 1000). DDIM
 picks its steps among them, so more sampling steps than that cannot be distinct."""
 GUIDANCE_ONLY_OPTIONS = {"overrides": "-o/--set", "compare": "--compare", "flow": "--flow", "flow_weights": "--flow-weights",
@@ -248,9 +247,9 @@ def prepare(options: dict[str, Any], backbone_option_owners: dict[str, list[str]
     if guided:
         motion.validate(sampler)
     flow_options = dict(parse_override(o) for o in options["flow_options"])
-    if sampler.steps > MAX_STEPS:  # --steps, or a backbone default
-        raise click.BadParameter(f"{sampler.steps} DDIM steps; at most {MAX_STEPS} (the scheduler's training "
-                                 "timesteps; the paper uses 50)", param_hint="--steps")
+    if sampler.steps > spec.num_train_timesteps:  # --steps, or a backbone default
+        raise click.BadParameter(f"{sampler.steps} DDIM steps; at most {spec.num_train_timesteps} (the {spec.name} "
+                                 "scheduler's training timesteps; the paper uses 50)", param_hint="--steps")
 
     tiny = model == TINY_MODEL
     # the tiny model's flow: the weight-free estimator, or RAFT at random init when asked for by name
@@ -262,6 +261,10 @@ def prepare(options: dict[str, Any], backbone_option_owners: dict[str, list[str]
     warnings: list[str] = []
     if guided:
         flow_spec = plugins.get("flow", motion.flow_estimator).spec
+        unknown = sorted(set(flow_options) - set(flow_spec.options)) if flow_spec.options is not None else []
+        if unknown:
+            raise click.BadParameter(f"unknown option(s) of the {flow_spec.name} flow estimator: {', '.join(unknown)}; "
+                                     f"it takes: {', '.join(flow_spec.options) or 'none'}", param_hint="--flow-option")
         if discriminator is None:
             raise click.UsageError(
                 "MotionPrompt needs a trained flow discriminator: pass --discriminator PATH.safetensors "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -112,3 +113,32 @@ def test_real_model_needs_a_discriminator_and_existing_paths(tmp_path, no_model_
     assert result.exit_code != 0 and "discriminator file not found" in result.output
     result = invoke(base + ["--model", str(tmp_path / "missing.safetensors"), "--guidance", "none"])
     assert result.exit_code != 0 and "base model not found" in result.output
+
+
+@pytest.mark.parametrize("flag", ["--help", "--version"])
+def test_help_and_version_import_neither_torch_nor_any_plugin(flag):
+    """`mpcore --help` stays fast (issue 16): the time goes into importing torch and the plugins (timm...)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom mpcore.cli import main\nsys.argv = ['mpcore', %r]\ntry:\n    main()\nexcept SystemExit:\n"
+            "    pass\nprint(sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers', "
+            "'timm') or m.startswith('mp_plugin')}))" % flag)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout
+    assert ("Commands:" in result.stdout) == (flag == "--help")
+
+
+def test_each_builtin_commands_listed_help_is_its_own():
+    """`mpcore --help` lists built-in commands without importing them: each line must say what the command's own
+    help says."""
+    from click.utils import make_default_short_help
+
+    from mpcore.cli import BUILTIN_COMMANDS
+
+    cli = build_cli()
+    ctx = click.Context(cli, info_name="mpcore")
+    for name, (_, listed, _) in BUILTIN_COMMANDS.items():
+        command = cli.get_command(ctx, name)
+        assert command.name == name
+        assert make_default_short_help(listed, 500) == command.get_short_help_str(500), name

@@ -142,6 +142,9 @@ def test_plugins_can_add_cli_commands(monkeypatch, tmp_path):
     plugins.load_plugins(reload=True)
     result = CliRunner().invoke(build_cli(), ["hello", "fox"])
     assert result.exit_code == 0 and result.output == "hello fox\n"
+    listed = json.loads(CliRunner().invoke(build_cli(), ["plugins", "--json"]).stdout)["plugins"]
+    assert {"name": "hello", "kind": "command", "plugin": "mp_hello_command"}.items() <= \
+        next(row for row in listed if row["name"] == "hello").items()
 
 
 def test_a_raising_hook_is_reported_like_a_failing_import(monkeypatch, tmp_path):
@@ -176,7 +179,7 @@ def test_a_raising_hook_is_reported_like_a_failing_import(monkeypatch, tmp_path)
     assert "animatediff" in result.output
 
 
-def test_duplicate_names_warn_naming_both_distributions(monkeypatch, tmp_path, capsys):
+def test_duplicate_names_warn_naming_both_distributions(monkeypatch, tmp_path):
     _fake_entry_points(monkeypatch, tmp_path, {
         "mp_second_tvl1": """
             from mpcore import hookimpl
@@ -196,7 +199,7 @@ def test_duplicate_names_warn_naming_both_distributions(monkeypatch, tmp_path, c
     from mpcore.cli import build_cli
 
     result = CliRunner().invoke(build_cli(), ["plugins", "--json"])
-    assert "warning: flow 'tvl1' is registered by plugin tvl1 from mp-plugin-tvl1" in capsys.readouterr().err
+    assert "warning: flow 'tvl1' is registered by plugin tvl1 from mp-plugin-tvl1" in result.stderr
     assert json.loads(result.stdout)["warnings"] == state.warnings
 
 

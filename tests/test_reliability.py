@@ -85,10 +85,15 @@ def test_bad_options_are_refused_before_loading(tmp_path, no_model_loading, args
     assert not out.exists()
 
 
-def test_unknown_flow_option_is_refused_before_the_backbone_loads(tmp_path, no_model_loading):
-    result = invoke(RUN + ["--out", str(tmp_path / "x.mp4"), "--flow-option", "bogus=1"])
-    assert result.exit_code == 1, result.output
-    assert "Error: --flow-option: unknown option(s) for the tvl1 flow estimator: bogus; accepted:" in result.output
+@pytest.mark.parametrize("flow", ["tvl1", "raft"])
+def test_unknown_flow_option_is_refused_before_any_model_loads(tmp_path, no_model_loading, flow):
+    """Checked against the options the estimator's spec declares: neither the flow estimator nor the backbone loads."""
+    result = invoke(RUN + ["--out", str(tmp_path / "x.mp4"), "--flow", flow, "--flow-option", "bogus=1",
+                           "--flow-option", "warps=3"])
+    assert result.exit_code == 2, result.output
+    unknown = "bogus" if flow == "tvl1" else "bogus, warps"  # warps is a TV-L1 option, not RAFT's
+    assert f"Invalid value for --flow-option: unknown option(s) of the {flow} flow estimator: {unknown}; it takes: " \
+        in result.output
     assert "Traceback" not in result.output
 
 

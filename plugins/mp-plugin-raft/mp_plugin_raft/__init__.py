@@ -31,4 +31,4 @@ DESCRIPTION = (
 
 @hookimpl
 def register_flow_estimators(register):
-    register(FlowEstimatorSpec(name="raft", load=load, description=DESCRIPTION))
+    register(FlowEstimatorSpec(name="raft", load=load, description=DESCRIPTION, options=("size", "num_flow_updates")))

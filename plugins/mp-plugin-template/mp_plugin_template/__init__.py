@@ -40,4 +40,5 @@ def load(weights=None, device="cpu", seed=0, **options):
 
 @hookimpl
 def register_flow_estimators(register):
-    register(FlowEstimatorSpec(name="normal-flow", load=load, description="weight-free normal flow (template plugin)"))
+    register(FlowEstimatorSpec(name="normal-flow", load=load, description="weight-free normal flow (template plugin)",
+                               options=("eps",)))  # what --flow-option may set, checked before any model loads

@@ -40,9 +40,10 @@ def load_fast(weights=None, device="cpu", seed: int = 0, **options):
 
 @hookimpl
 def register_flow_estimators(register):
-    register(FlowEstimatorSpec(name="tvl1", load=load, description=DESCRIPTION))
+    options = tuple(TVL1Config.__dataclass_fields__)
+    register(FlowEstimatorSpec(name="tvl1", load=load, description=DESCRIPTION, options=options))
     register(FlowEstimatorSpec(
-        name="tvl1_fast", load=load_fast,
+        name="tvl1_fast", load=load_fast, options=options,
         description="tvl1 with 3 warps x 10 iterations and no checkpointing: ~10x cheaper, for small frames "
         "(<= 64 px; the bundled toy model's default).",
     ))
