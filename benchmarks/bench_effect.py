@@ -10,14 +10,14 @@ MotionPrompt (its bundled discriminator). Both go through ``mpcore generate``. T
 * temporal metrics of ``mpcore eval`` that do not use the discriminator: ``flow_warp_error`` (TV-L1
   warping error, lower is better), ``temporal_flickering`` (VBench; higher = less flicker) and
   ``motion_smoothness_flowinterp``;
-* object measures made exact by the procedural world (:mod:`mpcore.toy_metrics`): presence, size and
+* object measures made exact by the procedural world (:mod:`mpcore.toy.metrics`): presence, size and
   colour drift, centroid jerk, flow spread inside the object mask, object speed, and whether the
   object moves the way the caption says (``direction_agreement``);
 * fidelity: a small 3D CNN trained on REAL procedural clips reads shape, motion and background; its
   agreement with the caption (``fidelity``).
 
 Every measure gets the guided - baseline mean difference with a 95% paired bootstrap CI
-(:func:`mpcore.compare.paired_comparison`). The same measures on the REAL clips of the same
+(:func:`mpcore.analysis.compare.paired_comparison`). The same measures on the REAL clips of the same
 held-out scenes are the reference (what a perfect model would score), and the baseline's own
 direction agreement and fidelity say whether the samples are good enough to judge motion at all.
 
@@ -43,9 +43,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mpcore import toy_metrics, toyworld  # noqa: E402
-from mpcore.compare import paired_comparison  # noqa: E402
-from mpcore.files import write_text_atomic  # noqa: E402
+from mpcore import toyworld  # noqa: E402
+from mpcore.toy import metrics as toy_metrics
+from mpcore.analysis.compare import paired_comparison  # noqa: E402
+from mpcore.io.files import write_text_atomic  # noqa: E402
 
 PROMPT_SEED = 7_000_000  # scenes of the held-out prompts (training used 1_000_000+, the discriminator 3_000_000+)
 CLASSIFIER_SEED = 8_000_000
@@ -88,7 +89,7 @@ def load_classifier(work: Path, clips: int, epochs: int) -> tuple[toy_metrics.Ca
 def measure(paths: list[Path], captions: list[str], classifier, flow) -> dict:
     """A result dict in ``mpcore eval``'s shape (``videos``: path -> {measure: value}) for the object
     measures and fidelity, so :func:`paired_comparison` treats them like any metric."""
-    from mpcore.video import read_video
+    from mpcore.io.video import read_video
 
     videos = {}
     for path, caption in zip(paths, captions):
@@ -101,7 +102,7 @@ def measure(paths: list[Path], captions: list[str], classifier, flow) -> dict:
 
 def real_reference(scenes: list[toyworld.Scene], classifier, flow, work: Path) -> dict:
     """The measures on the real clips of the held-out scenes (written through the same video codec)."""
-    from mpcore.video import write_video
+    from mpcore.io.video import write_video
 
     folder = work / "real"
     folder.mkdir(parents=True, exist_ok=True)
@@ -205,7 +206,7 @@ def main(n_prompts, seeds, overrides, steps, tag, work, out, classifier_clips, c
               "metrics": {**evaluated["guided"]["metrics"], **guided_objects["metrics"]}, "unavailable": {}}
     comparison = paired_comparison(baseline, guided, pairs, seed=0, resamples=resamples)
     # the gate: does the discriminator term fall over the K iterations and over the range?
-    from mpcore.diagnose import gate
+    from mpcore.analysis.diagnose import gate
 
     manifests = [json.loads(Path(g).with_suffix(".json").read_text()) for _, g in pairs]
     guidance_gate = gate([m["result"] for m in manifests if m.get("result")], seed=0, resamples=resamples)

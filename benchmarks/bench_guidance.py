@@ -60,9 +60,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from mpcore.files import write_text_atomic
-from mpcore.cli import resolve_dtype
-from mpcore.manifest import cpu_stall_us, git_revision
+from mpcore.io.files import write_text_atomic
+from mpcore.cli.main import resolve_dtype
+from mpcore.io.manifest import cpu_stall_us, git_revision
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPT = "a horse galloping along a beach at sunset, waves rolling in"

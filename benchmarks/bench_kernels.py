@@ -76,8 +76,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from mpcore.files import write_text_atomic
-from mpcore.manifest import cpu_stall_us, git_revision
+from mpcore.io.files import write_text_atomic
+from mpcore.io.manifest import cpu_stall_us, git_revision
 
 REPO = Path(__file__).resolve().parent.parent
 

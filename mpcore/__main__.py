@@ -1,4 +1,4 @@
-from mpcore.cli import main
+from mpcore.cli.main import main
 
 if __name__ == "__main__":
     main()

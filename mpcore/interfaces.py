@@ -36,7 +36,7 @@ class Discriminator(Protocol):
     Optional attribute ``trained_on`` (dict or None): what it was trained on -- ``flow_estimator``
     (plugin name), ``frame_size`` [H, W] the flows were computed at, ``caches`` -- set by ``mpcore
     disc train`` before ``save`` and stored in the config JSON under the same key; ``mpcore run``
-    refuses another estimator and computes flows at that size (see :mod:`mpcore.runner`)."""
+    refuses another estimator and computes flows at that size (see :mod:`mpcore.jobs.run`)."""
 
     def __call__(self, flow: torch.Tensor) -> torch.Tensor: ...
 
@@ -162,7 +162,7 @@ class BackboneSpec:
     model config file; invalid ones raise ``ValueError``. Enables ``mpcore weights expected/check``."""
     read_weights: Callable[[str], dict[str, torch.Tensor]] | None = None
     """``read_weights(path) -> {key: tensor}``: read a checkpoint file as ``load`` does (unwrapping its
-    wrapper); default :func:`mpcore.weights.read_state_dict`. Used by ``mpcore weights check``."""
+    wrapper); default :func:`mpcore.io.weights.read_state_dict`. Used by ``mpcore weights check``."""
     num_train_timesteps: int = 1000
     """The scheduler's training timesteps: the most sampling steps it can take (``--steps`` is checked
     against it before loading). 1000 for every backbone of the paper."""

@@ -1,6 +1,6 @@
 """Train the toy model's flow discriminator with mpcore's own pipeline, then install it as package data.
 
-Real videos: procedural clips of the toy world (:mod:`mpcore.toyworld`, split "train", seeds not
+Real videos: procedural clips of the toy world (:mod:`mpcore.toy.world`, split "train", seeds not
 used to train the video model), written with the same encoder as generated videos. Fake videos:
 the bundled toy model (``mpcore generate --model toy --guidance none``) on the SAME captions, as the
 paper pairs real and generated videos of one prompt set. Flows: the weight-free ``tvl1_fast`` estimator
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mpcore import toyworld  # noqa: E402
-from mpcore.video import write_video  # noqa: E402
+from mpcore.io.video import write_video  # noqa: E402
 
 REAL_SEEDS = {"train": 3_000_000, "test": 3_500_000}  # disjoint from train_toy.py's 1_000_000+
 # the tiny preset's ViT, wider and deeper, with 4x4 patches: 64 tokens of a 32x32 flow

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from mpcore import plugins
-from mpcore.cli import build_cli
-from mpcore.video import read_video
+from mpcore.cli.main import build_cli
+from mpcore.io.video import read_video
 
 TINY = ["run", "--backbone", "animatediff", "--model", "tiny", "--prompt", "a fox", "--frames", "4",
         "--height", "32", "--width", "32", "--steps", "4", "--no-progress"]
@@ -121,7 +121,7 @@ def test_help_and_version_import_neither_torch_nor_any_plugin(flag):
     import subprocess
     import sys
 
-    code = ("import sys\nfrom mpcore.cli import main\nsys.argv = ['mpcore', %r]\ntry:\n    main()\nexcept SystemExit:\n"
+    code = ("import sys\nfrom mpcore.cli.main import main\nsys.argv = ['mpcore', %r]\ntry:\n    main()\nexcept SystemExit:\n"
             "    pass\nprint(sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers', "
             "'timm') or m.startswith('mp_plugin')}))" % flag)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -134,7 +134,7 @@ def test_each_builtin_commands_listed_help_is_its_own():
     help says."""
     from click.utils import make_default_short_help
 
-    from mpcore.cli import BUILTIN_COMMANDS
+    from mpcore.cli.main import BUILTIN_COMMANDS
 
     cli = build_cli()
     ctx = click.Context(cli, info_name="mpcore")

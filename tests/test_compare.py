@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from mpcore.compare import bootstrap_ci, paired_comparison, write_comparison
+from mpcore.analysis.compare import bootstrap_ci, paired_comparison, write_comparison
 
 METRICS = {
     "temporal_flickering": {"vbench": True, "description": "VBench temporal flickering"},

@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from mpcore import diagnose
+from mpcore.analysis import diagnose
 from mpcore.config import PAPER_DEFAULTS, MotionPromptConfig, SamplerConfig
 from mpcore.testing import DifferenceFlow, LinearDiscriminator
 
@@ -104,7 +104,7 @@ def test_a_perfect_estimate_keeps_all_the_motion(tiny_backbone):
 
 
 def _write_clips(folder, count, frames=4, size=32):
-    from mpcore.video import write_video
+    from mpcore.io.video import write_video
 
     folder.mkdir()
     rng = np.random.default_rng(0)
@@ -117,7 +117,7 @@ def _write_clips(folder, count, frames=4, size=32):
 
 
 def test_diagnose_command_on_the_tiny_model(tmp_path):
-    from mpcore.cli import build_cli
+    from mpcore.cli.main import build_cli
 
     _write_clips(tmp_path / "real", 2)
     (tmp_path / "captions.txt").write_text("a square moving right\na white square sliding right\n")
@@ -149,7 +149,7 @@ def test_diagnose_command_on_the_tiny_model(tmp_path):
     (["--prompts", "{captions2}", "--check-steps", "0-99"], "steps must lie in"),
 ])
 def test_diagnose_refuses_bad_input_before_loading(tmp_path, args, message):
-    from mpcore.cli import build_cli
+    from mpcore.cli.main import build_cli
 
     _write_clips(tmp_path / "real", 2)
     (tmp_path / "c1.txt").write_text("one\n")
@@ -186,7 +186,7 @@ def test_gate_measures_the_drop_of_the_discriminator_term():
 
 
 def test_gate_command_reads_manifests(tmp_path):
-    from mpcore.cli import build_cli
+    from mpcore.cli.main import build_cli
 
     for k in range(4):
         (tmp_path / f"v{k}.json").write_text(json.dumps({"result": _trace([[5.0, 4.0 - 0.1 * k], [3.0, 2.0]])}))

@@ -17,8 +17,8 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 
 from mpcore import plugins
-from mpcore.cli import build_cli
-from mpcore.disc_train import (
+from mpcore.cli.main import build_cli
+from mpcore.disc.train import (
     DiscTrainError,
     TrainConfig,
     open_caches,
@@ -26,7 +26,7 @@ from mpcore.disc_train import (
     split_by_video,
     train_discriminator,
 )
-from mpcore.flow_cache import FlowCache, FlowCacheWriter, VideoEntry
+from mpcore.flows.cache import FlowCache, FlowCacheWriter, VideoEntry
 from mpcore.interfaces import DiscriminatorSpec
 
 ARCH = ["--arch", "preset=tiny", "--arch", "flow_scale=1"]
@@ -364,7 +364,7 @@ def test_diverging_training_is_an_error_not_a_nan_success(tmp_path, caches):
 
 
 def test_a_run_that_never_improved_claims_no_weights(tmp_path, caches, monkeypatch):
-    from mpcore import disc_train
+    from mpcore.disc import train as disc_train
 
     real_metrics = disc_train.logit_metrics
     monkeypatch.setattr(disc_train, "logit_metrics", lambda *a: {**real_metrics(*a), "loss": float("nan")})

@@ -20,10 +20,11 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from mpcore import distributed, plugins
-from mpcore.cli import build_cli
-from mpcore.flow_cache import FlowCache, FlowCacheWriter, VideoEntry
-from mpcore.generate import EXIT_AFTER_ENV
+from mpcore import plugins
+from mpcore.jobs import distributed
+from mpcore.cli.main import build_cli
+from mpcore.flows.cache import FlowCache, FlowCacheWriter, VideoEntry
+from mpcore.jobs.generate import EXIT_AFTER_ENV
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
                                 reason="needs torch.distributed with gloo")

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from mpcore.drift import DriftError, drift_curves, load_manifests, match_values, plot_drift, split_top_bottom
-from mpcore.drift_cli import drift
-from mpcore.manifest import build_manifest, write_json_atomic
+from mpcore.analysis.drift import DriftError, drift_curves, load_manifests, match_values, plot_drift, split_top_bottom
+from mpcore.cli.drift import drift
+from mpcore.io.manifest import build_manifest, write_json_atomic
 
 STEPS = 6
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from mpcore.cli import build_cli
-from mpcore.evaluation import expand_videos
-from mpcore.video import write_video
+from mpcore.cli.main import build_cli
+from mpcore.analysis.evaluate import expand_videos
+from mpcore.io.video import write_video
 
 pytest.importorskip("mp_plugin_vbench")
 
@@ -103,7 +103,7 @@ def test_bad_input_is_a_clear_error(tmp_path):
 
 
 def test_compare_matches_files_by_name(tmp_path):
-    pytest.importorskip("mpcore.compare", reason="mpcore.compare (paired comparison) is not installed")
+    pytest.importorskip("mpcore.analysis.compare", reason="mpcore.analysis.compare (paired comparison) is not installed")
     baseline, guided = tmp_path / "baseline", tmp_path / "guided"
     for index in range(3):
         name = f"p{index:04d}_s0000.mp4"

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from mpcore.flow_cache import FlowCache, FlowCacheError, FlowCacheWriter, VideoEntry
+from mpcore.flows.cache import FlowCache, FlowCacheError, FlowCacheWriter, VideoEntry
 
 
 def test_round_trip_across_shards(tmp_path):

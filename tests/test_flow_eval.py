@@ -1,4 +1,4 @@
-"""Flow evaluation (mpcore.flow_eval), its visualization (mpcore.flow_viz) and `mpcore flows`."""
+"""Flow evaluation (mpcore.flows.evaluate), its visualization (mpcore.flows.viz) and `mpcore flows`."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from mpcore import flow_eval, flow_viz, hookimpl, plugins
-from mpcore.cli import build_cli
+from mpcore import hookimpl, plugins
+from mpcore.flows import evaluate as flow_eval
+from mpcore.flows import viz as flow_viz
+from mpcore.cli.main import build_cli
 from mpcore.interfaces import FlowEstimatorSpec
 
 pytest.importorskip("skimage")

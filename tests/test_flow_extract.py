@@ -1,4 +1,4 @@
-"""`mpcore flows extract` (mpcore.flow_extract): sources, pair sampling, skips, the cache it writes, the CLI."""
+"""`mpcore flows extract` (mpcore.flows.extract): sources, pair sampling, skips, the cache it writes, the CLI."""
 
 from __future__ import annotations
 
@@ -11,11 +11,12 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from mpcore import flow_extract, hookimpl, plugins
-from mpcore.cli import build_cli
-from mpcore.flow_cache import FlowCache
+from mpcore import hookimpl, plugins
+from mpcore.flows import extract as flow_extract
+from mpcore.cli.main import build_cli
+from mpcore.flows.cache import FlowCache
 from mpcore.interfaces import FlowEstimatorSpec
-from mpcore.video import write_video
+from mpcore.io.video import write_video
 
 TVL1 = ["-e", "tvl1", "--option", "iterations=5", "--option", "warps=2"]
 """A cheap TV-L1 (weight-free): a few ms per pair at 32 x 32."""

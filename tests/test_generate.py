@@ -13,10 +13,10 @@ import torch
 from click.testing import CliRunner
 
 from mpcore import plugins
-from mpcore.cli import build_cli
-from mpcore.generate import GenerateError, generation_items, parse_seeds
-from mpcore.prompts import EXAMPLE_PROMPTS, Prompt, PromptFileError, read_prompts
-from mpcore.video import read_video
+from mpcore.cli.main import build_cli
+from mpcore.jobs.generate import GenerateError, generation_items, parse_seeds
+from mpcore.io.prompts import EXAMPLE_PROMPTS, Prompt, PromptFileError, read_prompts
+from mpcore.io.video import read_video
 
 SMALL = ["--backbone", "animatediff", "--model", "tiny", "--frames", "4", "--height", "32", "--width", "32",
          "--steps", "2", "--no-progress"]
@@ -129,12 +129,12 @@ def test_other_settings_in_the_same_folder_are_refused(generated, tmp_path, no_m
 
 def test_killed_run_leaves_only_complete_items_and_resumes(tmp_path, monkeypatch):
     """A kill (KeyboardInterrupt) while the 3rd video is being written, then the same command again."""
-    import mpcore.video
+    import mpcore.io.video
 
     prompts = write_prompts(tmp_path, PROMPTS)
     out = tmp_path / "out"
     args = ["generate", *SMALL, "--guidance", "none", "--prompts", str(prompts), "--seeds", "0,1", "--out", str(out)]
-    write_mp4 = mpcore.video._write_mp4
+    write_mp4 = mpcore.io.video._write_mp4
     calls = []
 
     def killed_on_third(frames, path, fps):
@@ -144,7 +144,7 @@ def test_killed_run_leaves_only_complete_items_and_resumes(tmp_path, monkeypatch
             raise KeyboardInterrupt
         write_mp4(frames, path, fps)
 
-    monkeypatch.setattr(mpcore.video, "_write_mp4", killed_on_third)
+    monkeypatch.setattr(mpcore.io.video, "_write_mp4", killed_on_third)
     result = invoke(args)
     assert result.exit_code != 0
     assert sorted(p.name for p in out.iterdir()) == ["generate.json", "p0000_s0000.json", "p0000_s0000.mp4",
@@ -153,7 +153,7 @@ def test_killed_run_leaves_only_complete_items_and_resumes(tmp_path, monkeypatch
     statuses = [i["status"] for i in json.loads((out / "generate.json").read_text())["items"]]
     assert statuses == ["generated", "generated", "pending", "pending"]
 
-    monkeypatch.setattr(mpcore.video, "_write_mp4", write_mp4)
+    monkeypatch.setattr(mpcore.io.video, "_write_mp4", write_mp4)
     result = invoke(args)
     assert result.exit_code == 0, result.output
     assert "generated 2, skipped 2, failed 0" in result.output
@@ -270,7 +270,7 @@ def test_example_prompt_list_covers_the_eight_vbench_categories():
 
 
 def test_stale_temporaries_of_a_killed_writer_are_removed(tmp_path):
-    from mpcore.files import remove_stale_temporaries
+    from mpcore.io.files import remove_stale_temporaries
 
     for name in (".p0001_s0000.tmp-123.mp4", ".p0001_s0000.tmp-123.json", ".p0002_s0000.tmp-9.mp4", "p0001_s0000.mp4"):
         (tmp_path / name).write_text("x")

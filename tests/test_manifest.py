@@ -1,4 +1,4 @@
-"""Tests of mpcore.manifest: JSON conversion, atomic writes, versions and the manifest layout."""
+"""Tests of mpcore.io.manifest: JSON conversion, atomic writes, versions and the manifest layout."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from mpcore.manifest import build_manifest, json_safe, package_versions, write_json_atomic
+from mpcore.io.manifest import build_manifest, json_safe, package_versions, write_json_atomic
 
 
 @dataclass
@@ -111,7 +111,7 @@ def test_build_manifest():
 def test_written_json_has_a_normal_file_mode(tmp_path):
     import os
 
-    from mpcore.manifest import write_json_atomic
+    from mpcore.io.manifest import write_json_atomic
 
     path = write_json_atomic({"a": 1}, tmp_path / "m.json")
     umask = os.umask(0)

@@ -91,7 +91,7 @@ def test_broken_plugins_are_reported_and_the_rest_load(monkeypatch, tmp_path):
     assert "animatediff" in plugins.registry("backbone") and "raft" in plugins.registry("flow")
     from click.testing import CliRunner
 
-    from mpcore.cli import build_cli
+    from mpcore.cli.main import build_cli
 
     output = CliRunner().invoke(build_cli(), ["plugins"]).output
     assert "FAILED mp_broken_import: RuntimeError: boom at import" in output
@@ -137,7 +137,7 @@ def test_plugins_can_add_cli_commands(monkeypatch, tmp_path):
     })
     from click.testing import CliRunner
 
-    from mpcore.cli import build_cli
+    from mpcore.cli.main import build_cli
 
     plugins.load_plugins(reload=True)
     result = CliRunner().invoke(build_cli(), ["hello", "fox"])
@@ -170,7 +170,7 @@ def test_a_raising_hook_is_reported_like_a_failing_import(monkeypatch, tmp_path)
     assert "raft" in plugins.registry("flow") and "animatediff" in plugins.registry("backbone")
     from click.testing import CliRunner
 
-    from mpcore.cli import build_cli
+    from mpcore.cli.main import build_cli
 
     result = CliRunner().invoke(build_cli(), ["plugins"])
     assert result.exit_code == 0, result.output
@@ -196,7 +196,7 @@ def test_duplicate_names_warn_naming_both_distributions(monkeypatch, tmp_path):
     assert plugins.registry("flow")["tvl1"].distribution == "mp-plugin-tvl1"
     from click.testing import CliRunner
 
-    from mpcore.cli import build_cli
+    from mpcore.cli.main import build_cli
 
     result = CliRunner().invoke(build_cli(), ["plugins", "--json"])
     assert "warning: flow 'tvl1' is registered by plugin tvl1 from mp-plugin-tvl1" in result.stderr

@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 
 from mpcore import plugins
-from mpcore.cli import build_cli
+from mpcore.cli.main import build_cli
 
 TINY = ["--backbone", "animatediff", "--model", "tiny", "--frames", "4", "--height", "32", "--width", "32",
         "--steps", "4", "--no-progress"]
@@ -98,7 +98,7 @@ def test_unknown_flow_option_is_refused_before_any_model_loads(tmp_path, no_mode
 
 
 def test_generate_refuses_fps_0_and_a_failed_run_does_not_pin_its_settings(tmp_path, monkeypatch):
-    from mpcore import runner
+    from mpcore.jobs import run as runner
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a fox\n")

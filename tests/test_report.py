@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from mpcore.report import _comparison_rows, report
-from mpcore.video import side_by_side, write_video
+from mpcore.analysis.report import _comparison_rows, report
+from mpcore.io.video import side_by_side, write_video
 
 EVIL = '<script>alert("x")</script> & a "fox"'
 CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser") if shutil.which(name)), None)
@@ -261,7 +261,7 @@ def test_report_renders_and_plays_in_headless_chromium(folder, tmp_path):
 def test_report_of_a_real_tiny_run_in_chromium(tmp_path):
     """The whole path: `mpcore run --compare` on the tiny model, `mpcore report`, Chromium plays it."""
     from mpcore import plugins
-    from mpcore.cli import build_cli
+    from mpcore.cli.main import build_cli
 
     plugins.load_plugins(reload=True)
     out = tmp_path / "clips" / "fox.mp4"

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from click.testing import CliRunner
 
-from mpcore.cli import build_cli
-from mpcore.video import read_video
+from mpcore.cli.main import build_cli
+from mpcore.io.video import read_video
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMPT = "a red circle moving right over a striped background"

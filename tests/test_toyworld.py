@@ -1,4 +1,4 @@
-"""The procedural toy world and its object measures (mpcore.toyworld, mpcore.toy_metrics)."""
+"""The procedural toy world and its object measures (mpcore.toy.world, mpcore.toy.metrics)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from mpcore import toy_metrics, toyworld
+from mpcore.toy import metrics as toy_metrics
+from mpcore.toy import world as toyworld
 
 
 def test_clip_is_deterministic_per_seed_and_differs_across_seeds():

@@ -1,4 +1,4 @@
-"""Tests of mpcore.trace_plot: a synthetic guidance trace renders to a readable PNG."""
+"""Tests of mpcore.analysis.trace_plot: a synthetic guidance trace renders to a readable PNG."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mpcore.trace_plot import plot_trace
+from mpcore.analysis.trace_plot import plot_trace
 
 
 def synthetic_result(steps: int = 12, opt_range=(3, 8), iterations: int = 3, tokens: int = 2) -> dict:

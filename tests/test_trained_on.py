@@ -12,10 +12,10 @@ import torch
 from click.testing import CliRunner
 
 from mpcore import plugins
-from mpcore.cli import build_cli
+from mpcore.cli.main import build_cli
 from mpcore.config import ConfigError, MotionPromptConfig, SamplerConfig
-from mpcore.disc_train import DiscTrainError, TrainConfig, train_discriminator
-from mpcore.flow_cache import FlowCacheWriter, VideoEntry
+from mpcore.disc.train import DiscTrainError, TrainConfig, train_discriminator
+from mpcore.flows.cache import FlowCacheWriter, VideoEntry
 
 TINY_RUN = ["run", "--backbone", "animatediff", "--model", "tiny", "--prompt", "a fox", "--frames", "4",
             "--height", "32", "--width", "32", "--steps", "2", "--no-progress"]
@@ -144,7 +144,7 @@ def test_flow_size_comes_from_trained_on_unless_given(tmp_path):
 
 
 def test_check_trained_on_cases():
-    from mpcore.runner import check_trained_on
+    from mpcore.jobs.run import check_trained_on
 
     sampler = SamplerConfig(height=32, width=32)
 

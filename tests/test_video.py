@@ -1,4 +1,4 @@
-"""Tests of mpcore.video: output validation, frame conversion, atomic writers and readers."""
+"""Tests of mpcore.io.video: output validation, frame conversion, atomic writers and readers."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from mpcore import video
-from mpcore.video import (
+from mpcore.io import video
+from mpcore.io.video import (
     OutputError,
     check_output_writable,
     derived_path,

@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from mpcore import hookimpl, plugins
-from mpcore.cli import build_cli
+from mpcore.cli.main import build_cli
 from mpcore.interfaces import BackboneSpec
 
 KEYS = {"a.weight": (4, 3), "a.bias": (4,), "b.weight": (2, 4)}

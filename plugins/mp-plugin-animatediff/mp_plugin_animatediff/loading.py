@@ -15,7 +15,7 @@ import torch
 from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter
 from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
 
-from mpcore.weights import CHECKPOINT_SUFFIXES, CheckpointMismatchError, read_state_dict, shapes, state_dict_diff
+from mpcore.io.weights import CHECKPOINT_SUFFIXES, CheckpointMismatchError, read_state_dict, shapes, state_dict_diff
 
 # AnimateDiff's own DDIM settings (animate.py: linear betas, leading spacing + offset 1,
 # set_alpha_to_one True, no clipping); used when the base model brings no scheduler config.

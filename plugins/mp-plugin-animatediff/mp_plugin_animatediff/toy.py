@@ -1,6 +1,6 @@
 """The reserved model name ``toy``: a small trained AnimateDiff-architecture model, shipped as package data.
 
-Trained on this repository's procedural world (:mod:`mpcore.toyworld`: one coloured shape moving
+Trained on this repository's procedural world (:mod:`mpcore.toy.world`: one coloured shape moving
 over a textured background, 32x32 pixels, 8 frames) by ``scripts/train_toy.py``, on a CPU. Same
 contracts as the real AnimateDiff: an SD-1.5-layout diffusers folder (``toy/base``: UNet with text
 cross-attention, AutoencoderKL with 4x down-sampling, CLIP text encoder with CLIP's full

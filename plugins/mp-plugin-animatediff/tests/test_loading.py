@@ -8,7 +8,7 @@ from diffusers import MotionAdapter
 
 from mp_plugin_animatediff import check, loading
 from mp_plugin_animatediff.tiny import original_motion_module_state, tiny_components
-from mpcore.weights import CheckpointMismatchError, read_state_dict
+from mpcore.io.weights import CheckpointMismatchError, read_state_dict
 
 
 @pytest.fixture(scope="module")

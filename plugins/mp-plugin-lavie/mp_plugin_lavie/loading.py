@@ -18,7 +18,7 @@ import click
 import torch
 
 from mp_plugin_lavie.unet import LaVieUNet3D, make_rotary, read_config
-from mpcore.weights import CheckpointMismatchError, read_state_dict, shapes, state_dict_diff
+from mpcore.io.weights import CheckpointMismatchError, read_state_dict, shapes, state_dict_diff
 
 CHECKPOINT_WRAPPER = "ema"
 LATENT_SCALE = 0.18215  # hard-coded by LaVie's pipeline (latents / 0.18215 before decoding)

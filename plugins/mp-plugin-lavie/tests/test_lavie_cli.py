@@ -11,9 +11,9 @@ import torch
 from click.testing import CliRunner
 
 from mpcore import plugins
-from mpcore.cli import build_cli
+from mpcore.cli.main import build_cli
 from mpcore.config import PAPER_DEFAULTS
-from mpcore.video import read_video
+from mpcore.io.video import read_video
 
 REFERENCE = Path(__file__).resolve().parent / "data" / "lavie_base_state_dict.json"
 

@@ -11,7 +11,7 @@ from mp_plugin_lavie.tiny import TINY_UNET_CONFIG, save_checkpoint, tiny_unet
 from mp_plugin_lavie.unet import resolve_config
 from mpcore.config import SamplerConfig
 from mpcore.sampling import sample
-from mpcore.weights import CheckpointMismatchError
+from mpcore.io.weights import CheckpointMismatchError
 
 
 @pytest.mark.parametrize("wrap", [True, False], ids=["ema-wrapped", "bare"])

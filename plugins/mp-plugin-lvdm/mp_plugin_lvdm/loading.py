@@ -18,7 +18,7 @@ import click
 import torch
 
 from mp_plugin_lvdm.model import LatentDiffusion, build_meta
-from mpcore.weights import CheckpointMismatchError, shapes, state_dict_diff
+from mpcore.io.weights import CheckpointMismatchError, shapes, state_dict_diff
 
 HUB = {
     "videocrafter2": "VideoCrafter/VideoCrafter2",

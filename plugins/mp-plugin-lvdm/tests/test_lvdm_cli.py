@@ -12,9 +12,9 @@ from click.testing import CliRunner
 
 from mp_plugin_lvdm.tiny import save_tiny
 from mpcore import plugins
-from mpcore.cli import build_cli
+from mpcore.cli.main import build_cli
 from mpcore.config import PAPER_DEFAULTS
-from mpcore.video import read_video
+from mpcore.io.video import read_video
 
 DATA = Path(__file__).resolve().parent / "data"
 

@@ -11,7 +11,7 @@ from mp_plugin_lvdm.backbone import load
 from mp_plugin_lvdm.tiny import save_checkpoint, save_tiny, tiny_config, tiny_model
 from mpcore.config import SamplerConfig
 from mpcore.sampling import sample
-from mpcore.weights import CheckpointMismatchError
+from mpcore.io.weights import CheckpointMismatchError
 
 PREFIXES = {"videocrafter2": ("model.diffusion_model.", "first_stage_model.", "cond_stage_model."),
             "dynamicrafter": ("model.diffusion_model.", "first_stage_model.", "cond_stage_model.", "embedder.",

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models.optical_flow import Raft_Large_Weights, Raft_Small_Weights, raft_large, raft_small
 
-from mpcore.weights import CheckpointMismatchError, read_state_dict, shapes, state_dict_diff
+from mpcore.io.weights import CheckpointMismatchError, read_state_dict, shapes, state_dict_diff
 
 SIZES = {
     "small": (raft_small, Raft_Small_Weights),

@@ -16,7 +16,7 @@ import mp_plugin_raft
 from mp_plugin_raft import load, pad_amounts
 from mpcore import hookspecs
 from mpcore.plugins import PluginState, register_plugin, registry
-from mpcore.weights import CheckpointMismatchError
+from mpcore.io.weights import CheckpointMismatchError
 
 torch.set_num_threads(2)
 UPDATES = 2

@@ -59,7 +59,7 @@ def load_flow_warp_error(weights: str | None = None, device="cpu", **options):
     """
     import torch
 
-    from mpcore.flow_eval import to_model_frames, warp_error_sums
+    from mpcore.flows.evaluate import to_model_frames, warp_error_sums
 
     estimator = load(weights, device, **options)
 

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from mpcore.flow_eval import backward_warp
+from mpcore.flows.evaluate import backward_warp
 
 # ITU-R BT.601 luma weights: colour frames are compared as grey intensity
 LUMA = (0.299, 0.587, 0.114)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mpcore import plugins, toyworld
+from mpcore import plugins
+from mpcore.toy import world as toyworld
 
 
 def _metric():
@@ -34,7 +35,7 @@ def test_still_video_has_zero_error_and_broken_motion_has_more():
 def test_hand_computed_on_a_shift_with_known_flow():
     """A frame shifted by exactly one pixel: TV-L1 finds flow ~(1, 0) and the warp error is small,
     far below the error of the zero flow (the plain frame difference)."""
-    from mpcore.flow_eval import to_model_frames, warp_error
+    from mpcore.flows.evaluate import to_model_frames, warp_error
     import torch
 
     rng = np.random.default_rng(0)

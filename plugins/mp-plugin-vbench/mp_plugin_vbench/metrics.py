@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mpcore.flow_eval import backward_warp
+from mpcore.flows.evaluate import backward_warp
 from mpcore.interfaces import MetricUnavailable
 
 DINO_ARCH = "vit_base_patch16_224.dino"

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mpcore.files import atomic_path, write_text_atomic
-from mpcore.weights import CheckpointMismatchError, shapes, state_dict_diff
+from mpcore.io.files import atomic_path, write_text_atomic
+from mpcore.io.weights import CheckpointMismatchError, shapes, state_dict_diff
 
 FORMAT_VERSION = 1
 TYPE = "vit"
@@ -343,7 +343,7 @@ def freeze(model: ViTDiscriminator) -> ViTDiscriminator:
 
 def save(model: ViTDiscriminator, path: str | os.PathLike) -> None:
     """Write ``path`` (.safetensors weights) and ``path.with_suffix('.json')`` (config), each through
-    :func:`mpcore.files.atomic_path` so a reader never sees a half-written file."""
+    :func:`mpcore.io.files.atomic_path` so a reader never sees a half-written file."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"discriminator weights are saved as .safetensors; got {path}")

@@ -27,7 +27,7 @@ from mp_plugin_vit import (
 )
 from mpcore import hookspecs
 from mpcore.plugins import PluginState, register_plugin, registry
-from mpcore.weights import CheckpointMismatchError
+from mpcore.io.weights import CheckpointMismatchError
 
 torch.set_num_threads(2)
 

@@ -1,7 +1,7 @@
 """Object-level measures of toy-world videos, made exact by the procedural world (no discriminator).
 
 A video of the toy world shows one object of a named colour. Its mask in a GENERATED video is found
-by colour (:func:`mpcore.toyworld.color_mask`: object colours are saturated, backgrounds are not);
+by colour (:func:`mpcore.toy.world.color_mask`: object colours are saturated, backgrounds are not);
 on real clips the same function recovers the true mask (tested). From the mask:
 
 * ``presence``: fraction of frames where the object covers at least ``MIN_AREA`` pixels;
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mpcore import toyworld
+from mpcore.toy import world as toyworld
 
 MIN_AREA = 4.0  # pixels (objects cover 30-130 px at 32x32)
 LOWER_IS_BETTER = {"size_drift", "color_drift", "centroid_jerk", "flow_spread"}

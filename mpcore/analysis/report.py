@@ -567,7 +567,7 @@ def write_report(folder: str | Path, out: str | Path | None = None, eval_path: s
                  comparison: str | Path | None = None, title: str | None = None) -> Path:
     """Render and atomically write the report; returns its path. ``comparison`` defaults to
     ``folder/comparison`` when that folder exists."""
-    from mpcore.files import write_text_atomic
+    from mpcore.io.files import write_text_atomic
 
     folder = Path(folder)
     out = Path(out) if out is not None else folder / "report.html"

@@ -9,7 +9,7 @@ leaves no half-written file under a final name. ``generate.json`` in the output 
 settings and the item list with each item's status, written at the start and again at the end.
 
 Under a multi-process launcher (``accelerate launch -m mpcore generate ...``, ``torchrun -m mpcore
-generate ...``; :mod:`mpcore.distributed`) every process scans the folder, then the items still to
+generate ...``; :mod:`mpcore.jobs.distributed`) every process scans the folder, then the items still to
 do are dealt round-robin (item k of that list to rank k mod N), so each is generated exactly once
 and, as every item is seeded by its own seed, exactly as a single process would generate it. Each
 process writes its part of the summary (``.generate.part-RANK.json``, atomically); after a barrier
@@ -31,9 +31,9 @@ from typing import Any
 
 import click
 
-from mpcore.cli import _run_params, echo, with_backbone_options
-from mpcore.files import remove_stale_temporaries
-from mpcore.prompts import Prompt
+from mpcore.cli.main import _run_params, echo, with_backbone_options
+from mpcore.io.files import remove_stale_temporaries
+from mpcore.io.prompts import Prompt
 
 SUMMARY_FILE = "generate.json"
 PART_GLOB = ".generate.part-*.json"
@@ -129,7 +129,7 @@ def _video_is_usable(path: Path) -> bool:
 
 def check_out_dir(out_dir: Path) -> Path:
     """Create the output folder if needed and check it is a writable folder; return it resolved."""
-    from mpcore import video
+    from mpcore.io import video
 
     out_dir = out_dir.expanduser().resolve()
     if out_dir.exists() and not out_dir.is_dir():
@@ -155,14 +155,14 @@ def params() -> list[click.Parameter]:
 
 
 def build_command(options: dict) -> click.Command:
-    """``mpcore generate`` with the installed backbones' options (``options``: see :func:`mpcore.cli.backbone_options`)."""
+    """``mpcore generate`` with the installed backbones' options (``options``: see :func:`mpcore.cli.main.backbone_options`)."""
     return with_backbone_options(click.Command("generate", callback=command, help=command.__doc__, params=params()),
                                  options)
 
 
 def command(**kwargs):
     """Generate one video per (prompt, seed) of a prompt list into a folder; resumable (complete items are skipped)."""
-    from mpcore import runner
+    from mpcore.jobs import run as runner
 
     try:
         _generate(**kwargs)
@@ -173,10 +173,11 @@ def command(**kwargs):
 def _generate(**kwargs):
     from tqdm.auto import tqdm
 
-    from mpcore import distributed, runner
-    from mpcore.cli import _resolve_device
-    from mpcore.manifest import build_manifest, json_safe, write_json_atomic
-    from mpcore.prompts import read_prompts, resolve_prompts_path
+    from mpcore.jobs import distributed
+    from mpcore.jobs import run as runner
+    from mpcore.cli.main import _resolve_device
+    from mpcore.io.manifest import build_manifest, json_safe, write_json_atomic
+    from mpcore.io.prompts import read_prompts, resolve_prompts_path
 
     # ---- several processes (accelerate launch / torchrun): one device per process, one progress bar
     dist = distributed.init(kwargs["device"])
@@ -319,7 +320,7 @@ def _exit_after(rank: int) -> int | None:
 def _write_part(out_dir: Path, rank: int, device: str, mine: list[Item], status: dict[str, dict[str, Any]],
                 seconds: float) -> None:
     """This process's part of the summary: its items' statuses and its throughput (written atomically)."""
-    from mpcore.manifest import write_json_atomic
+    from mpcore.io.manifest import write_json_atomic
 
     own = {item.name: status[item.name] for item in mine}
     generated = sum(s["status"] == "generated" for s in own.values())

@@ -1,11 +1,11 @@
 """``mpcore flows``: evaluate and visualize optical-flow estimator plugins.
 
 * ``mpcore flows eval --estimator NAME`` -- EPE on the Middlebury motorcycle stereo pair, warp error
-  on real clips, cost at 256 x 256, beside OpenCV DIS and Farneback (:mod:`mpcore.flow_eval`);
+  on real clips, cost at 256 x 256, beside OpenCV DIS and Farneback (:mod:`mpcore.flows.evaluate`);
 * ``mpcore flows show A.png B.png --estimator NAME --out flow.png`` -- the flow between two images
-  as a Middlebury color-coded PNG (:mod:`mpcore.flow_viz`);
+  as a Middlebury color-coded PNG (:mod:`mpcore.flows.viz`);
 * ``mpcore flows extract --videos DIR --out CACHE --estimator NAME`` -- flows of random frame pairs
-  of every video under DIR, into a flow cache for training the discriminator (:mod:`mpcore.flow_extract`).
+  of every video under DIR, into a flow cache for training the discriminator (:mod:`mpcore.flows.extract`).
 
 As in ``mpcore run``, every cheap check (unknown estimator, bad options, unwritable output, missing
 files or optional packages) runs before any data or model is loaded. Progress goes to stderr, results
@@ -24,7 +24,7 @@ from typing import Any, Callable
 import click
 
 from mpcore import plugins
-from mpcore.cli import _parse_scalar, _resolve_device, echo
+from mpcore.cli.main import _parse_scalar, _resolve_device, echo
 from mpcore.config import parse_override
 
 
@@ -99,7 +99,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """The human summary of :func:`mpcore.flow_eval.evaluate`'s result: estimator vs DIS vs
+    """The human summary of :func:`mpcore.flows.evaluate.evaluate`'s result: estimator vs DIS vs
     Farneback vs zero flow."""
     name = result["estimator"]
     refs = result.get("references") or {}
@@ -149,7 +149,7 @@ def eval_command(estimator, weights, options, device, as_json, out, resolutions,
     """Score a flow estimator: EPE on the Middlebury 2014 motorcycle stereo pair (ground truth
     flow = (-disparity, 0)), photometric warp error on real clips, and its cost at 256x256, beside
     OpenCV DIS and Farneback computed in the same run."""
-    from mpcore import flow_eval
+    from mpcore.flows import evaluate as flow_eval
 
     # ---- cheap checks first
     spec = _estimator_spec(estimator)
@@ -185,7 +185,7 @@ def eval_command(estimator, weights, options, device, as_json, out, resolutions,
     result["options"] = parsed
 
     if out_path is not None:
-        from mpcore.manifest import write_json_atomic
+        from mpcore.io.manifest import write_json_atomic
 
         write_json_atomic(result, out_path)
         echo(f"wrote {out_path}")
@@ -237,8 +237,8 @@ def show_command(image_a, image_b, estimator, weights, options, device, out, siz
     import numpy as np
     import torch
 
-    from mpcore import flow_viz
-    from mpcore.flow_eval import fit_long_side, resize_frames, to_model_frames
+    from mpcore.flows import viz as flow_viz
+    from mpcore.flows.evaluate import fit_long_side, resize_frames, to_model_frames
 
     frames = np.stack([frame_a, frame_b])
     if size is not None:
@@ -292,7 +292,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def format_extract_summary(summary: dict[str, Any]) -> str:
-    """The human summary of :func:`mpcore.flow_extract.extract_flows`."""
+    """The human summary of :func:`mpcore.flows.extract.extract_flows`."""
     height, width = summary["size"]
     gap = summary["gap"]
     gap_text = str(gap[0]) if gap[0] == gap[1] else f"{gap[0]}-{gap[1]}"
@@ -364,7 +364,8 @@ def extract_command(videos_dir, out, estimator, weights, options, device, pairs_
 
     Under `accelerate launch` / `torchrun` each process extracts a contiguous block of the videos;
     the main process merges them into one cache that reads back as a single process's."""
-    from mpcore import distributed, flow_extract
+    from mpcore.jobs import distributed
+    from mpcore.flows import extract as flow_extract
 
     dist = distributed.init(device)
     device = dist.device(device)
@@ -414,7 +415,7 @@ def extract_command(videos_dir, out, estimator, weights, options, device, pairs_
     if not dist.is_main:
         return
     if as_json:
-        from mpcore.manifest import json_safe
+        from mpcore.io.manifest import json_safe
 
         click.echo(json.dumps(json_safe(summary), indent=2, allow_nan=False))
     else:

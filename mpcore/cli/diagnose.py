@@ -1,5 +1,5 @@
 """``mpcore diagnose steps``: where does a backbone's clean-video estimate carry motion, and where does
-the discriminator respond? Run it before guiding a backbone (:mod:`mpcore.diagnose`).
+the discriminator respond? Run it before guiding a backbone (:mod:`mpcore.analysis.diagnose`).
 
     mpcore diagnose steps --backbone animatediff --model M --motion-adapter A \\
         --videos real_clips/ --prompts captions.txt --discriminator disc.safetensors --out diag/
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from mpcore.cli import echo, with_backbone_options
+from mpcore.cli.main import echo, with_backbone_options
 
 VIDEO_SUFFIXES = (".mp4", ".gif", ".webm", ".avi", ".mov", ".mkv")
 NOT_DIAGNOSE_OPTIONS = ("prompt", "guidance", "compare", "out", "fps")
@@ -24,7 +24,7 @@ NOT_DIAGNOSE_OPTIONS = ("prompt", "guidance", "compare", "out", "fps")
 
 def params() -> list[click.Parameter]:
     """``run``'s options without --prompt, --guidance, --compare, --out and --fps, plus the diagnostic's own."""
-    from mpcore.cli import _run_params
+    from mpcore.cli.main import _run_params
 
     O = click.Option
     own = [
@@ -64,7 +64,7 @@ def parse_steps(text: str, num_steps: int) -> list[int]:
 
 def find_clips(videos: Path, prompts: str | None, limit: int | None) -> list[tuple[Path, str]]:
     """(video, caption) pairs, checked before any model loads."""
-    from mpcore.prompts import read_prompts
+    from mpcore.io.prompts import read_prompts
 
     if not videos.is_dir():
         raise click.BadParameter(f"{videos} is not a folder", param_hint="--videos")
@@ -98,7 +98,7 @@ def diagnose():
 def steps_command(**kwargs):
     """Per sampling step: motion kept by the clean-video estimate (real clips) and the discriminator's verdicts
     (real clips' estimates vs the model's own), a plot, and a recommended estimate and opt_range."""
-    from mpcore import runner
+    from mpcore.jobs import run as runner
 
     try:
         _steps(**kwargs)
@@ -107,10 +107,10 @@ def steps_command(**kwargs):
 
 
 def _steps(**kwargs):
-    from mpcore import diagnose as diag
-    from mpcore import runner
-    from mpcore.manifest import write_json_atomic
-    from mpcore.video import read_video
+    from mpcore.analysis import diagnose as diag
+    from mpcore.jobs import run as runner
+    from mpcore.io.manifest import write_json_atomic
+    from mpcore.io.video import read_video
 
     videos, prompts, limit = kwargs.pop("videos"), kwargs.pop("prompts"), kwargs.pop("clips")
     check_steps, estimates_text, pairs = kwargs.pop("check_steps"), kwargs.pop("estimates"), kwargs.pop("pairs")
@@ -189,8 +189,8 @@ def gate_command(runs: tuple[Path, ...], json_out: Path | None):
     """Does guidance lower the discriminator term? Reads guided runs' manifests (RUNS: .json files or folders of
     them, e.g. an `mpcore generate` output) and reports the drop over the K iterations and over the range, with 95%
     CIs. Exit code 1 when the gate does not pass."""
-    from mpcore import diagnose as diag
-    from mpcore.manifest import write_json_atomic
+    from mpcore.analysis import diagnose as diag
+    from mpcore.io.manifest import write_json_atomic
 
     files = []
     for run in runs:

@@ -311,7 +311,7 @@ def plot(result: dict[str, Any], recommendation: dict[str, Any], out_png: str | 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from mpcore.files import atomic_path
+    from mpcore.io.files import atomic_path
 
     fig, (ax_motion, ax_logit) = plt.subplots(1, 2, figsize=(12, 4.2))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -381,7 +381,7 @@ def gate(results: list[dict[str, Any]], seed: int = 0, resamples: int = 10000) -
 
     Skipped iterations are left out. ``passed`` is true when both drops are positive with CIs above 0.
     """
-    from mpcore.compare import bootstrap_ci
+    from mpcore.analysis.compare import bootstrap_ci
 
     per_iteration, per_range = [], []
     sources: set[str] = set()

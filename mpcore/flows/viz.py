@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mpcore.files import atomic_path
+from mpcore.io.files import atomic_path
 
 GAP = 4
 """White pixels between panels."""
@@ -96,7 +96,7 @@ def compose(flow: Any, frame_a: Any = None, frame_b: Any = None, legend: bool = 
 
 def write_flow_png(path: str | Path, flow: Any, frame_a: Any = None, frame_b: Any = None, legend: bool = True) -> Path:
     """Write :func:`compose` ``(flow, frame_a, frame_b, legend)`` as a PNG, atomically
-    (:func:`mpcore.files.atomic_path`). Returns ``path``."""
+    (:func:`mpcore.io.files.atomic_path`). Returns ``path``."""
     from PIL import Image
 
     image = compose(flow, frame_a, frame_b, legend)

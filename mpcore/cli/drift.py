@@ -62,7 +62,7 @@ def metric_values(eval_json: Path, metric: str | None) -> dict[str, float | None
 def drift(inputs: tuple[Path, ...], out: Path, eval_json: Path | None, metric: str | None, top_fraction: float):
     """Plot the learned token's cosine similarity to its init embedding per sampling step, mean +- std
     over the guided runs in MANIFESTS_OR_DIRS (optionally split top/bottom by an eval metric)."""
-    from mpcore.drift import DriftError, load_manifests, plot_drift
+    from mpcore.analysis.drift import DriftError, load_manifests, plot_drift
 
     if metric is not None and eval_json is None:
         raise click.UsageError("--metric needs --eval EVAL_JSON (an `mpcore eval --json` result)")

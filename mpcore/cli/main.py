@@ -94,61 +94,61 @@ def resolve_configs(spec, model: str | None, sampler_flags: dict[str, Any], over
 # whether it needs the plugins). A test checks each line against the command's own help.
 BUILTIN_COMMANDS: dict[str, tuple[str, str, bool]] = {
     "diagnose": (
-        "mpcore.diagnose_cli:build_command",
+        "mpcore.cli.diagnose:build_command",
         "Measure where guidance can work before guiding a backbone.",
         True,
     ),
     "disc": (
-        "mpcore.disc_cli:disc",
+        "mpcore.cli.disc:disc",
         "Train and evaluate flow discriminators (real vs generated video flow) on flow caches.",
         True,
     ),
     "drift": (
-        "mpcore.drift_cli:drift",
+        "mpcore.cli.drift:drift",
         "Plot the learned token's cosine similarity to its init embedding per sampling step, mean "
         "+- std over the guided runs in MANIFESTS_OR_DIRS (optionally split top/bottom by an eval "
         "metric).",
         False,
     ),
     "eval": (
-        "mpcore.eval_cli:eval_command",
+        "mpcore.cli.eval:eval_command",
         "Evaluate VIDEOS (files, or folders of .mp4/.gif/.webm/.avi and PNG-frame folders; "
         "`*_compare.*` files are skipped) with VBench's temporal metrics and other installed "
         "metrics.",
         True,
     ),
     "flows": (
-        "mpcore.flows_cli:flows",
+        "mpcore.cli.flows:flows",
         "Evaluate and visualize optical-flow estimators (Middlebury EPE, warp error, color-coded "
         "flow), and extract flow datasets for training the discriminator.",
         True,
     ),
     "generate": (
-        "mpcore.generate:build_command",
+        "mpcore.jobs.generate:build_command",
         "Generate one video per (prompt, seed) of a prompt list into a folder; resumable "
         "(complete items are skipped).",
         True,
     ),
     "plugins": (
-        "mpcore.cli:plugins_command",
+        "mpcore.cli.main:plugins_command",
         "List installed backbones, flow estimators, discriminators, metrics and plugin commands, "
         "and where each comes from.",
         True,
     ),
     "report": (
-        "mpcore.report:report",
+        "mpcore.analysis.report:report",
         "Write a self-contained HTML report of an output folder of `mpcore run` / `mpcore "
         "generate`.",
         False,
     ),
     "run": (
-        "mpcore.cli:build_run_command",
+        "mpcore.cli.main:build_run_command",
         "Sample a video with MotionPrompt guidance (or the plain baseline) and write video, "
         "manifest and plots.",
         True,
     ),
     "weights": (
-        "mpcore.weights_cli:weights",
+        "mpcore.cli.weights:weights",
         "Checkpoint keys and shapes a backbone expects (strict loading), and checking files "
         "against them.",
         True,
@@ -332,7 +332,7 @@ def _run_params() -> list[click.Parameter]:
 
 def _run(**kwargs):
     """Sample a video with MotionPrompt guidance (or the plain baseline) and write video, manifest and plots."""
-    from mpcore import runner
+    from mpcore.jobs import run as runner
 
     try:
         _run_checked(**kwargs)
@@ -341,7 +341,8 @@ def _run(**kwargs):
 
 
 def _run_checked(**kwargs):
-    from mpcore import runner, video
+    from mpcore.jobs import run as runner
+    from mpcore.io import video
 
     prompt, out, overwrite = kwargs.pop("prompt"), kwargs.pop("out"), kwargs.pop("overwrite")
     setup = runner.prepare(kwargs, click.get_current_context().command.backbone_options)  # type: ignore[attr-defined]

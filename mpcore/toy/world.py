@@ -274,7 +274,7 @@ class Clip:
         return self.scene.caption
 
     def uint8(self) -> np.ndarray:
-        """(F, H, W, 3) uint8, the layout of :func:`mpcore.video.write_video`."""
+        """(F, H, W, 3) uint8, the layout of :func:`mpcore.io.video.write_video`."""
         return (self.frames.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from mpcore.files import atomic_path
-from mpcore.trace_plot import finite_float
+from mpcore.io.files import atomic_path
+from mpcore.analysis.trace_plot import finite_float
 
 SUMMARY_FILES = {"generate.json"}
 

@@ -27,7 +27,7 @@ class EvalError(ValueError):
 
 
 def _is_frame_folder(path: Path) -> bool:
-    from mpcore.video import _is_frame_folder as is_frames
+    from mpcore.io.video import _is_frame_folder as is_frames
 
     return is_frames(path) and any(path.iterdir())
 
@@ -60,13 +60,13 @@ def read_clip(path: str | Path) -> tuple[np.ndarray, float | None]:
     """uint8 RGB frames (F, H, W, 3) and the frame rate (None for PNG-frame folders)."""
     path = Path(path)
     if path.is_dir():
-        from mpcore.video import read_video
+        from mpcore.io.video import read_video
 
         return read_video(path), None
     if path.suffix.lower() == ".gif":
         from PIL import Image
 
-        from mpcore.video import read_video
+        from mpcore.io.video import read_video
 
         with Image.open(path) as image:
             duration = image.info.get("duration")
@@ -86,7 +86,7 @@ def read_clip(path: str | Path) -> tuple[np.ndarray, float | None]:
 
 def _error_text(error: BaseException) -> str:
     """One line: a decoder's multi-line message (ffmpeg's banner and log) shortened to its first and last lines."""
-    from mpcore.flow_extract import _error_text as one_line
+    from mpcore.flows.extract import _error_text as one_line
 
     return one_line(error)
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mpcore.files import atomic_path
+from mpcore.io.files import atomic_path
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
 """File suffixes that select a video file output; anything without a suffix is a PNG-frame folder."""
@@ -235,7 +235,7 @@ def _remove(path: Path) -> None:
 def write_video(frames: np.ndarray, out: str | Path, fps: int = 8) -> Path:
     """Write uint8 frames ``(F, H, W, 3)`` to ``out`` (``.mp4``, ``.gif`` or a PNG folder), atomically.
 
-    A file goes through :func:`mpcore.files.atomic_path`; a folder is written as
+    A file goes through :func:`mpcore.io.files.atomic_path`; a folder is written as
     ``.<name>.tmp-<pid>`` beside it and renamed into place. An existing output is replaced. If anything fails, the temporary is removed
     and the error re-raised. Returns the final path.
     """

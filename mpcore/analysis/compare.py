@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from mpcore.files import atomic_path, write_text_atomic
-from mpcore.manifest import write_json_atomic
+from mpcore.io.files import atomic_path, write_text_atomic
+from mpcore.io.manifest import write_json_atomic
 
 CONFIDENCE = 0.95
 _CHUNK_ELEMENTS = 4_000_000  # bound on resamples x n indices drawn at once (memory)

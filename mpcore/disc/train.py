@@ -8,7 +8,7 @@ lr 5e-4 and momentum 0.9, batch 32, about 20 epochs, keeping the epoch with the 
 
 This module is generic over discriminator plugins: it needs a :class:`mpcore.interfaces.DiscriminatorSpec`
 with ``build`` (a trainable model, ``logit = D(flow)``) and ``save`` (weights + config JSON that the
-spec's ``load`` reads back). The flows come from :class:`mpcore.flow_cache.FlowCache` directories.
+spec's ``load`` reads back). The flows come from :class:`mpcore.flows.cache.FlowCache` directories.
 
 Choices made here (not in the paper):
 
@@ -54,9 +54,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mpcore.files import atomic_path
-from mpcore.flow_cache import FlowCache, FlowCacheError
-from mpcore.manifest import build_manifest, write_json_atomic
+from mpcore.io.files import atomic_path
+from mpcore.flows.cache import FlowCache, FlowCacheError
+from mpcore.io.manifest import build_manifest, write_json_atomic
 
 CHECKPOINT_FORMAT = "mpcore-disc-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -647,7 +647,7 @@ def train_discriminator(
     caches readable, the checkpoint compatible on ``resume``) and only then is a model built.
     ``on_epoch_end(epoch, metrics)`` is called after each epoch's files are written (tests use it to
     simulate a kill). See the module docstring for the recipe and the outputs. ``dist`` (a
-    :class:`mpcore.distributed.Dist` of several processes, each calling this with the same arguments
+    :class:`mpcore.jobs.distributed.Dist` of several processes, each calling this with the same arguments
     and its own ``device``) trains with DDP: see the module docstring.
     """
     distributed = dist is not None and dist.enabled

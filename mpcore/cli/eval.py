@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from mpcore.cli import _resolve_device, echo
+from mpcore.cli.main import _resolve_device, echo
 
 
 def _parse_weights(items: tuple[str, ...]) -> dict[str, str]:
@@ -55,7 +55,7 @@ def print_table(result: dict[str, Any], title: str | None = None, notes: bool = 
 
 def _subset(result: dict[str, Any], paths: list[str]) -> dict[str, Any]:
     """The part of an ``evaluate_videos`` result for ``paths``, with its own means."""
-    from mpcore.evaluation import _mean
+    from mpcore.analysis.evaluate import _mean
 
     videos = {p: result["videos"][p] for p in paths}
     return {
@@ -70,7 +70,7 @@ def _subset(result: dict[str, Any], paths: list[str]) -> dict[str, Any]:
 
 def match_pairs(baseline_dir: Path, guided_dir: Path) -> tuple[list[tuple[str, str]], list[str]]:
     """(baseline, guided) paths with the same file name in both folders, and the unmatched names."""
-    from mpcore.evaluation import EvalError, expand_videos
+    from mpcore.analysis.evaluate import EvalError, expand_videos
 
     for folder in (baseline_dir, guided_dir):
         if not folder.is_dir():
@@ -108,8 +108,8 @@ def eval_command(videos, metrics_text, weights_items, option_items, device, json
 
     A metric whose weights are missing is reported as unavailable (values null), with a warning.
     """
-    from mpcore.evaluation import EvalError, evaluate_videos, expand_videos, resolve_metrics
-    from mpcore.manifest import write_json_atomic
+    from mpcore.analysis.evaluate import EvalError, evaluate_videos, expand_videos, resolve_metrics
+    from mpcore.io.manifest import write_json_atomic
 
     try:
         if compare and videos:
@@ -146,7 +146,7 @@ def eval_command(videos, metrics_text, weights_items, option_items, device, json
         _fail_if_nothing_scored(result)
         return
 
-    from mpcore.compare import paired_comparison, write_comparison
+    from mpcore.analysis.compare import paired_comparison, write_comparison
 
     baseline = _subset(result, [b for b, _ in pairs])
     guided = _subset(result, [g for _, g in pairs])
@@ -165,7 +165,7 @@ def eval_command(videos, metrics_text, weights_items, option_items, device, json
 
 def _fail_if_nothing_scored(result: dict[str, Any]) -> None:
     """Exit 1 (after the table and the JSON are written) when not a single value could be computed."""
-    from mpcore.evaluation import scored_count
+    from mpcore.analysis.evaluate import scored_count
 
     if scored_count(result):
         return

@@ -2,7 +2,7 @@
 
 * ``mpcore disc train --real CACHE --fake CACHE --out disc.safetensors`` -- the recipe of MotionPrompt
   (Nam et al., CVPR 2025): BCE real vs generated flow, SGD lr 5e-4 momentum 0.9, batch 32, 20 epochs,
-  the best-validation-loss epoch kept (:mod:`mpcore.disc_train`);
+  the best-validation-loss epoch kept (:mod:`mpcore.disc.train`);
 * ``mpcore disc eval --disc disc.safetensors --real CACHE --fake CACHE`` -- accuracy, per-class
   accuracy, ROC-AUC and mean logits on (held-out) caches.
 
@@ -21,7 +21,7 @@ from typing import Any
 import click
 
 from mpcore import plugins
-from mpcore.cli import _resolve_device, echo
+from mpcore.cli.main import _resolve_device, echo
 from mpcore.config import ConfigError, parse_override
 
 
@@ -82,8 +82,8 @@ def train_command(real, fake, out, disc_type, arch, pretrained, epochs, batch_si
 
     Under `accelerate launch` / `torchrun`: DDP with the global batch kept at --batch-size; only the
     main process writes the outputs."""
-    from mpcore import distributed
-    from mpcore.disc_train import DiscTrainError, TrainConfig, train_discriminator
+    from mpcore.jobs import distributed
+    from mpcore.disc.train import DiscTrainError, TrainConfig, train_discriminator
 
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite contradict each other; pass one")
@@ -157,7 +157,7 @@ def format_eval(result: dict[str, Any]) -> str:
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
 def eval_command(disc_path, real, fake, disc_type, as_json, batch_size, device, progress):
     """Accuracy, per-class accuracy, ROC-AUC and mean logits of a discriminator on two flow caches."""
-    from mpcore.disc_train import DiscTrainError, evaluate_caches, open_caches
+    from mpcore.disc.train import DiscTrainError, evaluate_caches, open_caches
 
     path = Path(disc_path).expanduser()
     if not path.is_file():
@@ -181,7 +181,7 @@ def eval_command(disc_path, real, fake, disc_type, as_json, batch_size, device, 
     result = {"discriminator": {"type": spec.name, "path": str(path)},
               **evaluate_caches(model, caches, batch_size=batch_size, device=resolved, progress=progress)}
     if as_json:
-        from mpcore.manifest import json_safe
+        from mpcore.io.manifest import json_safe
 
         click.echo(json.dumps(json_safe(result), indent=2))
     else:

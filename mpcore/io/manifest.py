@@ -21,7 +21,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from mpcore.files import write_text_atomic
+from mpcore.io.files import write_text_atomic
 
 MANIFEST_VERSION = 1
 
@@ -119,7 +119,7 @@ def write_json_atomic(data: Any, path: str | Path) -> Path:
     """Write ``json_safe(data)`` as indented strict JSON (no NaN) to ``path`` atomically.
 
     The text is serialized before any file is created, then written by
-    :func:`mpcore.files.write_text_atomic`.
+    :func:`mpcore.io.files.write_text_atomic`.
     """
     return write_text_atomic(json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n", path)
 

@@ -38,7 +38,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from mpcore.files import follow_umask, write_text_atomic
+from mpcore.io.files import follow_umask, write_text_atomic
 
 FORMAT = "mpcore-flow-cache"
 VERSION = 1

@@ -26,9 +26,9 @@ from typing import Any
 import click
 
 from mpcore import plugins
-from mpcore.cli import SAMPLER_FLAGS, _parse_scalar, _resolve_device, echo, resolve_configs, resolve_dtype
+from mpcore.cli.main import SAMPLER_FLAGS, _parse_scalar, _resolve_device, echo, resolve_configs, resolve_dtype
 from mpcore.config import PAPER_STEPS, ConfigError, MotionPromptConfig, SamplerConfig, parse_override, to_dict
-from mpcore.files import remove_stale_temporaries
+from mpcore.io.files import remove_stale_temporaries
 from mpcore.interfaces import DEFAULT_BACKBONE, DEFAULT_MODEL, TINY_MODEL
 
 """Upper bound of ``--steps``: the training timesteps of the supported schedulers (DDPM's 1000). DDIM
@@ -77,9 +77,9 @@ def describe_health(health: dict[str, Any]) -> str:
 
 def user_errors() -> tuple[type[Exception], ...]:
     """Exceptions that are the user's to fix: the CLI prints their message, without a traceback."""
-    from mpcore.prompts import PromptFileError
-    from mpcore.video import OutputError
-    from mpcore.weights import CheckpointMismatchError
+    from mpcore.io.prompts import PromptFileError
+    from mpcore.io.video import OutputError
+    from mpcore.io.weights import CheckpointMismatchError
 
     return (ConfigError, OutputError, CheckpointMismatchError, plugins.UnknownPluginError, FileNotFoundError,
             PromptFileError, GuidanceSkippedError)
@@ -126,7 +126,7 @@ class RunSetup:
     def output_paths(self, out: Path, every: bool = False) -> dict[str, Path | None]:
         """The files of one video written to ``out``: the manifest is written last. ``every``: also
         the companions this run does not write (those an earlier run may have left there)."""
-        from mpcore import video
+        from mpcore.io import video
 
         return {
             "video": out,
@@ -398,8 +398,8 @@ def generate_one(
     """
     import torch
 
-    from mpcore import video
-    from mpcore.manifest import build_manifest, write_json_atomic
+    from mpcore.io import video
+    from mpcore.io.manifest import build_manifest, write_json_atomic
     from mpcore.sampling import decode_video, sample
 
     sampler = dataclasses.replace(setup.sampler, seed=seed)
@@ -435,7 +435,7 @@ def generate_one(
     if health is not None and report is not None:
         report(describe_health(health))
     if paths["trace_plot"] is not None:
-        from mpcore.trace_plot import plot_trace
+        from mpcore.analysis.trace_plot import plot_trace
 
         plot_trace(guidance_result, paths["trace_plot"], title=f"MotionPrompt: {prompt}")
     motion = setup.motion

@@ -22,7 +22,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from mpcore.files import atomic_path
+from mpcore.io.files import atomic_path
 
 LOSS_TERMS = ("total", "disc", "tv", "reg")
 _TERM_COLORS = {"total": "black", "disc": "tab:blue", "tv": "tab:orange", "reg": "tab:green"}

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mpcore.manifest import json_safe
+from mpcore.io.manifest import json_safe
 
 RESOLUTIONS = {"full": 1, "half": 2, "quarter": 4}
 """Motorcycle resolutions: name -> integer downsampling factor of the native 500 x 741 pair."""
@@ -590,7 +590,7 @@ def evaluate(
             reference_results["farneback"][resolution]["pyramid_levels_used"] = farneback_pyramid_levels(
                 *pair.valid.shape, FARNEBACK_PARAMS["levels"], FARNEBACK_PARAMS["pyr_scale"])
 
-    from mpcore.manifest import package_versions
+    from mpcore.io.manifest import package_versions
 
     output = {
         "estimator": name,

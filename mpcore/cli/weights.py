@@ -12,7 +12,7 @@ import math
 import click
 
 from mpcore import plugins
-from mpcore.cli import echo
+from mpcore.cli.main import echo
 
 
 def _spec(backbone: str):
@@ -74,7 +74,7 @@ def expected_command(backbone: str, variant: str | None, config: str | None, as_
 def check_command(backbone: str, variant: str | None, config: str | None, limit: int, file: str):
     """Check FILE's keys and shapes against what BACKBONE loads strictly; exit code 1 with the
     differences (missing / unexpected / shape mismatch) if they differ."""
-    from mpcore.weights import CheckpointMismatchError, read_state_dict, shapes, state_dict_diff
+    from mpcore.io.weights import CheckpointMismatchError, read_state_dict, shapes, state_dict_diff
 
     try:
         spec, keys = _expected(backbone, variant, config)

@@ -1,0 +1,1 @@
+"""Training and evaluating flow discriminators on flow caches."""

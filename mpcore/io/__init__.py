@@ -1,0 +1,1 @@
+"""Files in and out: videos, atomic writes, manifests, prompt lists, checkpoint reading."""

@@ -1,0 +1,1 @@
+"""The procedural toy world (clips, captions, masks) and its exact object measures."""
