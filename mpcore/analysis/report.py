@@ -1,4 +1,5 @@
-"""``mpcore report DIR``: one self-contained HTML page for an output folder of ``mpcore run``/``generate``.
+"""The page of ``mpcore report DIR`` (the command is in :mod:`mpcore.cli.report`): one self-contained HTML
+page for an output folder of ``mpcore run``/``generate``.
 
 One card per item (``NAME.json`` manifest, ``NAME.mp4`` video, ``NAME_compare.mp4`` baseline |
 MotionPrompt, ``NAME_trace.png``), sorted by name: the prompt, seed, guidance settings, the
@@ -26,7 +27,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import click
 
 VIDEO_EXTS = (".mp4", ".webm", ".gif")
 MANIFEST_KEY = "mpcore_manifest_version"
@@ -583,28 +583,3 @@ def write_report(folder: str | Path, out: str | Path | None = None, eval_path: s
         comparison = default_comparison(folder)
     page, _ = render(folder, out, evaluation, comparison, title, eval_path)
     return write_text_atomic(page, out)
-
-
-@click.command("report")
-@click.argument("folder", metavar="DIR", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="HTML file to write. [default: DIR/report.html]")
-@click.option("--eval", "eval_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              help="An `mpcore eval --json` output: per-video metric values are shown on each card.")
-@click.option("--comparison", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Folder with comparison.json/.md/.png of `mpcore eval --compare`. [default: DIR/comparison, "
-                   "or DIR/../comparison if it compares DIR's videos]")
-@click.option("--title", default=None, help="Page title. [default: 'MotionPrompt report: DIR name']")
-def report(folder: Path, out: Path | None, eval_path: Path | None, comparison: Path | None, title: str | None):
-    """Write a self-contained HTML report of an output folder of `mpcore run` / `mpcore generate`.
-
-    One card per item: prompt, seed, guidance settings, the baseline | MotionPrompt video, the trace
-    plot and (with --eval) its metric values. Media are linked relatively: keep the report in DIR
-    (the default) to move or zip the folder with it. Opens offline in any browser.
-    """
-    try:
-        path = write_report(folder, out, eval_path, comparison, title)
-    except ReportError as error:
-        raise click.ClickException(str(error)) from None
-    click.echo(str(path))
-    click.echo(path.resolve().as_uri())

@@ -136,7 +136,7 @@ BUILTIN_COMMANDS: dict[str, tuple[str, str, bool]] = {
         True,
     ),
     "report": (
-        "mpcore.analysis.report:report",
+        "mpcore.cli.report:report",
         "Write a self-contained HTML report of an output folder of `mpcore run` / `mpcore "
         "generate`.",
         False,
