@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from mpcore.analysis.report import _comparison_rows, report
+from mpcore.analysis.report import _comparison_rows
+from mpcore.cli.report import report
 from mpcore.io.video import side_by_side, write_video
 
 EVIL = '<script>alert("x")</script> & a "fox"'
