@@ -16,7 +16,8 @@ from pathlib import Path
 
 import click
 
-from mpcore.cli.main import echo, with_backbone_options
+from mpcore.cli.common import as_click_error, with_backbone_options
+from mpcore.io.console import echo
 
 VIDEO_SUFFIXES = (".mp4", ".gif", ".webm", ".avi", ".mov", ".mkv")
 NOT_DIAGNOSE_OPTIONS = ("prompt", "guidance", "compare", "out", "fps")
@@ -24,7 +25,7 @@ NOT_DIAGNOSE_OPTIONS = ("prompt", "guidance", "compare", "out", "fps")
 
 def params() -> list[click.Parameter]:
     """``run``'s options without --prompt, --guidance, --compare, --out and --fps, plus the diagnostic's own."""
-    from mpcore.cli.main import _run_params
+    from mpcore.cli.run import run_params
 
     O = click.Option
     own = [
@@ -42,7 +43,7 @@ def params() -> list[click.Parameter]:
         O(["--min-auc"], type=float, default=None, help="Recommendation: least discriminator AUC (default 0.6)."),
         O(["--out"], required=True, type=click.Path(path_type=Path), help="Output folder: diagnose.json, diagnose.png."),
     ]
-    shared = [p for p in _run_params() if p.name not in NOT_DIAGNOSE_OPTIONS]
+    shared = [p for p in run_params() if p.name not in NOT_DIAGNOSE_OPTIONS]
     return shared[:2] + own + shared[2:]
 
 
@@ -103,7 +104,7 @@ def steps_command(**kwargs):
     try:
         _steps(**kwargs)
     except (*runner.user_errors(), ValueError) as error:
-        raise click.ClickException(str(error)) from None
+        raise as_click_error(error) from None
 
 
 def _steps(**kwargs):

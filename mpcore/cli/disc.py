@@ -21,7 +21,8 @@ from typing import Any
 import click
 
 from mpcore import plugins
-from mpcore.cli.main import _resolve_device, echo
+from mpcore.cli.common import device_from_option
+from mpcore.io.console import echo
 from mpcore.config import ConfigError, parse_override
 
 
@@ -83,7 +84,8 @@ def train_command(real, fake, out, disc_type, arch, pretrained, epochs, batch_si
     Under `accelerate launch` / `torchrun`: DDP with the global batch kept at --batch-size; only the
     main process writes the outputs."""
     from mpcore.jobs import distributed
-    from mpcore.disc.train import DiscTrainError, TrainConfig, train_discriminator
+    from mpcore.disc.data import DiscTrainError
+    from mpcore.disc.train import TrainConfig, train_discriminator
 
     if resume and overwrite:
         raise click.UsageError("--resume and --overwrite contradict each other; pass one")
@@ -94,7 +96,7 @@ def train_command(real, fake, out, disc_type, arch, pretrained, epochs, batch_si
         options = _arch_options(arch)
         spec = _spec(disc_type)
         dist = distributed.init(device)
-        resolved = _resolve_device(dist.device(device))
+        resolved = device_from_option(dist.device(device))
         log = train_discriminator(spec, real, fake, out, config, options, pretrained=pretrained, device=resolved,
                                   resume=resume, overwrite=overwrite, progress=progress, echo=echo,
                                   command=["mpcore", *sys.argv[1:]], dist=dist)
@@ -157,7 +159,8 @@ def format_eval(result: dict[str, Any]) -> str:
 @click.option("--progress/--no-progress", default=True, help="Show progress bars.")
 def eval_command(disc_path, real, fake, disc_type, as_json, batch_size, device, progress):
     """Accuracy, per-class accuracy, ROC-AUC and mean logits of a discriminator on two flow caches."""
-    from mpcore.disc.train import DiscTrainError, evaluate_caches, open_caches
+    from mpcore.disc.data import DiscTrainError, open_caches
+    from mpcore.disc.evaluate import evaluate_caches
 
     path = Path(disc_path).expanduser()
     if not path.is_file():
@@ -169,7 +172,7 @@ def eval_command(disc_path, real, fake, disc_type, as_json, batch_size, device, 
         except (json.JSONDecodeError, AttributeError):
             disc_type = None  # the plugin's load reports the broken config
     spec = _spec(disc_type or "vit")
-    resolved = _resolve_device(device)
+    resolved = device_from_option(device)
     try:
         caches = open_caches(real, fake, same_size=False)
     except DiscTrainError as error:

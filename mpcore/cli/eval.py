@@ -7,7 +7,8 @@ from typing import Any
 
 import click
 
-from mpcore.cli.main import _resolve_device, echo
+from mpcore.cli.common import device_from_option
+from mpcore.io.console import echo
 
 
 def _parse_weights(items: tuple[str, ...]) -> dict[str, str]:
@@ -128,7 +129,7 @@ def eval_command(videos, metrics_text, weights_items, option_items, device, json
             paths = [p for pair in pairs for p in pair]
         else:
             paths = [str(p) for p in expand_videos(videos)]
-        resolved = _resolve_device(device)
+        resolved = device_from_option(device)
         result = evaluate_videos(paths, names, resolved, weights, progress, options=options, warn=echo)
     except (EvalError, ValueError, TypeError, OSError) as error:  # ValueError: e.g. weights for a weight-free metric
         raise click.ClickException(str(error)) from None

@@ -24,7 +24,9 @@ from typing import Any, Callable
 import click
 
 from mpcore import plugins
-from mpcore.cli.main import _parse_scalar, _resolve_device, echo
+from mpcore.cli.common import device_from_option
+from mpcore.io.console import echo
+from mpcore.jobs.run import parse_scalar
 from mpcore.config import parse_override
 
 
@@ -44,7 +46,7 @@ def _parse_options(options: tuple[str, ...]) -> dict[str, Any]:
     for option in options:
         if "=" not in option:
             raise click.BadParameter(f"invalid option {option!r}: expected KEY=VALUE, e.g. --option size=large", param_hint="--option")
-    return {key: _parse_scalar(value) for key, value in map(parse_override, options)}
+    return {key: parse_scalar(value) for key, value in map(parse_override, options)}
 
 
 def _check_out_file(path: str, suffix: str | None = None) -> Path:
@@ -168,7 +170,7 @@ def eval_command(estimator, weights, options, device, as_json, out, resolutions,
         flow_eval.check_dependencies(references=references, clips=clip_pairs > 0)
     except flow_eval.MissingDependencyError as error:
         raise click.ClickException(str(error)) from None
-    resolved = _resolve_device(device)
+    resolved = device_from_option(device)
 
     # ---- load and evaluate
     echo(f"loading flow estimator {estimator!r} on {resolved}")
@@ -232,7 +234,7 @@ def show_command(image_a, image_b, estimator, weights, options, device, out, siz
             f"the two images differ in size: {image_a} is {frame_a.shape[1]}x{frame_a.shape[0]}, "
             f"{image_b} is {frame_b.shape[1]}x{frame_b.shape[0]} (width x height); flow needs two frames of one size"
         )
-    resolved = _resolve_device(device)
+    resolved = device_from_option(device)
 
     import numpy as np
     import torch
@@ -391,7 +393,7 @@ def extract_command(videos_dir, out, estimator, weights, options, device, pairs_
     found = len(sources)
     if max_videos is not None:
         sources = sources[:max_videos]
-    resolved = _resolve_device(device)
+    resolved = device_from_option(device)
 
     # ---- load and extract
     say(f"{found} source(s) under {videos_dir}" + (f"; using the first {len(sources)}" if len(sources) < found else "")

@@ -12,7 +12,7 @@ import math
 import click
 
 from mpcore import plugins
-from mpcore.cli.main import echo
+from mpcore.io.console import echo
 
 
 def _spec(backbone: str):

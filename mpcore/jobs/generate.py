@@ -29,9 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import click
-
-from mpcore.cli.main import _run_params, echo, with_backbone_options
+from mpcore.io.console import echo
 from mpcore.io.files import remove_stale_temporaries
 from mpcore.io.prompts import Prompt
 
@@ -138,130 +136,131 @@ def check_out_dir(out_dir: Path) -> Path:
     return out_dir
 
 
-def params() -> list[click.Parameter]:
-    """``run``'s options without --prompt, --seed and --out, plus the prompt list, seeds and output folder."""
-    O = click.Option
-    own = [
-        O(["--prompts"], required=True,
-          help="Prompt file: .txt (one per line; '#' comments) or VBench-style .json; 'example' = the list shipped with mpcore."),
-        O(["--seeds"], default=None, help="Seeds of each prompt: 0,1,2 or 0-3 (inclusive). Default: the backbone's default seed."),
-        O(["--out"], required=True, help="Output folder: <item>.mp4 + <item>.json per item, and generate.json."),
-        O(["--format", "fmt"], type=click.Choice(list(FORMATS)), default="mp4", show_default=True,
-          help="Video format of each item (frames: a folder of lossless PNG frames)."),
-        O(["--fail-fast"], is_flag=True, help="Stop at the first item that fails (default: report it, go on)."),
-    ]
-    shared = [p for p in _run_params() if p.name not in ("prompt", "seed", "out", "overwrite")]
-    return shared[:2] + own + shared[2:]  # after --backbone and --model
+@dataclass
+class GenerateJob:
+    """What ``generate`` decided before loading anything: the run's setup, the items and which of them are
+    this process's to do, the output folder and the summary's settings."""
+
+    setup: Any  # mpcore.jobs.run.RunSetup
+    dist: Any  # mpcore.jobs.distributed.Distributed
+    prompts_path: Path
+    prompts: list[Prompt]
+    seeds: list[int]
+    out_dir: Path
+    fmt: str
+    fail_fast: bool
+    items: list[Item]
+    settings: dict[str, Any]
+    status: dict[str, dict[str, Any]]  # item name -> {"status": "skipped"|"pending"|"generated"|"failed", ...}
+    todo: list[Item]  # every process's items still to generate
+    mine: list[Item]  # this process's share of todo
+
+    @property
+    def summary_path(self) -> Path:
+        return self.out_dir / SUMMARY_FILE
+
+    def write_summary(self, seconds: float, ranks: list[dict[str, Any]] | None = None) -> None:
+        from mpcore.io.manifest import build_manifest, write_json_atomic
+
+        extra = {"distributed": {**self.dist.describe(), "ranks": ranks}} if self.dist.enabled else {}
+        status = self.status
+        write_json_atomic(build_manifest(
+            command=["mpcore", *sys.argv[1:]],
+            prompts={"file": str(self.prompts_path), "count": len(self.prompts)},
+            seeds=self.seeds,
+            settings=self.settings,
+            summary={**_counts(status), "seconds": seconds, "seconds_per_video": _seconds_per_video(status)},
+            items=[{"name": item.name, "prompt_index": item.prompt.index, "prompt": item.prompt.text,
+                    "category": item.prompt.category, "seed": item.seed, **status[item.name]} for item in self.items],
+            **extra,
+        ), self.summary_path)
 
 
-def build_command(options: dict) -> click.Command:
-    """``mpcore generate`` with the installed backbones' options (``options``: see :func:`mpcore.cli.main.backbone_options`)."""
-    return with_backbone_options(click.Command("generate", callback=command, help=command.__doc__, params=params()),
-                                 options)
-
-
-def command(**kwargs):
-    """Generate one video per (prompt, seed) of a prompt list into a folder; resumable (complete items are skipped)."""
-    from mpcore.jobs import run as runner
-
-    try:
-        _generate(**kwargs)
-    except (*runner.user_errors(), GenerateError) as error:
-        raise click.ClickException(str(error)) from None
-
-
-def _generate(**kwargs):
-    from tqdm.auto import tqdm
-
+def generate(options: dict[str, Any], backbone_option_owners: dict[str, list[str]]) -> None:
+    """``mpcore generate``: ``options`` are the command's (``run``'s without prompt, seed and out, plus
+    ``prompts``, ``seeds``, ``out``, ``fmt``, ``fail_fast``). Raises :class:`GenerateError` if items failed
+    or every guided video equals its baseline, after everything else is written."""
     from mpcore.jobs import distributed
+
+    dist = distributed.init(options["device"])
+    job = plan(options, backbone_option_owners, dist)
+    if dist.is_main:
+        _start_summary(job)
+    dist.barrier()  # every process has scanned the folder before any writes to it: all share one `todo`
+    start = time.perf_counter()
+    _generate_items(job, start)
+    ranks = None
+    if dist.enabled:
+        dist.barrier()  # every process has written its part
+        if not dist.is_main:
+            return
+        ranks = _merge_parts(job.out_dir, dist, job.status)
+        job.write_summary(time.perf_counter() - start, ranks)
+    _finish(job, time.perf_counter() - start, ranks)
+
+
+def plan(options: dict[str, Any], backbone_option_owners: dict[str, list[str]], dist) -> GenerateJob:
+    """The cheap checks first (prompts, settings, seeds, output folder), then what is already done and which
+    items are this process's (round-robin over the items still to do)."""
     from mpcore.jobs import run as runner
-    from mpcore.cli.main import _resolve_device
-    from mpcore.io.manifest import build_manifest, json_safe, write_json_atomic
+    from mpcore.io.manifest import json_safe
     from mpcore.io.prompts import read_prompts, resolve_prompts_path
 
+    options = dict(options)
     # ---- several processes (accelerate launch / torchrun): one device per process, one progress bar
-    dist = distributed.init(kwargs["device"])
-    requested_device = kwargs["device"]
+    requested_device = options["device"]
     if dist.enabled:
-        kwargs["device"] = dist.device(requested_device)
+        options["device"] = dist.device(requested_device)
         if not dist.is_main:
-            kwargs["progress"] = False
-
-    # ---- cheap checks first: prompts, settings, seeds, output folder, what is already done
-    prompts_path = resolve_prompts_path(kwargs.pop("prompts"))
+            options["progress"] = False
+    prompts_path = resolve_prompts_path(options.pop("prompts"))
     prompts = read_prompts(prompts_path)
-    seeds_text, out_dir, fmt, fail_fast = kwargs.pop("seeds"), Path(kwargs.pop("out")), kwargs.pop("fmt"), kwargs.pop("fail_fast")
-    setup = runner.prepare(kwargs, click.get_current_context().command.backbone_options)  # type: ignore[attr-defined]
+    seeds_text, out_dir, fmt, fail_fast = options.pop("seeds"), Path(options.pop("out")), options.pop("fmt"), options.pop("fail_fast")
+    setup = runner.prepare(options, backbone_option_owners)
     seeds = parse_seeds(seeds_text) if seeds_text is not None else [setup.sampler.seed]
     out_dir = check_out_dir(out_dir)
     items = generation_items(prompts, seeds)
     settings = {**setup.settings(), "format": fmt}
     if dist.enabled:  # the device as one process records it (cuda, not cuda:3): a folder resumes with any process count
-        settings["device"] = str(_resolve_device(requested_device))
-    summary_path = out_dir / SUMMARY_FILE
-    check_same_settings(summary_path, json_safe(settings))
+        settings["device"] = str(runner.resolve_device(requested_device))
+    check_same_settings(out_dir / SUMMARY_FILE, json_safe(settings))
     status: dict[str, dict[str, Any]] = {}
     for item in items:
         status[item.name] = {"status": "skipped" if is_complete(item, item_video_path(out_dir, item, fmt)) else "pending"}
     todo = [item for item in items if status[item.name]["status"] == "pending"]
     mine = todo[dist.rank::dist.world_size]  # all of them in a single process
+    return GenerateJob(setup, dist, prompts_path, prompts, seeds, out_dir, fmt, fail_fast, items, settings, status,
+                       todo, mine)
 
-    def write_summary(seconds: float, ranks: list[dict[str, Any]] | None = None) -> None:
-        extra = {"distributed": {**dist.describe(), "ranks": ranks}} if dist.enabled else {}
-        write_json_atomic(build_manifest(
-            command=["mpcore", *sys.argv[1:]],
-            prompts={"file": str(prompts_path), "count": len(prompts)},
-            seeds=seeds,
-            settings=settings,
-            summary={**_counts(status), "seconds": seconds, "seconds_per_video": _seconds_per_video(status)},
-            items=[{"name": item.name, "prompt_index": item.prompt.index, "prompt": item.prompt.text,
-                    "category": item.prompt.category, "seed": item.seed, **status[item.name]} for item in items],
-            **extra,
-        ), summary_path)
 
-    if dist.is_main:
-        # a killed run's half-written files (its writers are gone: nobody writes before the barrier)
-        remove_stale_temporaries(out_dir, [item_video_path(out_dir, item, fmt).stem for item in todo])
-        write_summary(0.0)
-        processes = f" on {dist.world_size} processes" if dist.enabled else ""
-        echo(f"{len(items)} items ({len(prompts)} prompts x {len(seeds)} seeds) in {out_dir}: "
-             f"{len(items) - len(todo)} already complete, {len(todo)} to generate{processes}")
-    dist.barrier()  # every process has scanned the folder before any writes to it: all share one `todo`
+def _start_summary(job: GenerateJob) -> None:
+    """Main process, before any item: clear what a killed run left, write the summary, say what is to do."""
+    # a killed run's half-written files (its writers are gone: nobody writes before the barrier)
+    remove_stale_temporaries(job.out_dir, [item_video_path(job.out_dir, item, job.fmt).stem for item in job.todo])
+    job.write_summary(0.0)
+    processes = f" on {job.dist.world_size} processes" if job.dist.enabled else ""
+    echo(f"{len(job.items)} items ({len(job.prompts)} prompts x {len(job.seeds)} seeds) in {job.out_dir}: "
+         f"{len(job.items) - len(job.todo)} already complete, {len(job.todo)} to generate{processes}")
 
-    # ---- load once (unless all is done), then one video per item
+
+def _generate_items(job: GenerateJob, start: float) -> None:
+    """Load once (unless all is done), then one video per item of this process; the summary (or this
+    process's part of it) is written at the end, also when an item raises (``--fail-fast``) or on a kill."""
+    from tqdm.auto import tqdm
+
+    from mpcore.jobs import run as runner
+
+    setup, dist, status = job.setup, job.dist, job.status
     exit_after = _exit_after(dist.rank)
-    start = time.perf_counter()
     bar = None
     try:
-        models = runner.load(setup) if mine else None
-        bar = tqdm(total=len(todo), desc="generate", unit="video", disable=not setup.progress, dynamic_ncols=True)
-        for item in mine:
-            item_start = time.perf_counter()
-
-            def report_skips(line: str, item: Item = item) -> None:  # only items with skipped updates: no noise
-                if not line.endswith(" 0 skipped"):
-                    tqdm.write(f"{item.name}: {line}", file=sys.stderr)
-
-            try:
-                runner.generate_one(setup, models, item.prompt.text, item.seed, item_video_path(out_dir, item, fmt),
-                                    manifest_extra={"item": {"name": item.name, "prompt_index": item.prompt.index,
-                                                             "category": item.prompt.category,
-                                                             "prompts_file": str(prompts_path)}},
-                                    report=report_skips)
-            except runner.GuidanceSkippedError:  # written and complete, but it equals its baseline
-                status[item.name] = {"status": "generated", "seconds": time.perf_counter() - item_start,
-                                     "all_updates_skipped": True}
-            except Exception as error:
-                status[item.name] = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
-                tqdm.write(f"failed {item.name} (prompt {item.prompt.text!r}, seed {item.seed}): "
-                           f"{type(error).__name__}: {error}", file=sys.stderr)
-                if fail_fast:
-                    raise
-            else:
-                status[item.name] = {"status": "generated", "seconds": time.perf_counter() - item_start}
+        models = runner.load(setup) if job.mine else None
+        bar = tqdm(total=len(job.todo), desc="generate", unit="video", disable=not setup.progress, dynamic_ncols=True)
+        for item in job.mine:
+            status[item.name] = _generate_item(job, models, item)
             if dist.enabled:
                 status[item.name]["rank"] = dist.rank
-                bar.n = sum(_manifest_path(out_dir, other, fmt).is_file() for other in todo)  # every process's items
+                bar.n = sum(_manifest_path(job.out_dir, other, job.fmt).is_file() for other in job.todo)  # every process's items
                 bar.refresh()
             else:
                 bar.update(1)
@@ -272,32 +271,61 @@ def _generate(**kwargs):
             bar.close()
         seconds = time.perf_counter() - start
         if dist.enabled:
-            _write_part(out_dir, dist.rank, str(setup.device), mine, status, seconds)
+            _write_part(job.out_dir, dist.rank, str(setup.device), job.mine, status, seconds)
             # no barrier when failing: the others would wait for this process; the launcher ends them
         else:
-            write_summary(seconds)
-    ranks = None
-    if dist.enabled:
-        dist.barrier()  # every process has written its part
-        if not dist.is_main:
-            return
-        ranks = _merge_parts(out_dir, dist, status)
-        seconds = time.perf_counter() - start
-        write_summary(seconds, ranks)
+            job.write_summary(seconds)
+
+
+def _generate_item(job: GenerateJob, models, item: Item) -> dict[str, Any]:
+    """One item's video and companions (:func:`mpcore.jobs.run.generate_one`); its status entry. A failure is
+    recorded and reported (raised with ``--fail-fast``)."""
+    from tqdm.auto import tqdm
+
+    from mpcore.jobs import run as runner
+
+    item_start = time.perf_counter()
+
+    def report_skips(line: str) -> None:  # only items with skipped updates: no noise
+        if not line.endswith(" 0 skipped"):
+            tqdm.write(f"{item.name}: {line}", file=sys.stderr)
+
+    try:
+        runner.generate_one(job.setup, models, item.prompt.text, item.seed, item_video_path(job.out_dir, item, job.fmt),
+                            manifest_extra={"item": {"name": item.name, "prompt_index": item.prompt.index,
+                                                     "category": item.prompt.category,
+                                                     "prompts_file": str(job.prompts_path)}},
+                            report=report_skips)
+    except runner.GuidanceSkippedError:  # written and complete, but it equals its baseline
+        return {"status": "generated", "seconds": time.perf_counter() - item_start, "all_updates_skipped": True}
+    except Exception as error:
+        job.status[item.name] = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
+        tqdm.write(f"failed {item.name} (prompt {item.prompt.text!r}, seed {item.seed}): "
+                   f"{type(error).__name__}: {error}", file=sys.stderr)
+        if job.fail_fast:
+            raise
+        return job.status[item.name]
+    return {"status": "generated", "seconds": time.perf_counter() - item_start}
+
+
+def _finish(job: GenerateJob, seconds: float, ranks: list[dict[str, Any]] | None) -> None:
+    """The closing lines (counts, per-process throughput); :class:`GenerateError` if items failed or every
+    guided video equals its baseline."""
+    items, status = job.items, job.status
     counts, per_video = _counts(status), _seconds_per_video(status)
     per_video = f", {per_video:.2f} s/video" if per_video is not None else ""
     echo(f"generated {counts['generated']}, skipped {counts['skipped']}, failed {counts['failed']} "
-         f"in {seconds:.1f} s{per_video}; {summary_path}")
+         f"in {seconds:.1f} s{per_video}; {job.summary_path}")
     for row in ranks or []:
         rate = f"{row['items_per_s']:.3f} items/s" if row["items_per_s"] is not None else "-"
         echo(f"  rank {row['rank']} ({row['host']}, {row['device']}): generated {row['generated']} of {row['items']}, "
              f"failed {row['failed']} in {row['seconds']:.1f} s, {rate}")
     if counts["failed"]:
-        raise click.ClickException(f"{counts['failed']} of {len(items)} items failed (listed in {summary_path}); "
-                                   "run the same command again to retry them")
+        raise GenerateError(f"{counts['failed']} of {len(items)} items failed (listed in {job.summary_path}); "
+                            "run the same command again to retry them")
     unguided = [name for name, s in status.items() if s.get("all_updates_skipped")]
     if unguided:
-        raise click.ClickException(
+        raise GenerateError(
             f"{len(unguided)} of {len(items)} videos equal their plain baseline: MotionPrompt skipped every token "
             f"update ({', '.join(unguided[:5])}{', ...' if len(unguided) > 5 else ''}; see guidance_updates in their "
             "manifests). Lower the learning rate (-o lr=...) or the loss weights and generate into a new --out."

@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import click
 
 from mpcore import plugins
-from mpcore.cli.main import SAMPLER_FLAGS, _parse_scalar, _resolve_device, echo, resolve_configs, resolve_dtype
-from mpcore.config import PAPER_STEPS, ConfigError, MotionPromptConfig, SamplerConfig, parse_override, to_dict
+from mpcore.config import (PAPER_STEPS, ConfigError, MotionPromptConfig, SamplerConfig, apply_overrides, parse_override,
+                           to_dict)
 from mpcore.io.files import remove_stale_temporaries
 from mpcore.interfaces import DEFAULT_BACKBONE, DEFAULT_MODEL, TINY_MODEL
+from mpcore.io.console import echo
 
 """Upper bound of ``--steps``: the training timesteps of the supported schedulers (DDPM's 1000). DDIM
 picks its steps among them, so more sampling steps than that cannot be distinct."""
@@ -42,6 +42,75 @@ RANDOM_INIT_SEED = 0
 """Seed of every random-init component (``--model tiny``, ``--flow-weights random``,
 ``--discriminator random``). It is fixed, not the sampling seed: one loaded model serves every seed,
 so ``generate`` reproduces ``run`` item by item."""
+
+
+class OptionError(ConfigError):
+    """A command-line option is invalid or contradicts another (the CLI exits 2, naming ``option``)."""
+
+    def __init__(self, message: str, option: str | None = None):
+        super().__init__(message)
+        self.option = option
+
+
+SAMPLER_FLAGS = {  # CLI flag name -> SamplerConfig field
+    "frames": "frames",
+    "height": "height",
+    "width": "width",
+    "steps": "steps",
+    "cfg": "cfg_scale",
+    "seed": "seed",
+    "eta": "eta",
+    "negative_prompt": "negative_prompt",
+}
+
+
+def resolve_configs(spec, model: str | None, sampler_flags: dict[str, Any], overrides: list[str]):
+    """SamplerConfig and MotionPromptConfig: backbone defaults, then CLI flags, then ``-o`` overrides.
+
+    The tiny random model defaults to the weight-free ``tvl1`` flow estimator, so it runs offline.
+    """
+    defaults, motion_defaults = spec.defaults_for(model)
+    sampler = SamplerConfig(**defaults)
+    sampler = apply_overrides(sampler, {SAMPLER_FLAGS[k]: str(v) for k, v in sampler_flags.items() if v is not None})
+    if model == TINY_MODEL:
+        motion_defaults["flow_estimator"] = "tvl1"
+    motion = MotionPromptConfig(**motion_defaults)
+    motion = apply_overrides(motion, overrides)
+    return sampler, motion
+
+
+def resolve_device(device: str | None):
+    """``--device`` -> torch device; None: cuda if available, else cpu."""
+    import torch
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise OptionError(str(error), "--device") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise OptionError("CUDA is not available on this machine; use --device cpu", "--device")
+    return resolved
+
+
+def resolve_dtype(name: str, device):
+    """``--dtype`` -> torch dtype; ``auto`` is float16 on CUDA, float32 elsewhere."""
+    import torch
+
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def parse_scalar(raw: str) -> Any:
+    """A plugin option's value from the command line: int, else float, else the string."""
+    for cast in (int, float):
+        try:
+            return cast(raw)
+        except ValueError:
+            pass
+    return raw
 
 
 class SamplingError(RuntimeError):
@@ -210,8 +279,8 @@ def check_trained_on(trained_on: dict[str, Any] | None, motion: MotionPromptConf
 def prepare(options: dict[str, Any], backbone_option_owners: dict[str, list[str]]) -> RunSetup:
     """Check the command's options (``run``'s, without prompt and output) and resolve the configs.
 
-    ``backbone_option_owners`` maps each plugin-added option to the backbones that own it. Raises a
-    click usage error or one of :func:`user_errors` on the first problem; loads nothing.
+    ``backbone_option_owners`` maps each plugin-added option to the backbones that own it. Raises
+    :class:`OptionError` or one of :func:`user_errors` on the first problem; loads nothing.
     """
     backbone_name = options["backbone"]
     model = options["model"]
@@ -230,15 +299,15 @@ def prepare(options: dict[str, Any], backbone_option_owners: dict[str, list[str]
             continue
         if backbone_name not in allowed:
             flag = "--" + name.replace("_", "-")
-            raise click.UsageError(f"{flag} is an option of backbone(s) {', '.join(allowed)}, not {backbone_name}")
+            raise OptionError(f"{flag} is an option of backbone(s) {', '.join(allowed)}, not {backbone_name}")
         backbone_options[name] = value
     if options["guidance"] == "none":
         given = [flag for name, flag in GUIDANCE_ONLY_OPTIONS.items() if options.get(name)]
         if given:
-            raise click.UsageError(f"--guidance none samples the plain baseline, which uses none of {', '.join(given)}: "
+            raise OptionError(f"--guidance none samples the plain baseline, which uses none of {', '.join(given)}: "
                                    "drop them, or leave out --guidance none")
     if options["fps"] is not None and options["fps"] < 1:
-        raise click.BadParameter(f"{options['fps']} frames per second; give an integer >= 1 (e.g. 8)", param_hint="--fps")
+        raise OptionError(f"{options['fps']} frames per second; give an integer >= 1 (e.g. 8)", "--fps")
     sampler_flags = {k: options.get(k) for k in SAMPLER_FLAGS}
     flow_flag = [f"flow_estimator={options['flow']}"] if options["flow"] else []  # --flow NAME = -o flow_estimator=NAME
     sampler, motion = resolve_configs(spec, model, sampler_flags, flow_flag + list(options["overrides"]))
@@ -248,8 +317,8 @@ def prepare(options: dict[str, Any], backbone_option_owners: dict[str, list[str]
         motion.validate(sampler)
     flow_options = dict(parse_override(o) for o in options["flow_options"])
     if sampler.steps > spec.num_train_timesteps:  # --steps, or a backbone default
-        raise click.BadParameter(f"{sampler.steps} DDIM steps; at most {spec.num_train_timesteps} (the {spec.name} "
-                                 "scheduler's training timesteps; the paper uses 50)", param_hint="--steps")
+        raise OptionError(f"{sampler.steps} DDIM steps; at most {spec.num_train_timesteps} (the {spec.name} "
+                          "scheduler's training timesteps; the paper uses 50)", "--steps")
 
     tiny = model == TINY_MODEL
     # the tiny model's flow: the weight-free estimator, or RAFT at random init when asked for by name
@@ -263,10 +332,10 @@ def prepare(options: dict[str, Any], backbone_option_owners: dict[str, list[str]
         flow_spec = plugins.get("flow", motion.flow_estimator).spec
         unknown = sorted(set(flow_options) - set(flow_spec.options)) if flow_spec.options is not None else []
         if unknown:
-            raise click.BadParameter(f"unknown option(s) of the {flow_spec.name} flow estimator: {', '.join(unknown)}; "
-                                     f"it takes: {', '.join(flow_spec.options) or 'none'}", param_hint="--flow-option")
+            raise OptionError(f"unknown option(s) of the {flow_spec.name} flow estimator: {', '.join(unknown)}; "
+                              f"it takes: {', '.join(flow_spec.options) or 'none'}", "--flow-option")
         if discriminator is None:
-            raise click.UsageError(
+            raise OptionError(
                 "MotionPrompt needs a trained flow discriminator: pass --discriminator PATH.safetensors "
                 "(its config JSON beside it), or --guidance none for the plain baseline "
                 f"(--discriminator random only makes sense with --model {TINY_MODEL})."
@@ -274,7 +343,7 @@ def prepare(options: dict[str, Any], backbone_option_owners: dict[str, list[str]
         if discriminator != "random":
             disc_path = Path(discriminator).expanduser()
             if not disc_path.is_file():
-                raise click.UsageError(f"discriminator file not found: {disc_path}")
+                raise OptionError(f"discriminator file not found: {disc_path}")
             config_path = disc_path.with_suffix(".json")
             if config_path.is_file():  # read here, cheaply: what it was trained on is checked before any load
                 config = json.loads(config_path.read_text())
@@ -283,7 +352,7 @@ def prepare(options: dict[str, Any], backbone_option_owners: dict[str, list[str]
                     trained_on = read_trained_on(config.get("trained_on"), str(config_path))
         disc_spec = plugins.get("discriminator", disc_type or "vit").spec
         if discriminator == "random" and disc_spec.random is None:
-            raise click.UsageError(f"discriminator plugin {disc_spec.name!r} cannot build a random discriminator")
+            raise OptionError(f"discriminator plugin {disc_spec.name!r} cannot build a random discriminator")
         flow_size_source, warnings = check_trained_on(trained_on, motion, sampler, discriminator)
         for warning in warnings:
             echo(f"warning: {warning}")
@@ -292,7 +361,7 @@ def prepare(options: dict[str, Any], backbone_option_owners: dict[str, list[str]
                  f"was trained on (decoded frames: {sampler.height}x{sampler.width}); -o flow_size=N overrides it")
     if spec.check is not None:
         spec.check(model=model, **backbone_options)
-    device = _resolve_device(options["device"])
+    device = resolve_device(options["device"])
     return RunSetup(
         backbone=spec,
         model=model,
@@ -343,7 +412,7 @@ def load(setup: RunSetup) -> Models:
              "whole path runs offline; use real weights for real videos.")
     flow_estimator = None
     if setup.guided:  # first: it is small, and its loader checks --flow-option before the backbone loads
-        flow_options = {k: _parse_scalar(v) for k, v in setup.flow_options.items()}
+        flow_options = {k: parse_scalar(v) for k, v in setup.flow_options.items()}
         try:
             flow_estimator = setup.flow.load(setup.flow_weights, setup.device, seed=RANDOM_INIT_SEED, **flow_options)
         except TypeError as error:  # the loaders' way to say: unknown option

@@ -1,0 +1,57 @@
+"""What the command modules share: option types, turning mpcore errors into click's, backbone options."""
+
+from __future__ import annotations
+
+import click
+
+from mpcore import plugins
+
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+def as_click_error(error: Exception) -> click.ClickException:
+    """An mpcore error as click shows it: an invalid option exits 2 naming the option, anything else the user can
+    fix exits 1 with its message (no traceback)."""
+    from mpcore.jobs.run import OptionError
+
+    if isinstance(error, OptionError):
+        if error.option:
+            return click.BadParameter(str(error), param_hint=error.option)
+        return click.UsageError(str(error))
+    return click.ClickException(str(error))
+
+
+def device_from_option(device: str | None):
+    """``--device`` -> torch device (:func:`mpcore.jobs.run.resolve_device`), as a click error if invalid."""
+    from mpcore.jobs.run import OptionError, resolve_device
+
+    try:
+        return resolve_device(device)
+    except OptionError as error:
+        raise as_click_error(error) from None
+
+
+def backbone_options() -> dict[str, tuple[click.Option, list[str]]]:
+    """Option name -> (the click option, the backbones that take it), from every installed backbone's spec."""
+    options: dict[str, tuple[click.Option, list[str]]] = {}
+    for name, item in plugins.registry("backbone").items():
+        for option in item.spec.options:
+            if option.name in options:
+                options[option.name][1].append(name)
+            else:
+                options[option.name] = (option, [name])
+    return options
+
+
+def with_backbone_options(command: click.Command, options: dict[str, tuple[click.Option, list[str]]]) -> click.Command:
+    """``command`` taking the installed backbones' options too (``run``, ``generate``, ``diagnose steps``)."""
+    command.params += [option for option, _ in options.values()]
+    command.backbone_options = {k: owners for k, (_, owners) in options.items()}  # type: ignore[attr-defined]
+    return command
+
+
+def with_backbone_options(command: click.Command, options: dict[str, tuple[click.Option, list[str]]]) -> click.Command:
+    """``command`` taking the installed backbones' options too (``run``, ``generate``, ``diagnose steps``)."""
+    command.params += [option for option, _ in options.values()]
+    command.backbone_options = {k: owners for k, (_, owners) in options.items()}  # type: ignore[attr-defined]
+    return command
