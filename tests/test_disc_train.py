@@ -18,14 +18,9 @@ from safetensors.torch import load_file
 
 from mpcore import plugins
 from mpcore.cli.main import build_cli
-from mpcore.disc.train import (
-    DiscTrainError,
-    TrainConfig,
-    open_caches,
-    roc_auc,
-    split_by_video,
-    train_discriminator,
-)
+from mpcore.disc.data import DiscTrainError, open_caches, split_by_video
+from mpcore.disc.evaluate import roc_auc
+from mpcore.disc.train import TrainConfig, train_discriminator
 from mpcore.flows.cache import FlowCache, FlowCacheWriter, VideoEntry
 from mpcore.interfaces import DiscriminatorSpec
 

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from mpcore import plugins
 from mpcore.cli.main import build_cli
 from mpcore.config import ConfigError, MotionPromptConfig, SamplerConfig
-from mpcore.disc.train import DiscTrainError, TrainConfig, train_discriminator
+from mpcore.disc.data import DiscTrainError
+from mpcore.disc.train import TrainConfig, train_discriminator
 from mpcore.flows.cache import FlowCacheWriter, VideoEntry
 
 TINY_RUN = ["run", "--backbone", "animatediff", "--model", "tiny", "--prompt", "a fox", "--frames", "4",

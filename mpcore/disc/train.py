@@ -20,7 +20,7 @@ Choices made here (not in the paper):
   uninterrupted run would be (bit-identical weights on the same device and thread count).
 
 Outputs beside ``OUT.safetensors``: ``OUT.json`` (config, from ``spec.save``), ``OUT_log.json``,
-``OUT_curves.png`` and ``OUT.ckpt.pt``; see :class:`Outputs`.
+``OUT_curves.png`` and ``OUT.ckpt.pt``; see :class:`mpcore.disc.checkpoint.Outputs`.
 
 Several processes (``accelerate launch`` / ``torchrun``; pass ``dist``): data-parallel training with
 DDP (the model wrapped by accelerate's ``prepare_model``) and the **global batch kept fixed** at
@@ -33,42 +33,56 @@ cross-sample layers such as BatchNorm, which the ViT discriminator has not); res
 number of processes is allowed. A process whose share of a (last, short) batch is empty runs one
 zero-weight copy of the batch's first pair, so every process takes part in every step. Validation
 is split across the processes and gathered. Only the main process writes files or prints.
+
+The rooms: :mod:`mpcore.disc.data` (the caches, the split by video, class weights, batches),
+:mod:`mpcore.disc.checkpoint` (the run's files, the kept epoch, resuming), :mod:`mpcore.disc.evaluate`
+(logits and metrics), and here the training config, the epoch loop and :func:`train_discriminator`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import os
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from mpcore.io.files import atomic_path
+from mpcore.disc.checkpoint import (
+    Outputs,
+    RunState,
+    check_existing,
+    check_resumable,
+    check_writable,
+    keep_if_best,
+    read_checkpoint,
+    restore,
+    write_checkpoint,
+)
+from mpcore.disc.data import (
+    FAKE,
+    REAL,
+    DiscTrainError,
+    Split,
+    balance_summary,
+    batch_loader,
+    cache_identities,
+    class_weights,
+    derived_seed,
+    open_caches,
+    split_by_video,
+    trained_on,
+)
+from mpcore.disc.evaluate import logit_metrics, model_logits, predict, predict_distributed
 from mpcore.flows.cache import FlowCache, FlowCacheError
+from mpcore.io.files import atomic_path
 from mpcore.io.manifest import build_manifest, write_json_atomic
-
-CHECKPOINT_FORMAT = "mpcore-disc-checkpoint"
-CHECKPOINT_VERSION = 1
-REAL, FAKE = 1, 0
-CLASS_NAMES = {REAL: "real", FAKE: "fake"}
-RESUMABLE_FIELDS = ("epochs", "num_workers")
-"""TrainConfig fields that may differ on resume: more epochs continue the same run (epoch e's data
-order depends only on (seed, e)); workers do not change what is computed."""
-
-
-class DiscTrainError(ValueError):
-    """A discriminator training/eval request that cannot run (the message says what to do)."""
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -124,374 +138,6 @@ class TrainConfig:
         return self
 
 
-def derived_seed(seed: int, *parts: Any) -> int:
-    """A 63-bit seed from ``seed`` and ``parts`` (e.g. ("epoch", 3)): independent streams per use."""
-    digest = hashlib.sha256(":".join(str(p) for p in (seed, *parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
-# ---------------------------------------------------------------------------------------------------
-# outputs
-
-
-@dataclass
-class Outputs:
-    """The files of one training run, all named after ``--out NAME.safetensors``."""
-
-    weights: Path
-    config: Path
-    log: Path
-    curves: Path
-    checkpoint: Path
-
-    @classmethod
-    def for_weights(cls, out: str | os.PathLike) -> "Outputs":
-        out = Path(out).expanduser()
-        if out.suffix != ".safetensors":
-            raise DiscTrainError(f"--out must name a .safetensors file (the config JSON goes beside it); got {out}")
-        if out.is_dir():
-            raise DiscTrainError(f"--out {out} is a directory; give a file path such as {out / 'disc.safetensors'}")
-        return cls(
-            weights=out,
-            config=out.with_suffix(".json"),
-            log=out.with_name(out.stem + "_log.json"),
-            curves=out.with_name(out.stem + "_curves.png"),
-            checkpoint=out.with_name(out.stem + ".ckpt.pt"),
-        )
-
-    def all(self) -> list[Path]:
-        return [self.weights, self.config, self.log, self.curves, self.checkpoint]
-
-
-def check_writable(folder: Path) -> None:
-    """Create ``folder`` and prove it writable with a temporary file (before any work is done)."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        handle, probe = tempfile.mkstemp(prefix=".mpcore-write-test-", dir=folder)
-        os.close(handle)
-        os.remove(probe)
-    except OSError as error:
-        raise DiscTrainError(f"cannot write to {folder}: {error.strerror or error}") from None
-
-
-# ---------------------------------------------------------------------------------------------------
-# data
-
-
-def index_sha256(cache: FlowCache) -> str:
-    """Identity of a cache: the SHA-256 of its index.json (which lists its videos and shards)."""
-    return hashlib.sha256((cache.path / "index.json").read_bytes()).hexdigest()
-
-
-def open_caches(real: str | os.PathLike, fake: str | os.PathLike, same_size: bool = True) -> dict[int, FlowCache]:
-    """The real and generated flow caches, checked: readable, not empty, flows of one size.
-
-    For training both classes must share one flow size (``same_size``): a size difference would be
-    a trivial cue for the discriminator (and resizing one class would leave its own artifacts)."""
-    caches: dict[int, FlowCache] = {}
-    for label, path in ((REAL, real), (FAKE, fake)):
-        name = CLASS_NAMES[label]
-        try:
-            cache = FlowCache(path)
-        except FlowCacheError as error:
-            raise DiscTrainError(f"--{name}: {error}") from None
-        if len(cache) == 0:
-            raise DiscTrainError(f"--{name} {cache.path}: the cache has no flow pairs")
-        caches[label] = cache
-    if same_size and caches[REAL].size != caches[FAKE].size:
-        raise DiscTrainError(
-            f"the caches hold flows of different sizes: real {caches[REAL].size}, fake {caches[FAKE].size} (H, W). "
-            "Extract both at the same size: a size difference is a trivial cue the discriminator would learn."
-        )
-    return caches
-
-
-def trained_on(caches: dict[int, FlowCache]) -> dict[str, Any]:
-    """What a discriminator trained on ``caches`` was trained on, from the caches' index.json
-    (written by ``mpcore flows extract``): the flow estimator (``estimator``: name, weights, options)
-    and the frame size the flows were computed at (``size`` [H, W]), plus each cache's path and
-    index SHA-256. Stored in the discriminator's config JSON; ``mpcore run`` checks it.
-
-    Both caches must agree on both: flows of two estimators or frame sizes differ in ways the
-    discriminator would learn instead of real vs generated motion. A cache that does not record one
-    (e.g. written by hand) takes the other's value; when neither records it, it is None."""
-    found: dict[str, dict[str, Any]] = {}
-    for label in (REAL, FAKE):
-        index = caches[label].index
-        estimator = index.get("estimator")
-        found[CLASS_NAMES[label]] = {
-            "estimator": dict(estimator) if isinstance(estimator, dict) and estimator.get("name") else None,
-            "size": [int(n) for n in index["size"]] if isinstance(index.get("size"), list) else None,
-        }
-    real, fake = found["real"], found["fake"]
-    for key, what, fix in (("estimator", "flow estimator", "--estimator (and --weights/--option)"),
-                           ("size", "frame size (H, W) of the flows", "--size")):
-        if real[key] is not None and fake[key] is not None and real[key] != fake[key]:
-            raise DiscTrainError(
-                f"the caches were extracted with different {what}s: --real {caches[REAL].path} has {real[key]}, "
-                f"--fake {caches[FAKE].path} has {fake[key]}. Extract both with the same {fix}: the discriminator "
-                "would learn that difference instead of real vs generated motion."
-            )
-    estimator = real["estimator"] or fake["estimator"]
-    return {
-        "flow_estimator": estimator["name"] if estimator else None,
-        "flow_weights": estimator.get("weights") if estimator else None,
-        "flow_options": estimator.get("options") if estimator else None,
-        "frame_size": real["size"] or fake["size"],
-        "caches": [{"label": CLASS_NAMES[label], "path": str(caches[label].path),
-                    "index_sha256": index_sha256(caches[label])} for label in (REAL, FAKE)],
-    }
-
-
-@dataclass
-class Split:
-    """Pairs of each side, as (label, pair index in that label's cache), and a summary for the log."""
-
-    train: list[tuple[int, int]]
-    val: list[tuple[int, int]]
-    summary: dict[str, Any]
-    warnings: list[str] = field(default_factory=list)
-
-
-def split_by_video(caches: dict[int, FlowCache], val_fraction: float, seed: int) -> Split:
-    """Hold out about ``val_fraction`` of each cache's videos (at least one when it has two or more),
-    chosen by a seeded shuffle of its videos; every pair of a video goes to that video's side."""
-    train: list[tuple[int, int]] = []
-    val: list[tuple[int, int]] = []
-    summary: dict[str, Any] = {}
-    warnings: list[str] = []
-    for label in (REAL, FAKE):
-        cache, name = caches[label], CLASS_NAMES[label]
-        count = len(cache.videos)
-        n_val = int(math.floor(val_fraction * count + 0.5))
-        if val_fraction > 0 and count >= 2:
-            n_val = max(1, min(count - 1, n_val))
-        elif count < 2:
-            n_val = 0
-            if val_fraction > 0:
-                warnings.append(f"the {name} cache has {count} video: it cannot be split, all of it is used for training")
-        generator = torch.Generator().manual_seed(derived_seed(seed, "split", name))
-        order = torch.randperm(count, generator=generator).tolist()
-        val_videos = set(order[:n_val])
-        video_of_pair = cache.video_index.tolist()
-        sides: dict[str, list[int]] = {"train": [], "val": []}
-        for pair, video in enumerate(video_of_pair):
-            sides["val" if video in val_videos else "train"].append(pair)
-        train.extend((label, pair) for pair in sides["train"])
-        val.extend((label, pair) for pair in sides["val"])
-        summary[name] = {
-            "cache": str(cache.path),
-            "train": {"videos": count - n_val, "pairs": len(sides["train"])},
-            "val": {"videos": n_val, "pairs": len(sides["val"])},
-            "val_video_ids": [cache.videos[v].id for v in sorted(val_videos)],
-        }
-        if not sides["train"]:
-            raise DiscTrainError(f"no {name} pairs left for training (the cache's {count} video(s) have no pairs)")
-    if val_fraction > 0 and val and len({label for label, _ in val}) < 2:
-        warnings.append("the validation set has only one class: its ROC-AUC is undefined")
-    return Split(train, val, summary, warnings)
-
-
-def class_weights(items: list[tuple[int, int]], balance: bool) -> dict[int, float]:
-    """Per-class loss weights: ``N / (C N_class)`` over the C classes present when ``balance``, else 1."""
-    counts = {label: sum(1 for lab, _ in items if lab == label) for label in (REAL, FAKE)}
-    present = [label for label, n in counts.items() if n]
-    if not balance or not present:
-        return {REAL: 1.0, FAKE: 1.0}
-    total = sum(counts.values())
-    return {label: (total / (len(present) * counts[label]) if counts[label] else 0.0) for label in (REAL, FAKE)}
-
-
-def balance_summary(items: list[tuple[int, int]], weights: dict[int, float]) -> dict[str, Any]:
-    total = len(items)
-    out: dict[str, Any] = {"pairs": total}
-    for label in (REAL, FAKE):
-        count = sum(1 for lab, _ in items if lab == label)
-        out[CLASS_NAMES[label]] = {"pairs": count, "fraction": count / total if total else None, "loss_weight": weights[label]}
-    return out
-
-
-class _Batches(torch.utils.data.Dataset):
-    """Item i = batch i: (flows (B, 2, H, W) float32, labels (B,) float32, weights (B,) float32)."""
-
-    def __init__(self, caches: dict[int, FlowCache], items: list[tuple[int, int]], batches: list[list[int]],
-                 weights: dict[int, float]):
-        self.caches, self.items, self.batches, self.weights = caches, items, batches, weights
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    def __getitem__(self, i: int):
-        chosen = [self.items[j] for j in self.batches[i]]
-        height, width = self.caches[chosen[0][0]].size  # one size per batch (checked by open_caches)
-        flows = torch.empty(len(chosen), 2, height, width)
-        for label, cache in self.caches.items():
-            rows = [k for k, (lab, _) in enumerate(chosen) if lab == label]
-            if rows:
-                flows[rows] = cache.flows([chosen[k][1] for k in rows])
-        labels = torch.tensor([float(lab) for lab, _ in chosen])
-        weights = torch.tensor([self.weights[lab] for lab, _ in chosen])
-        return flows, labels, weights
-
-
-def _loader(caches, items, batches, weights, num_workers: int):
-    return torch.utils.data.DataLoader(_Batches(caches, items, batches, weights), batch_size=None, shuffle=False,
-                                       num_workers=num_workers)
-
-
-# ---------------------------------------------------------------------------------------------------
-# metrics
-
-
-def roc_auc(scores, labels) -> float | None:
-    """Exact ROC-AUC: the Mann-Whitney U statistic over n_pos * n_neg, i.e. the probability that a
-    random positive scores above a random negative, ties counted one half.
-
-    With average ranks r (ties share the mean of their ranks, 1-based), U = sum(r[pos]) -
-    n_pos (n_pos + 1) / 2. None when one class is absent or a score is NaN.
-    """
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    labels = np.asarray(labels).reshape(-1).astype(bool)
-    if scores.shape != labels.shape:
-        raise ValueError(f"scores {scores.shape} and labels {labels.shape} differ in shape")
-    n_pos = int(labels.sum())
-    n_neg = labels.size - n_pos
-    if n_pos == 0 or n_neg == 0 or np.isnan(scores).any():
-        return None
-    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    last = np.cumsum(counts)  # 1-based rank of the last member of each group of equal scores
-    average_rank = last - (counts - 1) / 2.0
-    ranks = average_rank[inverse]
-    u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
-
-
-def logit_metrics(logits: torch.Tensor, labels: torch.Tensor, weights: dict[int, float]) -> dict[str, Any]:
-    """Weighted BCE loss, accuracy (logit > 0 = real), per-class accuracy and mean logit, ROC-AUC, counts."""
-    logits = logits.double().reshape(-1)
-    labels = labels.double().reshape(-1)
-    sample_weights = torch.where(labels > 0.5, weights[REAL], weights[FAKE]).double()
-    out: dict[str, Any] = {"count": int(labels.numel())}
-    if labels.numel() == 0:
-        return {**out, "loss": None, "accuracy": None, "auc": None}
-    losses = F.binary_cross_entropy_with_logits(logits, labels, reduction="none")
-    correct = ((logits > 0).double() == labels).double()
-    out["loss"] = float((losses * sample_weights).sum() / labels.numel())
-    out["accuracy"] = float(correct.mean())
-    for label in (REAL, FAKE):
-        name = CLASS_NAMES[label]
-        mask = labels == float(label)
-        out[f"count_{name}"] = int(mask.sum())
-        out[f"accuracy_{name}"] = float(correct[mask].mean()) if mask.any() else None
-        out[f"mean_logit_{name}"] = float(logits[mask].mean()) if mask.any() else None
-    out["balanced_accuracy"] = (
-        (out["accuracy_real"] + out["accuracy_fake"]) / 2 if None not in (out["accuracy_real"], out["accuracy_fake"]) else None
-    )
-    out["auc"] = roc_auc(logits.numpy(), labels.numpy() > 0.5)
-    return out
-
-
-def _logits(model, flows: torch.Tensor) -> torch.Tensor:
-    logits = model(flows)
-    if logits.shape != (flows.shape[0],):
-        logits = logits.reshape(-1)
-        if logits.shape != (flows.shape[0],):
-            raise DiscTrainError(f"the discriminator returned logits of shape {tuple(logits.shape)}; expected ({flows.shape[0]},)")
-    return logits.float()
-
-
-@torch.no_grad()
-def predict(model, caches: dict[int, FlowCache], items: list[tuple[int, int]], batch_size: int,
-            device: torch.device, num_workers: int = 0, progress: bool = False, desc: str = "eval"):
-    """Logits and labels of ``items`` (label, pair) with the model in eval mode (restored after)."""
-    was_training = getattr(model, "training", False)
-    if hasattr(model, "eval"):
-        model.eval()
-    batches = [list(range(i, min(i + batch_size, len(items)))) for i in range(0, len(items), batch_size)]
-    logits, labels = [], []
-    try:
-        for flows, batch_labels, _ in tqdm(_loader(caches, items, batches, {REAL: 1.0, FAKE: 1.0}, num_workers),
-                                           total=len(batches), desc=desc, disable=not progress, leave=False):
-            logits.append(_logits(model, flows.to(device)).cpu())
-            labels.append(batch_labels)
-    finally:
-        if was_training:
-            model.train()
-    if not logits:
-        return torch.zeros(0), torch.zeros(0)
-    return torch.cat(logits), torch.cat(labels)
-
-
-def evaluate_caches(model, caches: dict[int, FlowCache], batch_size: int = 64, device: str | torch.device = "cpu",
-                    progress: bool = False) -> dict[str, Any]:
-    """``mpcore disc eval``: metrics of ``model`` on every pair of both caches (balanced loss)."""
-    device = torch.device(device)
-    items, logits, labels = [], [], []
-    for label in (REAL, FAKE):  # one class at a time: the caches may hold flows of different sizes
-        class_items = [(label, pair) for pair in range(len(caches[label]))]
-        class_logits, class_labels = predict(model, caches, class_items, batch_size, device, progress=progress,
-                                             desc=CLASS_NAMES[label])
-        items += class_items
-        logits.append(class_logits)
-        labels.append(class_labels)
-    metrics = logit_metrics(torch.cat(logits), torch.cat(labels), class_weights(items, True))
-    for label in (REAL, FAKE):
-        cache = caches[label]
-        metrics[CLASS_NAMES[label] + "_cache"] = {"path": str(cache.path), "pairs": len(cache), "videos": len(cache.videos),
-                                                  "index_sha256": index_sha256(cache)}
-    return metrics
-
-
-# ---------------------------------------------------------------------------------------------------
-# checkpoint
-
-
-def _config_differences(saved: dict[str, Any], current: dict[str, Any], what: str, skip=()) -> list[str]:
-    keys = sorted(set(saved) | set(current))
-    return [f"{what} {key}: checkpoint {saved.get(key, '(unset)')!r}, now {current.get(key, '(unset)')!r}"
-            for key in keys if key not in skip and saved.get(key, "(unset)") != current.get(key, "(unset)")]
-
-
-def check_resumable(state: dict[str, Any], path: Path, disc_type: str, arch_options: dict[str, Any], pretrained: bool,
-                    config: TrainConfig, caches: dict[int, FlowCache]) -> None:
-    """Refuse to resume ``state`` with different caches, training config or architecture (naming each)."""
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise DiscTrainError(f"{path} is not a discriminator training checkpoint")
-    if state.get("version", 0) > CHECKPOINT_VERSION:
-        raise DiscTrainError(f"{path} was written by a newer mpcore (checkpoint version {state['version']}); upgrade mpcore")
-    diffs: list[str] = []
-    if state["type"] != disc_type:
-        diffs.append(f"discriminator type: checkpoint {state['type']!r}, now {disc_type!r}")
-    if state["pretrained"] != pretrained:
-        diffs.append(f"pretrained: checkpoint {state['pretrained']}, now {pretrained}")
-    diffs += _config_differences(state["config"], dataclasses.asdict(config), "config", skip=RESUMABLE_FIELDS)
-    diffs += _config_differences(state["arch_options"], dict(arch_options), "--arch")
-    for label in (REAL, FAKE):
-        name, saved = CLASS_NAMES[label], state["caches"][CLASS_NAMES[label]]
-        digest = index_sha256(caches[label])
-        if saved["index_sha256"] != digest:
-            diffs.append(f"--{name} cache: checkpoint {saved['path']} (index sha256 {saved['index_sha256'][:12]}), "
-                         f"now {caches[label].path} (index sha256 {digest[:12]})")
-    if diffs:
-        raise DiscTrainError(
-            f"cannot resume {path}: the run differs from the checkpoint's:\n  " + "\n  ".join(diffs)
-            + "\nResume with the original settings, or start over with --overwrite."
-        )
-
-
-def _rng_state(device: torch.device) -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 # ---------------------------------------------------------------------------------------------------
 # plots
 
@@ -537,10 +183,12 @@ def _quiet(message: str) -> None:
 
 
 def _now() -> str:
+    """The current UTC time, to the second (a session's start)."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _format_epoch(row: dict[str, Any], epochs: int, improved: bool) -> str:
+    """The line printed after an epoch."""
     def num(value: Any) -> str:
         return "-" if value is None else f"{value:.4f}"
 
@@ -556,7 +204,7 @@ def train_epoch(model, optimizer, batches, device: torch.device) -> tuple[float,
     loss_sum = correct = seen = 0.0
     for flows, labels, weights in batches:
         flows, labels, weights = flows.to(device), labels.to(device), weights.to(device)
-        logits = _logits(model, flows)
+        logits = model_logits(model, flows)
         loss = F.binary_cross_entropy_with_logits(logits, labels, weight=weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -584,7 +232,7 @@ def train_epoch_distributed(model, optimizer, batches, global_sizes: list[int], 
         flows, labels, weights = flows.to(device), labels.to(device), weights.to(device)
         if not is_live:
             weights = torch.zeros_like(weights)
-        logits = _logits(model, flows)
+        logits = model_logits(model, flows)
         summed = F.binary_cross_entropy_with_logits(logits, labels, weight=weights, reduction="sum")
         loss = summed * (scale / size)
         optimizer.zero_grad(set_to_none=True)
@@ -614,14 +262,249 @@ def _shares(batches: list[list[int]], dist) -> tuple[list[list[int]], list[int],
     return shares, sizes, live
 
 
-def predict_distributed(model, caches, items, batch_size: int, device: torch.device, dist, num_workers: int = 0,
-                        progress: bool = False, desc: str = "eval"):
-    """:func:`predict` with ``items`` split into contiguous shares across the processes and the
-    logits gathered back in order (every process gets all of them)."""
-    share = [items[i] for i in dist.contiguous_share(len(items))]
-    logits, labels = predict(model, caches, share, batch_size, device, num_workers, progress, desc)
-    gathered = dist.all_gather((logits, labels))
-    return torch.cat([g[0] for g in gathered]), torch.cat([g[1] for g in gathered])
+
+# ---------------------------------------------------------------------------------------------------
+# the run, step by step
+
+
+@dataclass
+class _Run:
+    """The fixed parts of one training run, which its steps share."""
+
+    spec: Any
+    config: TrainConfig
+    arch_options: dict[str, Any]
+    pretrained: bool
+    device: torch.device
+    dist: Any
+    outputs: Outputs
+    caches: dict[int, FlowCache]
+    training_data: dict[str, Any]
+    cache_info: dict[str, Any]
+    split: Split
+    train_weights: dict[int, float]
+    val_weights: dict[int, float]
+    balance: dict[str, Any]
+    command: list[str] | None
+    echo: Callable[[str], None]
+    progress: bool
+
+    @property
+    def distributed(self) -> bool:
+        return self.dist is not None and self.dist.enabled
+
+    @property
+    def is_main(self) -> bool:
+        return not self.distributed or self.dist.is_main
+
+
+def _check_request(spec, out: str | os.PathLike, resume: bool, overwrite: bool) -> Outputs:
+    """The cheap checks on the outputs: the plugin can train, the folder is writable, an earlier
+    run's files are neither overwritten by accident nor missing on ``resume``."""
+    if spec.build is None or spec.save is None:
+        raise DiscTrainError(f"the discriminator plugin {spec.name!r} cannot be trained here: its spec has no build/save")
+    outputs = Outputs.for_weights(out)
+    check_writable(outputs.weights.parent)
+    check_existing(outputs, resume, overwrite)
+    return outputs
+
+
+def _split_and_weigh(caches: dict[int, FlowCache], config: TrainConfig, echo: Callable[[str], None]):
+    """Split the pairs by video, weigh the classes, and say so (warnings, one line per side).
+    Returns (split, train class weights, val class weights, balance summary)."""
+    split = split_by_video(caches, config.val_fraction, config.seed)
+    for warning in split.warnings:
+        echo(f"warning: {warning}")
+    train_weights = class_weights(split.train, config.balance)
+    val_weights = class_weights(split.val, config.balance)
+    balance = {"train": balance_summary(split.train, train_weights), "val": balance_summary(split.val, val_weights)}
+    for side in ("train", "val"):
+        real_info, fake_info = balance[side]["real"], balance[side]["fake"]
+        line = (f"{side} (split by video): real {split.summary['real'][side]['videos']} videos, {real_info['pairs']} pairs | "
+                f"fake {split.summary['fake'][side]['videos']} videos, {fake_info['pairs']} pairs")
+        if balance[side]["pairs"]:
+            line += (f"; class balance real {real_info['fraction']:.0%} / fake {fake_info['fraction']:.0%}, "
+                     f"loss weights {real_info['loss_weight']:.3f} / {fake_info['loss_weight']:.3f}")
+        echo(line)
+    return split, train_weights, val_weights, balance
+
+
+def _rng_devices(device: torch.device) -> list[int]:
+    """The CUDA device whose RNG :func:`torch.random.fork_rng` saves and restores (none on CPU)."""
+    if device.type == "cuda":
+        return [device.index if device.index is not None else torch.cuda.current_device()]
+    return []
+
+
+def _build(run: _Run):
+    """The first expensive step: the plugin's trainable model (seeded), on the device, its DDP
+    wrapper when distributed, and the SGD optimizer. Returns (model, model to train, optimizer)."""
+    try:
+        model = run.spec.build(run.arch_options, pretrained=run.pretrained, seed=run.config.seed)
+    except (ValueError, RuntimeError, OSError) as error:  # plugins raise these for bad options / weights
+        raise DiscTrainError(f"could not build the {run.spec.name!r} discriminator: {error}") from error
+    model = model.to(run.device)
+    model.train()
+    model.trained_on = run.training_data  # spec.save writes it into the config JSON (interfaces.Discriminator)
+    train_model = model
+    if run.distributed:  # DDP through accelerate; `model` stays the plain module (saved, validated)
+        from accelerate import Accelerator
+
+        train_model = Accelerator(cpu=run.device.type == "cpu", mixed_precision="no").prepare_model(
+            model, device_placement=False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=run.config.lr, momentum=run.config.momentum,
+                                weight_decay=run.config.weight_decay)
+    return model, train_model, optimizer
+
+
+def _start(run: _Run, model, optimizer, state: dict[str, Any] | None, overwrite: bool) -> RunState:
+    """Continue the checkpoint's run (``state``) or start a new one (deleting an earlier run's
+    outputs on ``overwrite``); either way record this session."""
+    if state is not None:
+        record = restore(state, model, optimizer, run.device)
+        run.echo(f"resuming {run.outputs.checkpoint} after epoch {record.epoch} of {run.config.epochs}")
+    else:
+        if overwrite and run.is_main:
+            for path in run.outputs.all():
+                path.unlink(missing_ok=True)
+        record = RunState()
+    record.sessions.append({"started": _now(), "start_epoch": record.epoch, "device": str(run.device),
+                            **({"processes": run.dist.world_size} if run.distributed else {})})
+    return record
+
+
+def _fit(run: _Run, model, train_model, optimizer, epoch: int) -> tuple[float, float]:
+    """SGD over the training pairs in epoch ``epoch``'s order (drawn from a generator seeded by
+    (seed, epoch)), in global batches of ``batch_size``; when distributed, this process's shares."""
+    config = run.config
+    generator = torch.Generator().manual_seed(derived_seed(config.seed, "epoch", epoch))
+    order = torch.randperm(len(run.split.train), generator=generator).tolist()
+    batches = [order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)]
+    if run.distributed:
+        shares, sizes, live = _shares(batches, run.dist)
+        bar = tqdm(batch_loader(run.caches, run.split.train, shares, run.train_weights, config.num_workers),
+                   total=len(shares), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not run.progress, leave=False,
+                   unit="batch")
+        return train_epoch_distributed(train_model, optimizer, bar, sizes, live, run.device, run.dist)
+    bar = tqdm(batch_loader(run.caches, run.split.train, batches, run.train_weights, config.num_workers),
+               total=len(batches), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not run.progress, leave=False,
+               unit="batch")
+    return train_epoch(model, optimizer, bar, run.device)
+
+
+def _validate(run: _Run, model, epoch: int):
+    """Logits and labels of the validation pairs (split across the processes and gathered when distributed)."""
+    config, desc = run.config, f"val {epoch + 1}/{run.config.epochs}"
+    if run.distributed:
+        return predict_distributed(model, run.caches, run.split.val, config.batch_size, run.device, run.dist,
+                                   config.num_workers, run.progress, desc=desc)
+    return predict(model, run.caches, run.split.val, config.batch_size, run.device, config.num_workers, run.progress,
+                   desc=desc)
+
+
+def _fit_and_validate(run: _Run, model, train_model, optimizer, epoch: int):
+    """One epoch's computation: :func:`_fit`, then :func:`_validate` (logits None without validation).
+    A damaged shard, non-finite flows or a diverged loss stop training with what to do.
+    Returns (train loss, train accuracy, val logits, val labels)."""
+    logits = labels = None
+    try:  # a damaged shard or non-finite flows (FlowCacheError) stop training, naming cache and shard
+        train_loss, train_accuracy = _fit(run, model, train_model, optimizer, epoch)
+        if run.split.val:
+            logits, labels = _validate(run, model, epoch)
+    except FlowCacheError as error:
+        # a DataLoader worker's error arrives with its traceback in the message: keep the last line
+        message = str(error).strip().splitlines()[-1].removeprefix("FlowCacheError: ")
+        raise DiscTrainError(f"{message}. Training stopped in epoch {epoch + 1}; this epoch was not saved.") from None
+    if not math.isfinite(train_loss):  # the flows are finite (checked when read): the optimization diverged
+        raise DiscTrainError(
+            f"the training loss became {train_loss} in epoch {epoch + 1} although every flow of --real "
+            f"{run.caches[REAL].path} and --fake {run.caches[FAKE].path} is finite (checked when read): the training "
+            f"diverged. Lower --lr (now {run.config.lr}) and start over with --overwrite; this epoch was not saved."
+        )
+    return train_loss, train_accuracy, logits, labels
+
+
+def _epoch_row(run: _Run, epoch: int, train_loss: float, train_accuracy: float, logits, labels) -> dict[str, Any]:
+    """The epoch's row of the history: train loss/accuracy and the validation metrics (None without validation)."""
+    row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_accuracy,
+                           "balanced": run.config.balance, "lr": run.config.lr}
+    if run.split.val:
+        metrics = logit_metrics(logits, labels, run.val_weights)
+        row.update({"val_loss": metrics["loss"], "val_accuracy": metrics["accuracy"],
+                    "val_accuracy_real": metrics["accuracy_real"], "val_accuracy_fake": metrics["accuracy_fake"],
+                    "val_auc": metrics["auc"], "val_mean_logit_real": metrics["mean_logit_real"],
+                    "val_mean_logit_fake": metrics["mean_logit_fake"]})
+    else:  # no validation: the last epoch is kept
+        row.update({"val_loss": None, "val_accuracy": None, "val_auc": None})
+    return row
+
+
+def _describe_model(run: _Run, model) -> dict[str, Any]:
+    """The log's ``discriminator`` section: plugin, options, parameter count, the model's own description."""
+    describe = model.describe() if hasattr(model, "describe") else {}
+    parameters = sum(p.numel() for p in model.parameters())
+    return {"type": run.spec.name, "arch_options": run.arch_options, "pretrained": run.pretrained,
+            "parameters": parameters, "describe": describe}
+
+
+def _log(run: _Run, record: RunState, discriminator: dict[str, Any], finished: bool) -> dict[str, Any]:
+    """The run's log (``OUT_log.json``) after the epochs in ``record``."""
+    distributed = run.distributed
+    return build_manifest(
+        kind="mpcore-disc-train",
+        command=run.command,
+        discriminator=discriminator,
+        config=dataclasses.asdict(run.config),
+        data={"caches": run.cache_info, "flow_size": list(run.caches[REAL].size), "trained_on": run.training_data,
+              "split": run.split.summary,
+              "class_balance": run.balance},
+        epochs=record.history,
+        best=record.best,
+        finished=finished,
+        # the weights (and their config) exist only once an epoch improved on validation
+        outputs={**({"weights": run.outputs.weights, "config": run.outputs.config} if record.best is not None else {}),
+                 "log": run.outputs.log, "curves": run.outputs.curves, "checkpoint": run.outputs.checkpoint},
+        timings={"epoch_s": record.epoch_seconds, "train_s": sum(record.epoch_seconds)},
+        sessions=record.sessions,
+        **({"distributed": {**run.dist.describe(), "global_batch_size": run.config.batch_size}} if distributed else {}),
+    )
+
+
+def _write_epoch_files(run: _Run, model, optimizer, record: RunState, log: dict[str, Any]) -> None:
+    """The main process's files after an epoch: the log, the curves, then the checkpoint."""
+    write_json_atomic(log, run.outputs.log)
+    plot_curves(record.history, record.best and record.best["epoch"], run.outputs.curves,
+                f"discriminator {run.spec.name}: {run.outputs.weights.name}")
+    write_checkpoint(run.outputs.checkpoint, record, model, optimizer, run.device, log, disc_type=run.spec.name,
+                     arch_options=run.arch_options, pretrained=run.pretrained, config=run.config,
+                     cache_info=run.cache_info)
+
+
+def _train_epochs(run: _Run, model, train_model, optimizer, record: RunState,
+                  on_epoch_end: Callable[[int, dict[str, Any]], None] | None) -> dict[str, Any]:
+    """The epochs after ``record.epoch`` up to ``config.epochs``: fit, validate, keep the best, write
+    the files (main process; the others wait for them). Returns the last log."""
+    discriminator = _describe_model(run, model)
+    log: dict[str, Any] = {}
+    for epoch in range(record.epoch, run.config.epochs):
+        started = time.perf_counter()
+        train_loss, train_accuracy, logits, labels = _fit_and_validate(run, model, train_model, optimizer, epoch)
+        row = _epoch_row(run, epoch, train_loss, train_accuracy, logits, labels)
+        improved = keep_if_best(record, row, bool(run.split.val), run.spec, model,
+                                run.outputs.weights if run.is_main else None)
+        seconds = time.perf_counter() - started
+        record.history.append(row)
+        record.epoch_seconds.append(seconds)
+        record.epoch = epoch + 1
+        run.echo(_format_epoch({**row, "seconds": seconds}, run.config.epochs, improved))
+        log = _log(run, record, discriminator, finished=epoch + 1 == run.config.epochs)
+        if run.is_main:  # only the main process writes; the others wait for its files
+            _write_epoch_files(run, model, optimizer, record, log)
+        if run.distributed:
+            run.dist.barrier()  # the epoch's files are written before any process goes on
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, row)
+    return log
 
 
 def train_discriminator(
@@ -651,197 +534,32 @@ def train_discriminator(
     and its own ``device``) trains with DDP: see the module docstring.
     """
     distributed = dist is not None and dist.enabled
-    is_main = not distributed or dist.is_main
-    if not is_main:
+    if distributed and not dist.is_main:
         echo = _quiet
         progress = False
     config = (config or TrainConfig()).validate()
     arch_options = dict(arch_options or {})
     device = torch.device(device)
-    if spec.build is None or spec.save is None:
-        raise DiscTrainError(f"the discriminator plugin {spec.name!r} cannot be trained here: its spec has no build/save")
-    outputs = Outputs.for_weights(out)
-    check_writable(outputs.weights.parent)
-    if resume:
-        if not outputs.checkpoint.is_file():
-            raise DiscTrainError(f"--resume: no checkpoint at {outputs.checkpoint}; run without --resume to start training")
-    elif not overwrite:
-        existing = [p for p in (outputs.checkpoint, outputs.weights) if p.exists()]
-        if existing:
-            hint = "continue it with --resume, or " if outputs.checkpoint.exists() else ""
-            raise DiscTrainError(f"{', '.join(map(str, existing))} already exist(s) (an earlier run): {hint}"
-                                 "start over with --overwrite (which deletes the earlier outputs), or choose another --out")
+    outputs = _check_request(spec, out, resume, overwrite)
     caches = open_caches(real, fake)
     training_data = trained_on(caches)  # refuses caches of different estimators or frame sizes
-    cache_info = {CLASS_NAMES[label]: {"path": str(caches[label].path), "index_sha256": index_sha256(caches[label])}
-                  for label in (REAL, FAKE)}
+    cache_info = cache_identities(caches)
     state = None
     if resume:
-        try:
-            state = torch.load(outputs.checkpoint, map_location="cpu", weights_only=True)
-        except Exception as error:
-            raise DiscTrainError(f"could not read the checkpoint {outputs.checkpoint} ({type(error).__name__}: {error}); "
-                                 "start over with --overwrite") from None
+        state = read_checkpoint(outputs.checkpoint)
         check_resumable(state, outputs.checkpoint, spec.name, arch_options, pretrained, config, caches)
         if state["epoch"] >= config.epochs:
             echo(f"{outputs.checkpoint}: training already finished ({state['epoch']} epochs, best epoch "
                  f"{(state['best'] or {}).get('epoch')}); nothing to do. Pass a larger --epochs to train on.")
             return state["log"]
-
-    split = split_by_video(caches, config.val_fraction, config.seed)
-    for warning in split.warnings:
-        echo(f"warning: {warning}")
-    train_weights = class_weights(split.train, config.balance)
-    val_weights = class_weights(split.val, config.balance)
-    balance = {"train": balance_summary(split.train, train_weights), "val": balance_summary(split.val, val_weights)}
-    for side in ("train", "val"):
-        real_info, fake_info = balance[side]["real"], balance[side]["fake"]
-        line = (f"{side} (split by video): real {split.summary['real'][side]['videos']} videos, {real_info['pairs']} pairs | "
-                f"fake {split.summary['fake'][side]['videos']} videos, {fake_info['pairs']} pairs")
-        if balance[side]["pairs"]:
-            line += (f"; class balance real {real_info['fraction']:.0%} / fake {fake_info['fraction']:.0%}, "
-                     f"loss weights {real_info['loss_weight']:.3f} / {fake_info['loss_weight']:.3f}")
-        echo(line)
-
-    # ---- build (the first expensive step)
-    if device.type == "cuda":
-        rng_devices = [device.index if device.index is not None else torch.cuda.current_device()]
-    else:
-        rng_devices = []
-    with torch.random.fork_rng(devices=rng_devices):  # the caller's RNG state is left as it was
+    split, train_weights, val_weights, balance = _split_and_weigh(caches, config, echo)
+    run = _Run(spec=spec, config=config, arch_options=arch_options, pretrained=pretrained, device=device, dist=dist,
+               outputs=outputs, caches=caches, training_data=training_data, cache_info=cache_info, split=split,
+               train_weights=train_weights, val_weights=val_weights, balance=balance, command=command, echo=echo,
+               progress=progress)
+    # ---- build (the first expensive step), then the epochs
+    with torch.random.fork_rng(devices=_rng_devices(device)):  # the caller's RNG state is left as it was
         torch.manual_seed(config.seed)
-        try:
-            model = spec.build(arch_options, pretrained=pretrained, seed=config.seed)
-        except (ValueError, RuntimeError, OSError) as error:  # plugins raise these for bad options / weights
-            raise DiscTrainError(f"could not build the {spec.name!r} discriminator: {error}") from error
-        model = model.to(device)
-        model.train()
-        model.trained_on = training_data  # spec.save writes it into the config JSON (interfaces.Discriminator)
-        train_model = model
-        if distributed:  # DDP through accelerate; `model` stays the plain module (saved, validated)
-            from accelerate import Accelerator
-
-            train_model = Accelerator(cpu=device.type == "cpu", mixed_precision="no").prepare_model(
-                model, device_placement=False)
-        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                    weight_decay=config.weight_decay)
-        if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            _set_rng_state(state["rng"], device)
-            history, epoch_seconds, sessions = state["history"], state["epoch_seconds"], state["sessions"]
-            best, start_epoch = state["best"], state["epoch"]
-            echo(f"resuming {outputs.checkpoint} after epoch {start_epoch} of {config.epochs}")
-        else:
-            if overwrite and is_main:
-                for path in outputs.all():
-                    path.unlink(missing_ok=True)
-            history, epoch_seconds, sessions, best, start_epoch = [], [], [], None, 0
-        sessions.append({"started": _now(), "start_epoch": start_epoch, "device": str(device),
-                         **({"processes": dist.world_size} if distributed else {})})
-        describe = model.describe() if hasattr(model, "describe") else {}
-        parameters = sum(p.numel() for p in model.parameters())
-
-        def make_log(finished: bool) -> dict[str, Any]:
-            return build_manifest(
-                kind="mpcore-disc-train",
-                command=command,
-                discriminator={"type": spec.name, "arch_options": arch_options, "pretrained": pretrained,
-                               "parameters": parameters, "describe": describe},
-                config=dataclasses.asdict(config),
-                data={"caches": cache_info, "flow_size": list(caches[REAL].size), "trained_on": training_data,
-                      "split": split.summary,
-                      "class_balance": balance},
-                epochs=history,
-                best=best,
-                finished=finished,
-                # the weights (and their config) exist only once an epoch improved on validation
-                outputs={**({"weights": outputs.weights, "config": outputs.config} if best is not None else {}),
-                         "log": outputs.log, "curves": outputs.curves, "checkpoint": outputs.checkpoint},
-                timings={"epoch_s": epoch_seconds, "train_s": sum(epoch_seconds)},
-                sessions=sessions,
-                **({"distributed": {**dist.describe(), "global_batch_size": config.batch_size}} if distributed else {}),
-            )
-
-        log: dict[str, Any] = {}
-        for epoch in range(start_epoch, config.epochs):
-            started = time.perf_counter()
-            generator = torch.Generator().manual_seed(derived_seed(config.seed, "epoch", epoch))
-            order = torch.randperm(len(split.train), generator=generator).tolist()
-            batches = [order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)]
-            try:  # a damaged shard or non-finite flows (FlowCacheError) stop training, naming cache and shard
-                if distributed:
-                    shares, sizes, live = _shares(batches, dist)
-                    bar = tqdm(_loader(caches, split.train, shares, train_weights, config.num_workers), total=len(shares),
-                               desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False, unit="batch")
-                    train_loss, train_accuracy = train_epoch_distributed(train_model, optimizer, bar, sizes, live, device,
-                                                                         dist)
-                else:
-                    bar = tqdm(_loader(caches, split.train, batches, train_weights, config.num_workers), total=len(batches),
-                               desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False, unit="batch")
-                    train_loss, train_accuracy = train_epoch(model, optimizer, bar, device)
-                if split.val and distributed:
-                    logits, labels = predict_distributed(model, caches, split.val, config.batch_size, device, dist,
-                                                         config.num_workers, progress,
-                                                         desc=f"val {epoch + 1}/{config.epochs}")
-                elif split.val:
-                    logits, labels = predict(model, caches, split.val, config.batch_size, device, config.num_workers,
-                                             progress, desc=f"val {epoch + 1}/{config.epochs}")
-            except FlowCacheError as error:
-                # a DataLoader worker's error arrives with its traceback in the message: keep the last line
-                message = str(error).strip().splitlines()[-1].removeprefix("FlowCacheError: ")
-                raise DiscTrainError(f"{message}. Training stopped in epoch {epoch + 1}; this epoch was not saved.") from None
-            if not math.isfinite(train_loss):  # the flows are finite (checked when read): the optimization diverged
-                raise DiscTrainError(
-                    f"the training loss became {train_loss} in epoch {epoch + 1} although every flow of --real "
-                    f"{caches[REAL].path} and --fake {caches[FAKE].path} is finite (checked when read): the training "
-                    f"diverged. Lower --lr (now {config.lr}) and start over with --overwrite; this epoch was not saved."
-                )
-            row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_accuracy,
-                                   "balanced": config.balance, "lr": config.lr}
-            if split.val:
-                metrics = logit_metrics(logits, labels, val_weights)
-                row.update({"val_loss": metrics["loss"], "val_accuracy": metrics["accuracy"],
-                            "val_accuracy_real": metrics["accuracy_real"], "val_accuracy_fake": metrics["accuracy_fake"],
-                            "val_auc": metrics["auc"], "val_mean_logit_real": metrics["mean_logit_real"],
-                            "val_mean_logit_fake": metrics["mean_logit_fake"]})
-            else:  # no validation: the last epoch is kept
-                row.update({"val_loss": None, "val_accuracy": None, "val_auc": None})
-            val_loss = row["val_loss"]
-            improved = (not split.val) or (
-                val_loss is not None and math.isfinite(val_loss) and (best is None or val_loss < best["val_loss"])
-            )
-            if improved:
-                best = {"epoch": epoch + 1, "val_loss": val_loss, "val_accuracy": row["val_accuracy"], "val_auc": row["val_auc"]}
-                if is_main:
-                    spec.save(model, outputs.weights)  # weights first: a checkpoint never points at stale weights
-            seconds = time.perf_counter() - started
-            history.append(row)
-            epoch_seconds.append(seconds)
-            echo(_format_epoch({**row, "seconds": seconds}, config.epochs, improved))
-            log = make_log(finished=epoch + 1 == config.epochs)
-            if not is_main:  # only the main process writes; the others wait for its files
-                dist.barrier()
-                if on_epoch_end is not None:
-                    on_epoch_end(epoch + 1, row)
-                continue
-            write_json_atomic(log, outputs.log)
-            plot_curves(history, best and best["epoch"], outputs.curves, f"discriminator {spec.name}: {outputs.weights.name}")
-            checkpoint = {
-                "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
-                "type": spec.name, "arch_options": arch_options, "pretrained": pretrained,
-                "config": dataclasses.asdict(config), "caches": cache_info,
-                "epoch": epoch + 1, "best": best, "history": history, "epoch_seconds": epoch_seconds,
-                "sessions": sessions,
-                "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
-                "optimizer": optimizer.state_dict(),
-                "rng": _rng_state(device),
-                "log": json.loads(json.dumps(log)),  # plain JSON types only (a weights_only load reads them)
-            }
-            with atomic_path(outputs.checkpoint) as tmp:
-                torch.save(checkpoint, tmp)
-            if distributed:
-                dist.barrier()  # the epoch's files are written before any process goes on
-            if on_epoch_end is not None:
-                on_epoch_end(epoch + 1, row)
-    return log
+        model, train_model, optimizer = _build(run)
+        record = _start(run, model, optimizer, state, overwrite)
+        return _train_epochs(run, model, train_model, optimizer, record, on_epoch_end)
