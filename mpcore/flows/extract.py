@@ -122,49 +122,66 @@ def find_sources(root: str | os.PathLike) -> list[Source]:
         what = "does not exist" if not root.exists() else "is not a directory"
         raise ExtractError(f"--videos {root} {what}; give a folder of videos or of frame folders")
     found: list[tuple[str, Path, str, tuple[str, ...], str | None]] = []  # rel, path, kind, frames, problem
-    visited: set[Path] = set()
-
-    def walk(folder: Path, rel: str) -> None:
-        real = folder.resolve()
-        if real in visited:  # a symlink loop
-            return
-        visited.add(real)
-        files, dirs = [], []
-        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-            if entry.name.startswith("."):
-                continue
-            if entry.is_dir():
-                dirs.append(entry.name)
-            elif entry.is_file():
-                files.append(entry.name)
-        if "JPEGImages" in dirs:
-            dirs = ["JPEGImages"]
-        if folder.name == "JPEGImages" and "480p" in dirs:
-            dirs = ["480p"]
-        join = (lambda name: name) if rel == "" else (lambda name: f"{rel}/{name}")
-        images = sorted((name for name in files if _suffix(name) in IMAGE_SUFFIXES), key=_natural_key)
-        folder_rel = rel or "."
-        if images and len(images) == len(files):
-            found.append((folder_rel, folder, "frames", tuple(images), None))
-        elif images:
-            others = [name for name in files if _suffix(name) not in IMAGE_SUFFIXES]
-            found.append((folder_rel, folder, "invalid", (), (
-                f"folder mixes {len(images)} image file(s) with {len(others)} other file(s) (e.g. {others[0]}); "
-                "frames are read only from folders that hold nothing but .jpg/.jpeg/.png images")))
-        elif not files and not dirs and rel != "":
-            found.append((folder_rel, folder, "invalid", (), "empty folder: no frames"))
-        for name in files:
-            suffix = _suffix(name)
-            if suffix in VIDEO_SUFFIXES or suffix in GIF_SUFFIXES:
-                found.append((join(name), folder / name, "gif" if suffix in GIF_SUFFIXES else "video", (), None))
-        for name in dirs:
-            walk(folder / name, join(name))
-
-    walk(root, "")
+    _walk(root, "", found, set())
     found.sort(key=lambda item: item[0])
+    ids = _unique_ids(root, found)
+    sources = [Source(source_id, path, rel, kind, frames, problem)
+               for source_id, (rel, path, kind, frames, problem) in zip(ids, found)]
+    return sources
 
-    # ids: the relative path without the file extension; sources that would share an id keep their
-    # extension (the relative path, unique), repeated until no id is shared
+
+def _entries(folder: Path) -> tuple[list[str], list[str]]:
+    """The visible (not ".") file and folder names of ``folder``, sorted; in the DAVIS layout only
+    ``JPEGImages`` is kept of a folder's sub-folders, and in ``JPEGImages`` only ``480p``."""
+    files, dirs = [], []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            dirs.append(entry.name)
+        elif entry.is_file():
+            files.append(entry.name)
+    if "JPEGImages" in dirs:
+        dirs = ["JPEGImages"]
+    if folder.name == "JPEGImages" and "480p" in dirs:
+        dirs = ["480p"]
+    return files, dirs
+
+
+def _walk(folder: Path, rel: str, found: list, visited: set[Path]) -> None:
+    """Append the sources in ``folder`` (relative path ``rel``, "" for the root) and below it to
+    ``found`` as (rel, path, kind, frames, problem): the folder itself if it holds frames (or is
+    an invalid frame folder), its video and GIF files, then its sub-folders, recursively.
+    ``visited`` holds the resolved folders seen so far (a symlink loop is walked once)."""
+    real = folder.resolve()
+    if real in visited:  # a symlink loop
+        return
+    visited.add(real)
+    files, dirs = _entries(folder)
+    join = (lambda name: name) if rel == "" else (lambda name: f"{rel}/{name}")
+    images = sorted((name for name in files if _suffix(name) in IMAGE_SUFFIXES), key=_natural_key)
+    folder_rel = rel or "."
+    if images and len(images) == len(files):
+        found.append((folder_rel, folder, "frames", tuple(images), None))
+    elif images:
+        others = [name for name in files if _suffix(name) not in IMAGE_SUFFIXES]
+        found.append((folder_rel, folder, "invalid", (), (
+            f"folder mixes {len(images)} image file(s) with {len(others)} other file(s) (e.g. {others[0]}); "
+            "frames are read only from folders that hold nothing but .jpg/.jpeg/.png images")))
+    elif not files and not dirs and rel != "":
+        found.append((folder_rel, folder, "invalid", (), "empty folder: no frames"))
+    for name in files:
+        suffix = _suffix(name)
+        if suffix in VIDEO_SUFFIXES or suffix in GIF_SUFFIXES:
+            found.append((join(name), folder / name, "gif" if suffix in GIF_SUFFIXES else "video", (), None))
+    for name in dirs:
+        _walk(folder / name, join(name), found, visited)
+
+
+def _unique_ids(root: Path, found: list) -> list[str]:
+    """The ids of the sources ``found`` (sorted): the relative path without the file extension;
+    sources that would share an id keep their extension (the relative path, unique), repeated until
+    no id is shared. The root folder itself (rel ".") is named after the folder."""
     ids = []
     for rel, path, _, _, _ in found:
         if rel == ".":
@@ -182,9 +199,7 @@ def find_sources(root: str | os.PathLike) -> list[Source]:
             break
         for i in shared:
             ids[i] = found[i][0]
-    sources = [Source(source_id, path, rel, kind, frames, problem)
-               for source_id, (rel, path, kind, frames, problem) in zip(ids, found)]
-    return sources
+    return ids
 
 
 # ---------------------------------------------------------------------------------------------------
