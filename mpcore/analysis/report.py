@@ -449,21 +449,29 @@ SCRIPT = """
 """
 
 
-def render(folder: str | Path, out: str | Path, evaluation: dict[str, Any] | None = None,
-           comparison: str | Path | None = None, title: str | None = None,
-           eval_path: str | Path | None = None) -> tuple[str, dict[str, Any]]:
-    """The report's HTML for ``folder`` as it will be written to ``out``, and a summary dict."""
-    folder = Path(folder)
-    page_dir = Path(out).parent
-    items, generate = collect_items(folder)
-    eval_dir = Path(eval_path).parent if eval_path is not None else None
-    keys = match_eval(evaluation, items, folder, eval_dir)
-    videos = (evaluation or {}).get("videos") or {}
-    per_item = {name: videos[key] for name, key in keys.items()}
-    errors = (evaluation or {}).get("errors") or {}
-    errors = errors if isinstance(errors, dict) else {}
-    declared = (evaluation or {}).get("metrics") or {}
-    declared = declared if isinstance(declared, dict) else {}
+@dataclass
+class _EvalView:
+    """What the page shows of an ``mpcore eval`` JSON: per item its key in ``videos`` and its metric
+    values, the errors by key, the metric names (in column order) with their hover titles, the
+    metrics that could not be computed and the means."""
+
+    keys: dict[str, str]
+    per_item: dict[str, dict[str, Any]]
+    errors: dict[str, Any]
+    titles: dict[str, str]
+    unavailable: dict[str, Any]
+    mean: dict[str, Any]
+    metric_names: list[str]
+
+
+def _section(evaluation: dict[str, Any] | None, key: str) -> dict[str, Any]:
+    """``evaluation[key]`` if it is a non-empty dict, else {} (a missing eval JSON or a malformed entry)."""
+    section = (evaluation or {}).get(key) or {}
+    return section if isinstance(section, dict) else {}
+
+
+def _metric_titles(declared: dict[str, Any]) -> dict[str, str]:
+    """Hover titles of the declared metrics: their description and whether VBench defines them."""
     titles = {}
     for name, info in declared.items():
         if isinstance(info, dict):
@@ -471,16 +479,32 @@ def render(folder: str | Path, out: str | Path, evaluation: dict[str, Any] | Non
             titles[str(name)] = " ".join(x for x in [str(info.get("description") or ""), "(VBench definition)"
                                                      if vbench is True else "(not a VBench metric)"
                                                      if vbench is False else ""] if x)
-    unavailable = (evaluation or {}).get("unavailable") or {}
-    unavailable = unavailable if isinstance(unavailable, dict) else {}
-    mean = (evaluation or {}).get("mean") or {}
-    mean = mean if isinstance(mean, dict) else {}
+    return titles
+
+
+def _eval_view(evaluation: dict[str, Any] | None, items: list[Item], folder: Path,
+               eval_dir: Path | None) -> _EvalView:
+    """Match the eval JSON's videos to the items and gather what the page shows of it (see :class:`_EvalView`).
+    The metric columns: the declared metrics, then any other the means, the items or the unavailable ones name."""
+    keys = match_eval(evaluation, items, folder, eval_dir)
+    videos = (evaluation or {}).get("videos") or {}
+    per_item = {name: videos[key] for name, key in keys.items()}
+    errors = _section(evaluation, "errors")
+    declared = _section(evaluation, "metrics")
+    titles = _metric_titles(declared)
+    unavailable = _section(evaluation, "unavailable")
+    mean = _section(evaluation, "mean")
     metric_names: list[str] = [str(k) for k in declared] + [k for k in mean if k not in declared]
     for values in per_item.values():
         metric_names.extend(k for k in values if k not in metric_names)
     metric_names.extend(k for k in unavailable if k not in metric_names)
-    title = title or f"MotionPrompt report: {folder.resolve().name}"
+    return _EvalView(keys, per_item, errors, titles, unavailable, mean, metric_names)
 
+
+def _counts(items: list[Item], evaluation: dict[str, Any] | None, per_item: dict[str, Any],
+            generate: dict[str, Any] | None) -> dict[str, Any]:
+    """The header's counts: items, items with each piece, items with metrics (with an eval JSON) and
+    generate.json's non-zero outcome counts."""
     counts = {
         "items": len(items),
         "with manifest": sum(i.manifest is not None for i in items),
@@ -494,12 +518,42 @@ def render(folder: str | Path, out: str | Path, evaluation: dict[str, Any] | Non
         for key in ("generated", "skipped", "failed", "pending"):
             if isinstance(summary, dict) and summary.get(key):
                 counts[f"generate.json: {key}"] = summary[key]
+    return counts
+
+
+def _warnings(items: list[Item]) -> list[str]:
+    """The items' manifest warnings, each once, in order of appearance."""
     warnings: list[str] = []
     for item in items:
         for warning in (item.manifest or {}).get("warnings") or []:
             if str(warning) not in warnings:
                 warnings.append(str(warning))
+    return warnings
 
+
+def _means_table(view: _EvalView, folder: Path) -> list[str]:
+    """The header's table of metric means over the eval JSON's videos, with notes on what is missing."""
+    head = []
+    if view.metric_names:
+        head.append('<h2>Metrics (mean over the eval JSON\'s videos)</h2><table class="mean"><thead><tr>'
+                    "<th>metric</th><th>mean</th></tr></thead><tbody>")
+        for name in view.metric_names:
+            head.append(f"<tr><th{_title(name, view.titles)}>{esc(name)}</th>"
+                        f"{_metric_cell(name, view.mean.get(name), view.unavailable)}</tr>")
+        head.append("</tbody></table>")
+        for name, reason in view.unavailable.items():
+            head.append(f'<p class="meta">{esc(name)} unavailable: {esc(fmt(reason))}</p>')
+    else:
+        head.append('<p class="note">the eval JSON has no metric values</p>')
+    if not view.per_item:
+        head.append(f'<p class="note">no video of the eval JSON matches an item of {esc(folder.name)}</p>')
+    return head
+
+
+def _header(title: str, folder: Path, eval_path: str | Path | None, counts: dict[str, Any], items: list[Item],
+            generate: dict[str, Any] | None, evaluation: dict[str, Any] | None, view: _EvalView) -> list[str]:
+    """The page's header: title, folder, counts, the generate settings, the warnings, the metric means
+    (with an eval JSON) and, for several items, a table of contents."""
     head = [f'<header><h1>{esc(title)}</h1>',
             f'<p class="meta">folder {esc(folder.resolve())}'
             + (f" · eval {esc(eval_path)}" if eval_path else "") + "</p>"]
@@ -513,38 +567,42 @@ def render(folder: str | Path, out: str | Path, evaluation: dict[str, Any] | Non
         head.append(f'<p class="meta">generate: {esc(bb.get("name"))} / {esc(bb.get("model"))}, guidance '
                     f'{esc(s.get("guidance"))}, {esc(sm.get("frames"))} frames {esc(sm.get("height"))}x'
                     f'{esc(sm.get("width"))}, {esc(sm.get("steps"))} steps</p>')
-    for warning in warnings:
+    for warning in _warnings(items):
         head.append(f'<p class="note">{esc(warning)}</p>')
     if evaluation is not None:
-        if metric_names:
-            head.append('<h2>Metrics (mean over the eval JSON\'s videos)</h2><table class="mean"><thead><tr>'
-                        "<th>metric</th><th>mean</th></tr></thead><tbody>")
-            for name in metric_names:
-                head.append(f"<tr><th{_title(name, titles)}>{esc(name)}</th>"
-                            f"{_metric_cell(name, mean.get(name), unavailable)}</tr>")
-            head.append("</tbody></table>")
-            for name, reason in unavailable.items():
-                head.append(f'<p class="meta">{esc(name)} unavailable: {esc(fmt(reason))}</p>')
-        else:
-            head.append('<p class="note">the eval JSON has no metric values</p>')
-        if not per_item:
-            head.append(f'<p class="note">no video of the eval JSON matches an item of {esc(folder.name)}</p>')
+        head.extend(_means_table(view, folder))
     head.append("</div>")
     if len(items) > 1:
         head.append('<nav class="toc">' + "".join(f'<div><a href="#{esc(i.name)}">{esc(i.name)}</a></div>'
                                                  for i in items) + "</nav>")
     head.append("</header>")
+    return head
+
+
+def render(folder: str | Path, out: str | Path, evaluation: dict[str, Any] | None = None,
+           comparison: str | Path | None = None, title: str | None = None,
+           eval_path: str | Path | None = None) -> tuple[str, dict[str, Any]]:
+    """The report's HTML for ``folder`` as it will be written to ``out``, and a summary dict."""
+    folder = Path(folder)
+    page_dir = Path(out).parent
+    items, generate = collect_items(folder)
+    eval_dir = Path(eval_path).parent if eval_path is not None else None
+    view = _eval_view(evaluation, items, folder, eval_dir)
+    title = title or f"MotionPrompt report: {folder.resolve().name}"
+    counts = _counts(items, evaluation, view.per_item, generate)
+    head = _header(title, folder, eval_path, counts, items, generate, evaluation, view)
 
     body = ["<main>", _comparison_section(Path(comparison) if comparison else None, page_dir)]
     for item in items:
-        body.append(_card(item, page_dir, per_item.get(item.name) if evaluation is not None else None,
-                          metric_names, unavailable, errors.get(keys.get(item.name, "")), titles))
+        body.append(_card(item, page_dir, view.per_item.get(item.name) if evaluation is not None else None,
+                          view.metric_names, view.unavailable, view.errors.get(view.keys.get(item.name, "")),
+                          view.titles))
     body.append("</main>")
     page = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
             f"<title>{esc(title)}</title><style>{CSS}</style></head>\n<body>\n"
             + "\n".join(head) + "\n" + "\n".join(body) + f"\n<script>{SCRIPT}</script>\n</body></html>\n")
-    return page, {**counts, "metrics": metric_names}
+    return page, {**counts, "metrics": view.metric_names}
 
 
 def default_comparison(folder: Path) -> Path | None:
