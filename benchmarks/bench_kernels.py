@@ -414,7 +414,79 @@ def provider_fn(provider: str, case: Case) -> tuple[Callable, str | None]:
     raise ValueError(provider)
 
 
+def _triton_skip(device) -> str | None:
+    """Why the Triton provider is not measured here (None: it is): no CUDA device, or no Triton."""
+    from mpcore_kernels._dispatch import triton_available
+
+    if device.type != "cuda":
+        return TRITON_CPU_SKIP
+    if not triton_available():
+        return "skipped: Triton is not importable here"
+    return None
+
+
+def _warm_up(case: Case, forward: Callable, backward: Callable, full: Callable, args, timer: Timer,
+             row: dict[str, Any]) -> float:
+    """The first call (compiles; Triton autotunes) with the correctness check against the reference
+    (into ``row``), then ``args.warmup - 1`` more full calls; returns the fastest full call's seconds."""
+    # warm-up (compiles; Triton autotunes) and the correctness check against the reference
+    t0 = time.perf_counter()
+    out = forward()
+    grads = backward(out)
+    row["max_abs_err"], row["matches_reference"] = _max_abs_err((out, *grads), case.expected)
+    del out, grads
+    timer.sync()
+    row["warmup_s"] = round(time.perf_counter() - t0, 3)
+    per_call = math.inf
+    for _ in range(args.warmup - 1):
+        per_call = min(per_call, timer.once(full))
+    if not math.isfinite(per_call):
+        per_call = timer.once(full)
+    return per_call
+
+
+def _fit_repeats(per_call: float, args) -> int:
+    """``args.repeats``, fewer (not below ``args.min_repeats``) when the three timed phases would overrun the budget."""
+    # fit the three phases (roughly 2x full cost, plus the untimed forwards of bwd) into the budget
+    repeats = args.repeats
+    if per_call * 3 * repeats > args.budget_s:
+        repeats = max(args.min_repeats, int(args.budget_s / (3 * per_call)))
+    return repeats
+
+
+def _timed_phases(forward: Callable, backward: Callable, full: Callable, repeats: int, timer: Timer,
+                  row: dict[str, Any]) -> tuple[float, float, float]:
+    """Median seconds of fwd, bwd (of a forward computed untimed) and full over ``repeats`` calls each;
+    the minima and the CPU stall fraction over the timed phases go into ``row``."""
+    stall0, wall0 = cpu_stall_us(), time.perf_counter()  # contention over the timed phases only
+    fwd = timer.samples(forward, repeats)
+    bwd = timer.samples(backward, repeats, prepare=forward)
+    whole = timer.samples(full, repeats)
+    stall1, wall1 = cpu_stall_us(), time.perf_counter()
+    if stall0 is not None and stall1 is not None and wall1 > wall0:
+        row["cpu_stall_fraction"] = round((stall1 - stall0) / 1e6 / (wall1 - wall0), 4)
+    fwd_s, bwd_s, full_s = statistics.median(fwd), statistics.median(bwd), statistics.median(whole)
+    row.update(fwd_min_ms=min(fwd) * 1e3, bwd_min_ms=min(bwd) * 1e3, full_min_ms=min(whole) * 1e3)
+    return fwd_s, bwd_s, full_s
+
+
+def _peak_memory(full: Callable, device) -> int:
+    """CUDA bytes allocated at the peak of one full call above what was allocated before it."""
+    import torch
+
+    gc.collect()
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    full()
+    torch.cuda.synchronize(device)
+    return int(torch.cuda.max_memory_allocated(device) - before)
+
+
 def measure(case: Case, provider: str, args, timer: Timer) -> dict[str, Any]:
+    """One row: ``provider`` on ``case``, warmed up and checked against the reference, then timed
+    (fwd, bwd, full) within the budget; GB/s from the byte model; peak memory on CUDA. A failure
+    (e.g. a compile error) is recorded in the row, not raised."""
     import torch
 
     row: dict[str, Any] = dict(kernel=case.kernel, size=case.size, shape=case.shape, provider=provider,
@@ -424,13 +496,9 @@ def measure(case: Case, provider: str, args, timer: Timer) -> dict[str, Any]:
                                fwd_min_ms=None, bwd_min_ms=None, full_min_ms=None, cpu_stall_fraction=None,
                                skipped=None, error=None)
     if provider == "triton":
-        from mpcore_kernels._dispatch import triton_available
-
-        if args.device.type != "cuda":
-            row["skipped"] = TRITON_CPU_SKIP
-            return row
-        if not triton_available():
-            row["skipped"] = "skipped: Triton is not importable here"
+        skipped = _triton_skip(args.device)
+        if skipped is not None:
+            row["skipped"] = skipped
             return row
 
     inputs, grad_out = case.inputs, case.grad_out
@@ -446,44 +514,12 @@ def measure(case: Case, provider: str, args, timer: Timer) -> dict[str, Any]:
             def full(_=None):
                 return backward(forward())
 
-            # warm-up (compiles; Triton autotunes) and the correctness check against the reference
-            t0 = time.perf_counter()
-            out = forward()
-            grads = backward(out)
-            row["max_abs_err"], row["matches_reference"] = _max_abs_err((out, *grads), case.expected)
-            del out, grads
-            timer.sync()
-            row["warmup_s"] = round(time.perf_counter() - t0, 3)
-            per_call = math.inf
-            for _ in range(args.warmup - 1):
-                per_call = min(per_call, timer.once(full))
-            if not math.isfinite(per_call):
-                per_call = timer.once(full)
-
-            # fit the three phases (roughly 2x full cost, plus the untimed forwards of bwd) into the budget
-            repeats = args.repeats
-            if per_call * 3 * repeats > args.budget_s:
-                repeats = max(args.min_repeats, int(args.budget_s / (3 * per_call)))
+            per_call = _warm_up(case, forward, backward, full, args, timer, row)
+            repeats = _fit_repeats(per_call, args)
             row["repeats"] = repeats
-
-            stall0, wall0 = cpu_stall_us(), time.perf_counter()  # contention over the timed phases only
-            fwd = timer.samples(forward, repeats)
-            bwd = timer.samples(backward, repeats, prepare=forward)
-            whole = timer.samples(full, repeats)
-            stall1, wall1 = cpu_stall_us(), time.perf_counter()
-            if stall0 is not None and stall1 is not None and wall1 > wall0:
-                row["cpu_stall_fraction"] = round((stall1 - stall0) / 1e6 / (wall1 - wall0), 4)
-            fwd_s, bwd_s, full_s = statistics.median(fwd), statistics.median(bwd), statistics.median(whole)
-            row.update(fwd_min_ms=min(fwd) * 1e3, bwd_min_ms=min(bwd) * 1e3, full_min_ms=min(whole) * 1e3)
-
+            fwd_s, bwd_s, full_s = _timed_phases(forward, backward, full, repeats, timer, row)
             if timer.cuda:
-                gc.collect()
-                torch.cuda.synchronize(args.device)
-                before = torch.cuda.memory_allocated(args.device)
-                torch.cuda.reset_peak_memory_stats(args.device)
-                full()
-                torch.cuda.synchronize(args.device)
-                row["peak_mem_bytes"] = int(torch.cuda.max_memory_allocated(args.device) - before)
+                row["peak_mem_bytes"] = _peak_memory(full, args.device)
     except Exception as exc:  # a failed compile (or kernel) is a result, not a crash
         row["error"] = f"{type(exc).__name__}: {exc}".strip()[:2000]
         row["traceback_tail"] = "".join(traceback.format_exc().splitlines(keepends=True)[-8:])[-3000:]
@@ -645,27 +681,32 @@ def markdown(summary: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- main
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = resolve_args(build_parser().parse_args(argv))
-    import torch
-
-    torch.manual_seed(args.seed)
-    dev = args.device.type
-    cuda = dev == "cuda"
-    if cuda:
-        torch.cuda.set_device(args.device)
-    timer = Timer(args.device)
-    load_before = _loadavg()
-    info = versions()
-    name = device_name(args.device)
-    print(f"[bench_kernels] {dev} ({name}), kernels {args.kernel_list}, sizes {args.size_list}, providers "
-          f"{args.provider_list}, repeats {args.repeats}, load {load_before}", file=sys.stderr, flush=True)
-
+def _copy_reference(args, timer: Timer, cuda: bool) -> dict[str, Any]:
+    """This run's copy bandwidth, the yardstick of the GB/s columns (a smaller, shorter copy when smoke)."""
     if args.smoke:
         copy = copy_bandwidth(args.device, timer, repeats=5, nbytes=64 * 2**20)
     else:
         copy = copy_bandwidth(args.device, timer, repeats=50 if cuda else 20)
     print(f"[bench_kernels] copy bandwidth {copy['gbps']:.1f} GB/s", file=sys.stderr, flush=True)
+    return copy
+
+
+def _unbuilt_case_rows(kernel: str, size: int, args, exc: Exception) -> list[dict[str, Any]]:
+    """One error row per provider for a (kernel, size) whose case could not be built."""
+    error = f"{type(exc).__name__}: {exc}"[:2000]
+    print(f"[bench_kernels] {kernel} S={size}: cannot build the case: {error}", file=sys.stderr,
+          flush=True)
+    return [dict(kernel=kernel, size=size, shape=None, provider=provider, fwd_ms=None,
+                 bwd_ms=None, full_ms=None, gbps=None, gbps_fwd=None, gbps_bwd=None,
+                 bytes_fwd=None, bytes_bwd=None, peak_mem_bytes=None, max_abs_err=None,
+                 matches_reference=None, repeats=None, warmup_s=None, cpu_stall_fraction=None,
+                 skipped=None, error=error)
+            for provider in args.provider_list]
+
+
+def _measure_all(args, timer: Timer, cuda: bool) -> list[dict[str, Any]]:
+    """The sweep: every (kernel, size) case built once and measured with every provider, in order."""
+    import torch
 
     rows: list[dict[str, Any]] = []
     for kernel in args.kernel_list:
@@ -673,15 +714,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             try:
                 case = make_case(kernel, size, args.device, args.dtype, args.seed)
             except Exception as exc:  # e.g. the kernel does not exist in this mpcore_kernels yet
-                error = f"{type(exc).__name__}: {exc}"[:2000]
-                print(f"[bench_kernels] {kernel} S={size}: cannot build the case: {error}", file=sys.stderr,
-                      flush=True)
-                for provider in args.provider_list:
-                    rows.append(dict(kernel=kernel, size=size, shape=None, provider=provider, fwd_ms=None,
-                                     bwd_ms=None, full_ms=None, gbps=None, gbps_fwd=None, gbps_bwd=None,
-                                     bytes_fwd=None, bytes_bwd=None, peak_mem_bytes=None, max_abs_err=None,
-                                     matches_reference=None, repeats=None, warmup_s=None, cpu_stall_fraction=None,
-                                     skipped=None, error=error))
+                rows.extend(_unbuilt_case_rows(kernel, size, args, exc))
                 continue
             for provider in args.provider_list:
                 row = measure(case, provider, args, timer)
@@ -694,7 +727,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             gc.collect()
             if cuda:
                 torch.cuda.empty_cache()
+    return rows
 
+
+def _summary(args, rows: list[dict[str, Any]], copy: dict[str, Any], *, cuda: bool, name: str,
+             info: dict[str, Any], load_before: Any) -> dict[str, Any]:
+    """The JSON summary: the rows stamped with device, versions, git SHA and time and compared with
+    torch and the copy bandwidth, the run's settings and machine, the byte model, the targets."""
+    import torch
+
+    dev = args.device.type
     sha, dirty = git_revision(REPO)
     timestamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     dtype = str(args.dtype).replace("torch.", "")
@@ -740,7 +782,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rows": rows,
     }
     summary["targets"] = check_targets(rows, cuda, args.kernel_list)
+    return summary
 
+
+def _write(summary: dict[str, Any], args) -> None:
+    """Write the summary as JSON and the markdown table (printed too) into ``args.out``; their paths go into the summary."""
+    dev = args.device.type
     out = Path(args.out)
     if not out.is_absolute():
         out = Path.cwd() / out
@@ -752,6 +799,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(text)
     print(f"[bench_kernels] wrote {json_path} and {md_path}", file=sys.stderr, flush=True)
     summary["json_path"], summary["md_path"] = str(json_path), str(md_path)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Measure every (kernel, size, provider), write the JSON and the markdown table; return the summary."""
+    args = resolve_args(build_parser().parse_args(argv))
+    import torch
+
+    torch.manual_seed(args.seed)
+    dev = args.device.type
+    cuda = dev == "cuda"
+    if cuda:
+        torch.cuda.set_device(args.device)
+    timer = Timer(args.device)
+    load_before = _loadavg()
+    info = versions()
+    name = device_name(args.device)
+    print(f"[bench_kernels] {dev} ({name}), kernels {args.kernel_list}, sizes {args.size_list}, providers "
+          f"{args.provider_list}, repeats {args.repeats}, load {load_before}", file=sys.stderr, flush=True)
+
+    copy = _copy_reference(args, timer, cuda)
+    rows = _measure_all(args, timer, cuda)
+    summary = _summary(args, rows, copy, cuda=cuda, name=name, info=info, load_before=load_before)
+    _write(summary, args)
     return summary
 
 
