@@ -61,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from mpcore.io.files import write_text_atomic
-from mpcore.cli.main import resolve_dtype
+from mpcore.jobs.run import resolve_dtype
 from mpcore.io.manifest import cpu_stall_us, git_revision
 
 REPO = Path(__file__).resolve().parent.parent
@@ -219,89 +219,112 @@ def motion_config(mode: str, **changes):
                                   "checkpoint_vae": mode == "lean", **rollout, **changes})
 
 
-def run_worker(args) -> dict[str, Any]:
-    """Measure one mode in this (fresh) process."""
+def _sync(device) -> None:
+    """Wait for the device's queued work (CUDA), so a wall time covers it."""
     import torch
 
-    from mpcore import plugins
-    from mpcore.config import SamplerConfig
-    from mpcore.motionprompt import MotionPrompt
-    from mpcore.sampling import sample
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
-    mode = args.worker
-    device = torch.device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
-    cuda = device.type == "cuda"
 
-    def sync():
-        if cuda:
-            torch.cuda.synchronize(device)
+def _load_backbone_timed(args, device, dtype):
+    """The backbone, its load seconds, and the memory right after it loaded: CUDA allocated bytes or,
+    on CPU, the peak RSS so far; plus the current RSS. Returns (backbone, load_s, loaded_bytes, rss_now)."""
+    import torch
 
-    load_before = _system_load()
     start = time.perf_counter()
     backbone = load_backbone(args, device, dtype)
-    sync()
+    _sync(device)
     load_s = time.perf_counter() - start
-    if cuda:
+    if device.type == "cuda":
         loaded_bytes = torch.cuda.memory_allocated(device)
     else:
         loaded_bytes = _maxrss_bytes()
     rss_loaded_now = _rss_bytes_now()
+    return backbone, load_s, loaded_bytes, rss_loaded_now
 
-    sampler = SamplerConfig(steps=args.steps, seed=SEED, **CONFIGS[args.config])
-    sampler.validate(backbone.vae_scale_factor)
+
+def _guidance_models(mode: str, device, sampler):
+    """The random-init RAFT flow estimator and ViT discriminator of a guided mode, its config checked
+    against ``sampler``. Returns (flow, disc)."""
+    from mpcore import plugins
+
+    flow = plugins.get("flow", "raft").spec.load("random", device, seed=SEED)
+    disc = plugins.get("discriminator", "vit").spec.random(seed=SEED, device=device)
+    motion_config(mode).validate(sampler)
+    return flow, disc
+
+
+def _warm_up(backbone, args, mode: str, flow, disc, device) -> float:
+    """An untimed run of WARMUP_STEPS steps at the same shapes (guided: one optimized step, so the
+    backward path is warm too); the CUDA peak statistics are reset after it. Returns its seconds."""
+    import torch
+
+    from mpcore.config import SamplerConfig
+    from mpcore.motionprompt import MotionPrompt
+    from mpcore.sampling import sample
+
     guided = mode != "baseline"
-    flow = disc = None
-    if guided:
-        flow = plugins.get("flow", "raft").spec.load("random", device, seed=SEED)
-        disc = plugins.get("discriminator", "vit").spec.random(seed=SEED, device=device)
-        motion_config(mode).validate(sampler)
-
     # untimed warm-up, same shapes; guided: one optimized step so the backward path is warm
     warm = SamplerConfig(steps=WARMUP_STEPS, seed=SEED, **CONFIGS[args.config])
     start = time.perf_counter()
     warm_guidance = MotionPrompt(motion_config(mode, opt_range=(0, 1), iterations=1), flow, disc) if guided else None
     sample(backbone, PROMPT, warm, warm_guidance, progress=False)
-    sync()
+    _sync(device)
     warmup_s = time.perf_counter() - start
-    if cuda:
+    if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    return warmup_s
 
+
+def _timed_runs(backbone, sampler, mode: str, flow, disc, repeats: int, device):
+    """``repeats`` timed sampling runs (a fresh guidance object each). Returns (wall seconds of each,
+    the last result, the fraction of the timed wall time some task waited for a CPU)."""
+    from mpcore.motionprompt import MotionPrompt
+    from mpcore.sampling import sample
+
+    guided = mode != "baseline"
     walls, result = [], None
     stall_start = cpu_stall_us()
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         guidance = MotionPrompt(motion_config(mode), flow, disc) if guided else None
-        sync()
+        _sync(device)
         start = time.perf_counter()
         result = sample(backbone, PROMPT, sampler, guidance, progress=False)
-        sync()
+        _sync(device)
         walls.append(time.perf_counter() - start)
     stall_end = cpu_stall_us()
     # fraction of the timed wall time in which some task waited for a CPU: ~0 on an otherwise idle
     # machine; large values mean other processes competed for the cores and the timing is unreliable
     cpu_stall = (stall_end - stall_start) / 1e6 / sum(walls) if stall_start is not None and stall_end is not None else None
+    return walls, result, cpu_stall
 
-    if cuda:
+
+def _memory(device, loaded_bytes: int, rss_loaded_now: int | None) -> dict[str, Any]:
+    """The row's memory fields: the peak over the timed runs (CUDA) or the process peak RSS (CPU),
+    and its increase over the memory after the backbone loaded."""
+    import torch
+
+    if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device)
-        memory = {"peak_mem_bytes": peak, "peak_increase_bytes": peak - loaded_bytes, "loaded_mem_bytes": loaded_bytes,
-                  "peak_reserved_bytes": torch.cuda.max_memory_reserved(device),
-                  "memory_measure": "torch.cuda.max_memory_allocated (timed runs; increase over allocated after backbone load)"}
-    else:
-        peak = _maxrss_bytes()
-        memory = {"peak_mem_bytes": peak, "peak_increase_bytes": peak - loaded_bytes, "loaded_mem_bytes": loaded_bytes,
-                  "loaded_rss_now_bytes": rss_loaded_now,
-                  "memory_measure": "process peak RSS (ru_maxrss); increase over the peak RSS after backbone load "
-                                    "(includes flow/discriminator weights, warm-up and sampling)"}
+        return {"peak_mem_bytes": peak, "peak_increase_bytes": peak - loaded_bytes, "loaded_mem_bytes": loaded_bytes,
+                "peak_reserved_bytes": torch.cuda.max_memory_reserved(device),
+                "memory_measure": "torch.cuda.max_memory_allocated (timed runs; increase over allocated after backbone load)"}
+    peak = _maxrss_bytes()
+    return {"peak_mem_bytes": peak, "peak_increase_bytes": peak - loaded_bytes, "loaded_mem_bytes": loaded_bytes,
+            "loaded_rss_now_bytes": rss_loaded_now,
+            "memory_measure": "process peak RSS (ru_maxrss); increase over the peak RSS after backbone load "
+                              "(includes flow/discriminator weights, warm-up and sampling)"}
 
+
+def _guidance_fields(mode: str, steps: int, result) -> dict[str, Any]:
+    """The row's guidance fields (None for the baseline): range, iterations, estimate calls, decoded
+    frames, checkpointing, and from the run's record the skipped updates and the token drift."""
+    guided = mode != "baseline"
     motion = motion_config(mode)
     info = result.guidance if guided else None
-    row = {
-        "mode": mode,
-        "wall_s": statistics.median(walls),
-        "wall_s_all": walls,
-        **memory,
-        "steps": args.steps,
-        "opt_range": list(motion.resolved_opt_range(args.steps)) if guided else None,
+    return {
+        "opt_range": list(motion.resolved_opt_range(steps)) if guided else None,
         "iterations": motion.iterations if guided else None,
         "estimate_calls": motion.estimate_calls() if guided else None,
         "decoded_frames": motion.decoded_frames if guided else None,
@@ -309,6 +332,40 @@ def run_worker(args) -> dict[str, Any]:
         "checkpoint_vae": motion.checkpoint_vae if guided else None,
         "skipped_updates": info["skipped_updates"] if info else None,
         "token_drift_l2": info["token_drift_l2"] if info else None,
+    }
+
+
+def run_worker(args) -> dict[str, Any]:
+    """Measure one mode in this (fresh) process: load the backbone, warm up, time ``args.repeats``
+    sampling runs, read the memory peak; return the mode's row."""
+    import torch
+
+    from mpcore.config import SamplerConfig
+
+    mode = args.worker
+    device = torch.device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    cuda = device.type == "cuda"
+
+    load_before = _system_load()
+    backbone, load_s, loaded_bytes, rss_loaded_now = _load_backbone_timed(args, device, dtype)
+    sampler = SamplerConfig(steps=args.steps, seed=SEED, **CONFIGS[args.config])
+    sampler.validate(backbone.vae_scale_factor)
+    guided = mode != "baseline"
+    flow = disc = None
+    if guided:
+        flow, disc = _guidance_models(mode, device, sampler)
+    warmup_s = _warm_up(backbone, args, mode, flow, disc, device)
+    walls, result, cpu_stall = _timed_runs(backbone, sampler, mode, flow, disc, args.repeats, device)
+    memory = _memory(device, loaded_bytes, rss_loaded_now)
+
+    row = {
+        "mode": mode,
+        "wall_s": statistics.median(walls),
+        "wall_s_all": walls,
+        **memory,
+        "steps": args.steps,
+        **_guidance_fields(mode, args.steps, result),
         "frames": sampler.frames,
         "size": [sampler.height, sampler.width],
         "cfg_scale": sampler.cfg_scale,
