@@ -282,32 +282,10 @@ def prepare(options: dict[str, Any], backbone_option_owners: dict[str, list[str]
     ``backbone_option_owners`` maps each plugin-added option to the backbones that own it. Raises
     :class:`OptionError` or one of :func:`user_errors` on the first problem; loads nothing.
     """
-    backbone_name = options["backbone"]
-    model = options["model"]
-    if backbone_name is None:
-        backbone_name = DEFAULT_BACKBONE
-        if model is None:
-            model = DEFAULT_MODEL
-            echo(f"note: no --backbone/--model given: using the bundled '{DEFAULT_MODEL}' model ({DEFAULT_BACKBONE} "
-                 "architecture, 32x32 px, trained offline on procedural clips). For the real AnimateDiff pass "
-                 f"--backbone {DEFAULT_BACKBONE}.")
+    backbone_name, model = _backbone_and_model(options)
     spec = plugins.get("backbone", backbone_name).spec
-    backbone_options = {}
-    for name, allowed in backbone_option_owners.items():
-        value = options.get(name)
-        if value is None:
-            continue
-        if backbone_name not in allowed:
-            flag = "--" + name.replace("_", "-")
-            raise OptionError(f"{flag} is an option of backbone(s) {', '.join(allowed)}, not {backbone_name}")
-        backbone_options[name] = value
-    if options["guidance"] == "none":
-        given = [flag for name, flag in GUIDANCE_ONLY_OPTIONS.items() if options.get(name)]
-        if given:
-            raise OptionError(f"--guidance none samples the plain baseline, which uses none of {', '.join(given)}: "
-                                   "drop them, or leave out --guidance none")
-    if options["fps"] is not None and options["fps"] < 1:
-        raise OptionError(f"{options['fps']} frames per second; give an integer >= 1 (e.g. 8)", "--fps")
+    backbone_options = _backbone_options(options, backbone_name, backbone_option_owners)
+    _check_run_options(options)
     sampler_flags = {k: options.get(k) for k in SAMPLER_FLAGS}
     flow_flag = [f"flow_estimator={options['flow']}"] if options["flow"] else []  # --flow NAME = -o flow_estimator=NAME
     sampler, motion = resolve_configs(spec, model, sampler_flags, flow_flag + list(options["overrides"]))
@@ -325,40 +303,9 @@ def prepare(options: dict[str, Any], backbone_option_owners: dict[str, list[str]
     flow_weights = options["flow_weights"] or ("random" if tiny and motion.flow_estimator == "raft" else None)
     bundled = spec.default_discriminator(model) if spec.default_discriminator is not None else None
     discriminator = options["discriminator"] or bundled or ("random" if tiny else None)
-    disc_type = options["discriminator_type"]
-    flow_spec = disc_spec = trained_on = flow_size_source = None
-    warnings: list[str] = []
+    parts = _GuidanceParts()
     if guided:
-        flow_spec = plugins.get("flow", motion.flow_estimator).spec
-        unknown = sorted(set(flow_options) - set(flow_spec.options)) if flow_spec.options is not None else []
-        if unknown:
-            raise OptionError(f"unknown option(s) of the {flow_spec.name} flow estimator: {', '.join(unknown)}; "
-                              f"it takes: {', '.join(flow_spec.options) or 'none'}", "--flow-option")
-        if discriminator is None:
-            raise OptionError(
-                "MotionPrompt needs a trained flow discriminator: pass --discriminator PATH.safetensors "
-                "(its config JSON beside it), or --guidance none for the plain baseline "
-                f"(--discriminator random only makes sense with --model {TINY_MODEL})."
-            )
-        if discriminator != "random":
-            disc_path = Path(discriminator).expanduser()
-            if not disc_path.is_file():
-                raise OptionError(f"discriminator file not found: {disc_path}")
-            config_path = disc_path.with_suffix(".json")
-            if config_path.is_file():  # read here, cheaply: what it was trained on is checked before any load
-                config = json.loads(config_path.read_text())
-                if isinstance(config, dict):
-                    disc_type = disc_type or config.get("type")
-                    trained_on = read_trained_on(config.get("trained_on"), str(config_path))
-        disc_spec = plugins.get("discriminator", disc_type or "vit").spec
-        if discriminator == "random" and disc_spec.random is None:
-            raise OptionError(f"discriminator plugin {disc_spec.name!r} cannot build a random discriminator")
-        flow_size_source, warnings = check_trained_on(trained_on, motion, sampler, discriminator)
-        for warning in warnings:
-            echo(f"warning: {warning}")
-        if flow_size_source == "discriminator trained_on":
-            echo(f"note: flows are computed at {motion.flow_size}x{motion.flow_size}, the frame size the discriminator "
-                 f"was trained on (decoded frames: {sampler.height}x{sampler.width}); -o flow_size=N overrides it")
+        parts = _guidance_parts(motion, sampler, flow_options, discriminator, options["discriminator_type"])
     if spec.check is not None:
         spec.check(model=model, **backbone_options)
     device = resolve_device(options["device"])
@@ -370,10 +317,10 @@ def prepare(options: dict[str, Any], backbone_option_owners: dict[str, list[str]
         motion=motion,
         guidance=options["guidance"],
         compare=options["compare"],
-        flow=flow_spec,
+        flow=parts.flow_spec,
         flow_weights=flow_weights,
         flow_options=flow_options,
-        discriminator=disc_spec,
+        discriminator=parts.disc_spec,
         discriminator_path=discriminator if guided else None,
         device=device,
         dtype=resolve_dtype(options["dtype"], device),
@@ -381,10 +328,100 @@ def prepare(options: dict[str, Any], backbone_option_owners: dict[str, list[str]
         attention=options["attention"],
         fps=options["fps"],
         progress=options["progress"],
-        trained_on=trained_on,
-        flow_size_source=flow_size_source,
-        warnings=warnings,
+        trained_on=parts.trained_on,
+        flow_size_source=parts.flow_size_source,
+        warnings=parts.warnings,
     )
+
+
+def _backbone_and_model(options: dict[str, Any]) -> tuple[str, str | None]:
+    """``--backbone`` and ``--model``; neither given: the bundled toy model (said in a note)."""
+    backbone_name = options["backbone"]
+    model = options["model"]
+    if backbone_name is None:
+        backbone_name = DEFAULT_BACKBONE
+        if model is None:
+            model = DEFAULT_MODEL
+            echo(f"note: no --backbone/--model given: using the bundled '{DEFAULT_MODEL}' model ({DEFAULT_BACKBONE} "
+                 "architecture, 32x32 px, trained offline on procedural clips). For the real AnimateDiff pass "
+                 f"--backbone {DEFAULT_BACKBONE}.")
+    return backbone_name, model
+
+
+def _backbone_options(options: dict[str, Any], backbone_name: str,
+                      backbone_option_owners: dict[str, list[str]]) -> dict[str, Any]:
+    """The plugin-added options given, each checked to belong to the chosen backbone."""
+    backbone_options = {}
+    for name, allowed in backbone_option_owners.items():
+        value = options.get(name)
+        if value is None:
+            continue
+        if backbone_name not in allowed:
+            flag = "--" + name.replace("_", "-")
+            raise OptionError(f"{flag} is an option of backbone(s) {', '.join(allowed)}, not {backbone_name}")
+        backbone_options[name] = value
+    return backbone_options
+
+
+def _check_run_options(options: dict[str, Any]) -> None:
+    """Options that contradict ``--guidance none``, and ``--fps``."""
+    if options["guidance"] == "none":
+        given = [flag for name, flag in GUIDANCE_ONLY_OPTIONS.items() if options.get(name)]
+        if given:
+            raise OptionError(f"--guidance none samples the plain baseline, which uses none of {', '.join(given)}: "
+                              "drop them, or leave out --guidance none")
+    if options["fps"] is not None and options["fps"] < 1:
+        raise OptionError(f"{options['fps']} frames per second; give an integer >= 1 (e.g. 8)", "--fps")
+
+
+@dataclass
+class _GuidanceParts:
+    """What :func:`prepare` decides for MotionPrompt: the flow and discriminator plugins, what the
+    discriminator was trained on, where the flow size comes from, warnings. Empty without guidance."""
+
+    flow_spec: Any = None
+    disc_spec: Any = None
+    trained_on: dict[str, Any] | None = None
+    flow_size_source: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def _guidance_parts(motion: MotionPromptConfig, sampler: SamplerConfig, flow_options: dict[str, str],
+                    discriminator: str | None, disc_type: str | None) -> _GuidanceParts:
+    """MotionPrompt's flow estimator and discriminator, checked without loading them: the flow options
+    against the estimator's declared ones, the discriminator file and its config's ``trained_on``."""
+    parts = _GuidanceParts(flow_spec=plugins.get("flow", motion.flow_estimator).spec)
+    declared = parts.flow_spec.options
+    unknown = sorted(set(flow_options) - set(declared)) if declared is not None else []
+    if unknown:
+        raise OptionError(f"unknown option(s) of the {parts.flow_spec.name} flow estimator: {', '.join(unknown)}; "
+                          f"it takes: {', '.join(declared) or 'none'}", "--flow-option")
+    if discriminator is None:
+        raise OptionError(
+            "MotionPrompt needs a trained flow discriminator: pass --discriminator PATH.safetensors "
+            "(its config JSON beside it), or --guidance none for the plain baseline "
+            f"(--discriminator random only makes sense with --model {TINY_MODEL})."
+        )
+    if discriminator != "random":
+        disc_path = Path(discriminator).expanduser()
+        if not disc_path.is_file():
+            raise OptionError(f"discriminator file not found: {disc_path}")
+        config_path = disc_path.with_suffix(".json")
+        if config_path.is_file():  # read here, cheaply: what it was trained on is checked before any load
+            config = json.loads(config_path.read_text())
+            if isinstance(config, dict):
+                disc_type = disc_type or config.get("type")
+                parts.trained_on = read_trained_on(config.get("trained_on"), str(config_path))
+    parts.disc_spec = plugins.get("discriminator", disc_type or "vit").spec
+    if discriminator == "random" and parts.disc_spec.random is None:
+        raise OptionError(f"discriminator plugin {parts.disc_spec.name!r} cannot build a random discriminator")
+    parts.flow_size_source, parts.warnings = check_trained_on(parts.trained_on, motion, sampler, discriminator)
+    for warning in parts.warnings:
+        echo(f"warning: {warning}")
+    if parts.flow_size_source == "discriminator trained_on":
+        echo(f"note: flows are computed at {motion.flow_size}x{motion.flow_size}, the frame size the discriminator "
+             f"was trained on (decoded frames: {sampler.height}x{sampler.width}); -o flow_size=N overrides it")
+    return parts
 
 
 @dataclass
@@ -465,16 +502,42 @@ def generate_one(
     many skipped, and why (also in the manifest's ``guidance_updates``). If every update was skipped,
     :class:`GuidanceSkippedError` is raised after everything is written: the video equals the baseline.
     """
-    import torch
-
-    from mpcore.io import video
-    from mpcore.io.manifest import build_manifest, write_json_atomic
-    from mpcore.sampling import decode_video, sample
+    from mpcore.io.manifest import write_json_atomic
 
     sampler = dataclasses.replace(setup.sampler, seed=seed)
     paths = setup.output_paths(out)
-    timings: dict[str, float] = {"load_backbone_s": models.load_backbone_s}
+    results, timings = _sample_videos(setup, models, prompt, sampler)
 
+    # ---- write: videos, trace plot, then the manifest
+    _write_videos(setup, models.backbone, results, paths)
+    guidance_result = results["motionprompt"].guidance if setup.guided else None
+    health = guidance_health(guidance_result) if setup.guided else None
+    if health is not None and report is not None:
+        report(describe_health(health))
+    if paths["trace_plot"] is not None:
+        from mpcore.analysis.trace_plot import plot_trace
+
+        plot_trace(guidance_result, paths["trace_plot"], title=f"MotionPrompt: {prompt}")
+    manifest = _run_manifest(setup, models, prompt, sampler, paths, timings, guidance_result, health, manifest_extra)
+    write_json_atomic(manifest, paths["manifest"])
+    _remove_leftovers(setup, out, paths)
+    if health is not None and health["all_skipped"]:
+        raise GuidanceSkippedError(
+            f"MotionPrompt skipped all {health['updates']} token updates ({', '.join(health['skip_reasons'])}): "
+            f"{paths['video']} equals the plain baseline of seed {seed}, not a guided video. Lower the learning "
+            "rate (-o lr=...) or the loss weights (-o l_disc/l_tv/l_reg=...) and run again."
+        )
+    return {name: path for name, path in paths.items() if path is not None}
+
+
+def _sample_videos(setup: RunSetup, models: Models, prompt: str, sampler: SamplerConfig) -> tuple[dict[str, Any], dict[str, float]]:
+    """The baseline (without guidance, or with ``--compare``) and the MotionPrompt sample, and their times;
+    :class:`SamplingError` if any latents are not finite."""
+    import torch
+
+    from mpcore.sampling import sample
+
+    timings: dict[str, float] = {"load_backbone_s": models.load_backbone_s}
     # ---- sample: baseline first (it must not see the learnable tokens), then guided
     results = {}
     if not setup.guided or setup.compare:
@@ -491,29 +554,35 @@ def generate_one(
         timings["motionprompt_s"] = time.perf_counter() - start
     for name, result in results.items():
         if not torch.isfinite(result.latents).all():
-            raise SamplingError(f"{name} sampling gave non-finite latents (NaN/inf) for prompt {prompt!r}, seed {seed}")
+            raise SamplingError(f"{name} sampling gave non-finite latents (NaN/inf) for prompt {prompt!r}, "
+                                f"seed {sampler.seed}")
+    return results, timings
 
-    # ---- write: videos, trace plot, then the manifest
-    backbone = models.backbone
+
+def _write_videos(setup: RunSetup, backbone, results: dict[str, Any], paths: dict[str, Path | None]) -> None:
+    """The video (guided, else the baseline) and, with ``--compare``, baseline | MotionPrompt side by side."""
+    from mpcore.io import video
+    from mpcore.sampling import decode_video
+
     frames = {name: video.to_uint8_frames(decode_video(backbone, r.latents)) for name, r in results.items()}
     video.write_video(frames["motionprompt" if setup.guided else "baseline"], paths["video"], fps=setup.fps)
     if paths["compare"] is not None:
         video.write_video(video.side_by_side(frames["baseline"], frames["motionprompt"]), paths["compare"], fps=setup.fps)
-    guidance_result = results["motionprompt"].guidance if setup.guided else None
-    health = guidance_health(guidance_result) if setup.guided else None
-    if health is not None and report is not None:
-        report(describe_health(health))
-    if paths["trace_plot"] is not None:
-        from mpcore.analysis.trace_plot import plot_trace
 
-        plot_trace(guidance_result, paths["trace_plot"], title=f"MotionPrompt: {prompt}")
+
+def _run_manifest(setup: RunSetup, models: Models, prompt: str, sampler: SamplerConfig, paths: dict[str, Path | None],
+                  timings: dict[str, float], guidance_result: dict[str, Any] | None, health: dict[str, Any] | None,
+                  manifest_extra: dict[str, Any] | None) -> dict[str, Any]:
+    """The video's manifest: command, prompt, seed, every setting, the guidance trace and its health, timings."""
+    from mpcore.io.manifest import build_manifest
+
     motion = setup.motion
-    manifest = build_manifest(
+    return build_manifest(
         command=["mpcore", *sys.argv[1:]],
         prompt=prompt,
-        seed=seed,
+        seed=sampler.seed,
         guidance=setup.guidance,
-        backbone=backbone.describe(),
+        backbone=models.backbone.describe(),
         sampler=to_dict(sampler),
         motionprompt={**to_dict(motion), "opt_range": list(motion.resolved_opt_range(sampler.steps)),
                       "opt_range_source": "explicit" if motion.opt_range is not None else
@@ -533,17 +602,12 @@ def generate_one(
         guidance_updates=health,
         **(manifest_extra or {}),
     )
-    write_json_atomic(manifest, paths["manifest"])
-    # what an earlier or killed run left under these names: companions this run did not write, temporaries
+
+
+def _remove_leftovers(setup: RunSetup, out: Path, paths: dict[str, Path | None]) -> None:
+    """What an earlier or killed run left under these names: companions this run did not write, temporaries."""
     every_path = setup.output_paths(out, every=True)
     for name, path in every_path.items():
         if paths[name] is None and path is not None and path.is_file():
             path.unlink()
     remove_stale_temporaries(out.parent, [p.stem for p in every_path.values() if p is not None])
-    if health is not None and health["all_skipped"]:
-        raise GuidanceSkippedError(
-            f"MotionPrompt skipped all {health['updates']} token updates ({', '.join(health['skip_reasons'])}): "
-            f"{paths['video']} equals the plain baseline of seed {seed}, not a guided video. Lower the learning "
-            "rate (-o lr=...) or the loss weights (-o l_disc/l_tv/l_reg=...) and run again."
-        )
-    return {name: path for name, path in paths.items() if path is not None}
