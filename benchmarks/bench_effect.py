@@ -43,7 +43,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mpcore import toyworld  # noqa: E402
+from mpcore.toy import world as toyworld  # noqa: E402
 from mpcore.toy import metrics as toy_metrics
 from mpcore.analysis.compare import paired_comparison  # noqa: E402
 from mpcore.io.files import write_text_atomic  # noqa: E402

@@ -20,7 +20,7 @@ import click
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mpcore import toyworld  # noqa: E402
+from mpcore.toy import world as toyworld  # noqa: E402
 from mpcore.io.video import write_video  # noqa: E402
 
 CLIP_SEED = 9_000_000

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from mpcore import toyworld  # noqa: E402
+from mpcore.toy import world as toyworld  # noqa: E402
 
 TOY = dict(size=32, frames=8, max_objects=1)
 TEXT_WIDTH = 64

@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from mpcore import toyworld  # noqa: E402
+from mpcore.toy import world as toyworld  # noqa: E402
 from mpcore.io.video import write_video  # noqa: E402
 
 REAL_SEEDS = {"train": 3_000_000, "test": 3_500_000}  # disjoint from train_toy.py's 1_000_000+
