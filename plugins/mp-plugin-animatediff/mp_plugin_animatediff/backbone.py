@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
 from diffusers import AnimateDiffPipeline, DDIMScheduler
-from diffusers.utils import logging as diffusers_logging
 
 from mp_plugin_animatediff import loading, tiny, toy
+from mpcore.backbones import choose_attention, describe, freeze, quiet_diffusers
 from mpcore.interfaces import Backbone
 from mpcore.vae import decode_frames, encode_frames
 from mpcore.text import HFTextTokens
-
-ATTENTION_CHOICES = ("auto", "sdpa", "xformers")
 
 
 class AnimateDiffBackbone(Backbone):
@@ -36,9 +33,7 @@ class AnimateDiffBackbone(Backbone):
         self.latent_channels = self.unet.config.in_channels
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.prediction_type = self.scheduler_config.get("prediction_type", "epsilon")
-        for module in (self.unet, self.vae, pipe.text_encoder):
-            module.requires_grad_(False)
-            module.eval()
+        freeze(self.unet, self.vae, pipe.text_encoder)
 
     def make_scheduler(self) -> DDIMScheduler:
         return DDIMScheduler.from_config(self.scheduler_config)
@@ -67,46 +62,11 @@ class AnimateDiffBackbone(Backbone):
             self.unet.disable_gradient_checkpointing()
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            **self.source,
-            "random_init": self.is_random_init,
-            "dtype": str(self.dtype).replace("torch.", ""),
-            "device": str(self.device),
-            "scheduler": {k: v for k, v in self.scheduler_config.items() if not k.startswith("_")},
-            "unet_parameters": sum(p.numel() for p in self.unet.parameters()),
-        }
-
-
-def _configure_attention(pipe: AnimateDiffPipeline, attention: str, device: torch.device) -> str:
-    if attention not in ATTENTION_CHOICES:
-        raise ValueError(f"--attention must be one of {', '.join(ATTENTION_CHOICES)}, got {attention!r}")
-    try:
-        import xformers  # noqa: F401
-
-        have_xformers = True
-    except ImportError:
-        have_xformers = False
-    if attention == "xformers" and (not have_xformers or device.type != "cuda"):
-        raise RuntimeError(
-            "--attention xformers needs a CUDA device and the xformers package (pip install 'mpcore[xformers]'); "
-            "use --attention sdpa (torch scaled-dot-product attention) instead"
+        return describe(
+            self,
+            scheduler={k: v for k, v in self.scheduler_config.items() if not k.startswith("_")},
+            unet_parameters=sum(p.numel() for p in self.unet.parameters()),
         )
-    if attention == "xformers" or (attention == "auto" and have_xformers and device.type == "cuda"):
-        pipe.enable_xformers_memory_efficient_attention()
-        return "xformers"
-    return "sdpa"  # diffusers' default processors use torch SDPA
-
-
-@contextlib.contextmanager
-def _quiet_diffusers():
-    """Silence diffusers' "modules that should be kept in float32: []" notice on our own casts."""
-    level = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        diffusers_logging.set_verbosity(level)
 
 
 def load(
@@ -125,7 +85,7 @@ def load(
     model = model or loading.DEFAULT_BASE
     if model == "tiny":
         parts = tiny.tiny_components(seed)
-        with _quiet_diffusers():
+        with quiet_diffusers():
             pipe = AnimateDiffPipeline(**parts)
         scheduler_config = dict(parts["scheduler"].config)
         source = {"model": "tiny", "motion_adapter": "tiny", "seed": seed}
@@ -138,16 +98,18 @@ def load(
         pipe, scheduler_config = loading.load_pipeline(model, adapter, dtype, base_config)
         source = {"model": model, "motion_adapter": adapter}
     pipe.set_progress_bar_config(disable=True)
-    attention_used = _configure_attention(pipe, attention, device)
+    attention_used = choose_attention(attention, device)
+    if attention_used == "xformers":
+        pipe.enable_xformers_memory_efficient_attention()
     if offload:
         if device.type != "cuda":
             raise RuntimeError("--offload (model CPU offload) needs a CUDA --device; on CPU everything is on the CPU already")
-        with _quiet_diffusers():
+        with quiet_diffusers():
             if pipe.unet.dtype != dtype:
                 pipe.to(dtype=dtype)
         pipe.enable_model_cpu_offload(device=device)
     else:
-        with _quiet_diffusers():
+        with quiet_diffusers():
             if pipe.unet.dtype != dtype:
                 pipe.to(dtype=dtype)
             pipe.to(device=device)

@@ -15,6 +15,7 @@ import torch
 from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter
 from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
 
+from mpcore.backbones import ModelNotFoundError, hub_error, looks_local
 from mpcore.io.weights import CHECKPOINT_SUFFIXES, CheckpointMismatchError, read_state_dict, shapes, state_dict_diff
 
 # AnimateDiff's own DDIM settings (animate.py: linear betas, leading spacing + offset 1,
@@ -26,20 +27,6 @@ MOTION_HEADS = 8  # every SD-1.5 motion module: 8 heads, dim_head = C / 8
 MOTION_NORM_GROUPS = 32
 DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_MOTION_ADAPTER = "guoyww/animatediff-motion-adapter-v1-5-2"
-
-
-class ModelNotFoundError(FileNotFoundError):
-    pass
-
-
-def looks_local(name: str) -> bool:
-    """A path rather than a hub id: exists, or starts like a path, or ends like a checkpoint file."""
-    return (
-        Path(name).expanduser().exists()
-        or name.startswith((".", "/", "~"))
-        or name.endswith(CHECKPOINT_SUFFIXES)
-        or name.count("/") > 1
-    )
 
 
 def check_source(name: str, what: str, flag: str) -> None:
@@ -84,16 +71,6 @@ def check_source(name: str, what: str, flag: str) -> None:
         except Exception as error:  # SafetensorError: a truncated or corrupt file
             raise ModelNotFoundError(f"{what} {path} is not a readable .safetensors file ({error}); a download "
                                      "cut short? Download it again.") from None
-
-
-def _hub_error(name: str, what: str, error: Exception) -> ModelNotFoundError:
-    if Path(name).expanduser().exists():
-        return ModelNotFoundError(f"could not load {what} {name}: {type(error).__name__}: {error}")
-    return ModelNotFoundError(
-        f"could not load {what} {name!r}: {type(error).__name__}: {error}\n"
-        f"Without network access, download it first (e.g. `hf download {name}`) and pass the local "
-        "folder, or set HF_HUB_OFFLINE=1 to use the local cache."
-    )
 
 
 # ----------------------------------------------------------------------------- motion adapter
@@ -148,7 +125,7 @@ def load_motion_adapter(source: str, dtype: torch.dtype) -> MotionAdapter:
     try:
         return MotionAdapter.from_pretrained(str(path) if path.exists() else source, torch_dtype=dtype)
     except OSError as error:
-        raise _hub_error(source, "motion adapter", error) from error
+        raise hub_error(source, "motion adapter", error) from error
 
 
 # ----------------------------------------------------------------------------- base model
@@ -172,5 +149,5 @@ def load_pipeline(
             # the base model's scheduler config, read as DDIM
             scheduler_config = dict(DDIMScheduler.from_config(pipe.scheduler.config).config)
     except OSError as error:
-        raise _hub_error(model, "base model", error) from error
+        raise hub_error(model, "base model", error) from error
     return pipe, scheduler_config

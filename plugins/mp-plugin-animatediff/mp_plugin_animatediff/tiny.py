@@ -8,15 +8,13 @@ it exists so the whole path (and every test) runs anywhere, offline.
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, MotionAdapter, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
 
 from mp_plugin_animatediff.loading import ANIMATEDIFF_SCHEDULER, MOTION_HEADS, MOTION_NORM_GROUPS
-from mpcore.clip_vocab import BOS, EOS, VOCAB_SIZE, build_clip_tokenizer
+from mpcore.backbones import tiny_clip_text_encoder, tiny_clip_tokenizer
 
 TINY_SAMPLER_DEFAULTS = dict(frames=8, height=64, width=64, steps=25, cfg_scale=7.5)
 
@@ -61,21 +59,7 @@ def tiny_components(seed: int = 0, size: str = "tiny") -> dict:
             layers_per_block=arch["vae_layers"],
             sample_size=64,
         )
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=VOCAB_SIZE,
-                hidden_size=arch["text_width"],
-                intermediate_size=arch["text_ffn"],
-                num_attention_heads=4,
-                num_hidden_layers=arch["text_layers"],
-                max_position_embeddings=77,
-                bos_token_id=VOCAB_SIZE - 2,
-                eos_token_id=VOCAB_SIZE - 1,
-                pad_token_id=VOCAB_SIZE - 1,
-                hidden_act="quick_gelu",
-                projection_dim=arch["text_width"],
-            )
-        )
+        text_encoder = tiny_clip_text_encoder(arch["text_width"], arch["text_ffn"], arch["text_layers"])
         motion_adapter = MotionAdapter(
             block_out_channels=arch["unet_channels"],
             motion_layers_per_block=1,
@@ -89,8 +73,7 @@ def tiny_components(seed: int = 0, size: str = "tiny") -> dict:
         for name, param in motion_adapter.named_parameters():
             if "proj_out" in name:
                 torch.nn.init.normal_(param, std=0.02)
-    tokenizer = build_clip_tokenizer(Path(tempfile.mkdtemp(prefix="mpcore-clip-tokenizer-")))
-    assert tokenizer.convert_tokens_to_ids(BOS) == VOCAB_SIZE - 2 and tokenizer.convert_tokens_to_ids(EOS) == VOCAB_SIZE - 1
+    tokenizer = tiny_clip_tokenizer()
     scheduler = DDIMScheduler(**ANIMATEDIFF_SCHEDULER)
     return dict(
         unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler, motion_adapter=motion_adapter

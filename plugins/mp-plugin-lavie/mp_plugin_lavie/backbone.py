@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 import torch
 from diffusers import DDIMScheduler
-from diffusers.utils import logging as diffusers_logging
 
 from mp_plugin_lavie import loading, tiny
 from mp_plugin_lavie.unet import LaVieUNet3D, read_config
+from mpcore.backbones import choose_attention, describe, freeze, quiet_diffusers
 from mpcore.interfaces import Backbone
 from mpcore.vae import decode_frames, encode_frames
 from mpcore.text import HFTextTokens
-
-ATTENTION_CHOICES = ("auto", "sdpa", "xformers")
 
 
 class LaVieBackbone(Backbone):
@@ -38,9 +35,7 @@ class LaVieBackbone(Backbone):
         self.latent_channels = unet.config["in_channels"]
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.prediction_type = self.scheduler_config["prediction_type"]
-        for module in (unet, vae, text_encoder):
-            module.requires_grad_(False)
-            module.eval()
+        freeze(unet, vae, text_encoder)
 
     def make_scheduler(self) -> DDIMScheduler:
         return DDIMScheduler(**self.scheduler_config)
@@ -65,35 +60,23 @@ class LaVieBackbone(Backbone):
         self.unet.gradient_checkpointing = enabled
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            **self.source,
-            "random_init": self.is_random_init,
-            "dtype": str(self.dtype).replace("torch.", ""),
-            "device": str(self.device),
-            "scheduler": dict(self.scheduler_config),
-            "latent_scale": loading.LATENT_SCALE,
-            "unet": dict(self.unet.config),
-            "unet_parameters": sum(p.numel() for p in self.unet.parameters()),
-        }
+        return describe(
+            self,
+            scheduler=dict(self.scheduler_config),
+            latent_scale=loading.LATENT_SCALE,
+            unet=dict(self.unet.config),
+            unet_parameters=sum(p.numel() for p in self.unet.parameters()),
+        )
 
 
 def _configure_attention(modules, attention: str, device: torch.device) -> str:
     """Spatial/cross attention through diffusers' processors (torch SDPA by default, or xformers);
     the temporal attention always uses torch SDPA (as LaVie's never uses xformers)."""
-    if attention not in ATTENTION_CHOICES:
-        raise ValueError(f"--attention must be one of {', '.join(ATTENTION_CHOICES)}, got {attention!r}")
-    have_xformers = importlib.util.find_spec("xformers") is not None
-    if attention == "xformers" and (not have_xformers or device.type != "cuda"):
-        raise RuntimeError(
-            "--attention xformers needs a CUDA device and the xformers package (pip install 'mpcore[xformers]'); "
-            "use --attention sdpa (torch scaled-dot-product attention) instead"
-        )
-    if attention == "xformers" or (attention == "auto" and have_xformers and device.type == "cuda"):
+    used = choose_attention(attention, device)
+    if used == "xformers":
         for module in modules:
             module.set_use_memory_efficient_attention_xformers(True)
-        return "xformers"
-    return "sdpa"
+    return used
 
 
 def load(
@@ -122,13 +105,9 @@ def load(
         unet = loading.load_unet(model, read_config(unet_config))
         tokenizer, text_encoder, vae = loading.load_base(base)
         source = {"model": model, "base": base, "unet_config": unet_config or "SD v1.4 (built in)"}
-    level = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()  # not the "modules that should be kept in float32: []" notice
-    try:
+    with quiet_diffusers():
         for module in (unet, vae, text_encoder):
             module.to(device=device, dtype=dtype)
-    finally:
-        diffusers_logging.set_verbosity(level)
     spatial = [m for m in unet.modules() if hasattr(m, "set_use_memory_efficient_attention_xformers")]
     source["attention"] = _configure_attention(spatial + [vae], attention, device)
     source["offload"] = False

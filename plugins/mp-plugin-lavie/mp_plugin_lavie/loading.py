@@ -18,6 +18,7 @@ import click
 import torch
 
 from mp_plugin_lavie.unet import LaVieUNet3D, make_rotary, read_config
+from mpcore.backbones import ModelNotFoundError, hub_error, looks_local, require_file, torch_load
 from mpcore.io.weights import CheckpointMismatchError, read_state_dict, shapes, state_dict_diff
 
 CHECKPOINT_WRAPPER = "ema"
@@ -43,26 +44,14 @@ LAVIE_SCHEDULER: dict[str, Any] = dict(
 )
 
 
-class ModelNotFoundError(FileNotFoundError):
-    pass
-
-
-def _looks_local(name: str) -> bool:
-    return Path(name).expanduser().exists() or name.startswith((".", "/", "~")) or name.count("/") != 1
-
-
 def check_checkpoint(model: str | None) -> None:
     if not model:
         raise click.UsageError(
             "--backbone lavie needs --model PATH: the LaVie base UNet checkpoint lavie_base.pt (download it from "
             f"the Hugging Face repo {LAVIE_HUB_ID}), or --model tiny for a tiny random model"
         )
-    path = Path(model).expanduser()
-    if not path.is_file():
-        raise ModelNotFoundError(
-            f"LaVie checkpoint not found at {path}. Pass --model with the downloaded lavie_base.pt "
-            f"(Hugging Face repo {LAVIE_HUB_ID})."
-        )
+    require_file(model, "LaVie checkpoint",
+                 f"Pass --model with the downloaded lavie_base.pt (Hugging Face repo {LAVIE_HUB_ID}).")
 
 
 def check_base(base: str | None) -> None:
@@ -73,7 +62,7 @@ def check_base(base: str | None) -> None:
             f"VAE, tokenizer and text encoder (subfolders {', '.join(BASE_SUBFOLDERS)}), e.g. --base {SD14_HUB_ID}"
         )
     path = Path(base).expanduser()
-    if not _looks_local(base):
+    if not looks_local(base):
         return  # a hub id: resolved at load time
     if not path.exists():
         raise ModelNotFoundError(
@@ -105,10 +94,7 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
         return read_state_dict(path)
-    try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (non-zip) torch.save format: no mmap
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    state = torch_load(path)
     if isinstance(state, Mapping) and isinstance(state.get(CHECKPOINT_WRAPPER), Mapping):
         state = state[CHECKPOINT_WRAPPER]
     if not isinstance(state, Mapping):
@@ -167,9 +153,5 @@ def load_base(base: str):
         text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder")
         vae = AutoencoderKL.from_pretrained(source, subfolder="vae")
     except OSError as error:
-        raise RuntimeError(
-            f"could not load the Stable Diffusion v1.4 parts from {base!r}: {type(error).__name__}: {error}\n"
-            f"Without network access, download it first (e.g. `hf download {SD14_HUB_ID}`) and pass the local "
-            "folder with --base, or set HF_HUB_OFFLINE=1 to use the local cache."
-        ) from error
+        raise hub_error(base, "the Stable Diffusion v1.4 parts from", error, "--base") from error
     return tokenizer, text_encoder, vae

@@ -10,15 +10,13 @@ offline), at a size that samples in seconds on a CPU; deterministic in the seed.
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, PNDMScheduler
-from transformers import CLIPTextConfig, CLIPTextModel
 
 from mp_plugin_lavie.unet import LaVieUNet3D
-from mpcore.clip_vocab import VOCAB_SIZE, build_clip_tokenizer
+from mpcore.backbones import tiny_clip_text_encoder, tiny_clip_tokenizer
 
 # A diffusers UNet config of the SD v1.4 schema, as --unet-config takes it: 2 levels, head width 32
 # (the rotary embedding covers 32 channels per head), 2D block names as in SD's unet/config.json.
@@ -74,22 +72,8 @@ def tiny_components(seed: int = 0) -> dict:
             layers_per_block=1,
             sample_size=32,
         )
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=VOCAB_SIZE,
-                hidden_size=TINY_UNET_CONFIG["cross_attention_dim"],
-                intermediate_size=37,
-                num_attention_heads=4,
-                num_hidden_layers=2,
-                max_position_embeddings=77,
-                bos_token_id=VOCAB_SIZE - 2,
-                eos_token_id=VOCAB_SIZE - 1,
-                pad_token_id=VOCAB_SIZE - 1,
-                hidden_act="quick_gelu",
-                projection_dim=TINY_UNET_CONFIG["cross_attention_dim"],
-            )
-        )
-    tokenizer = build_clip_tokenizer(Path(tempfile.mkdtemp(prefix="mpcore-clip-tokenizer-")))
+        text_encoder = tiny_clip_text_encoder(TINY_UNET_CONFIG["cross_attention_dim"])
+    tokenizer = tiny_clip_tokenizer()
     return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
 
 

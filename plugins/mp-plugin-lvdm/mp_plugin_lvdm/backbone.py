@@ -11,6 +11,7 @@ from mp_plugin_lvdm import configs, loading, tiny
 from mp_plugin_lvdm.clip import OpenCLIPTextTokens
 from mp_plugin_lvdm.model import LatentDiffusion, scale_settings
 from mp_plugin_lvdm.schedule import LVDMDDIMScheduler, make_scheduler
+from mpcore.backbones import describe, freeze
 from mpcore.interfaces import Backbone
 
 # Sampling as shipped (FACTS §6 of videocrafter2, §5 of dynamicrafter)
@@ -46,8 +47,7 @@ class LVDMBackbone(Backbone):
         self.vae_scale_factor = self.vae.downsampling
         self.prediction_type = "v_prediction" if self.params.get("parameterization", "eps") == "v" else "epsilon"
         self.scale_arr = model.scale_arr.detach().float().cpu() if hasattr(model, "scale_arr") else None
-        model.requires_grad_(False)
-        model.eval()
+        freeze(model)
         self.text = OpenCLIPTextTokens(model.cond_stage_model, device, dtype)
 
     def make_scheduler(self) -> LVDMDDIMScheduler:
@@ -86,21 +86,17 @@ class LVDMBackbone(Backbone):
 
     def describe(self) -> dict[str, Any]:
         scale = scale_settings(self.params)
-        return {
-            "name": self.name,
-            **self.source,
-            "random_init": self.is_random_init,
-            "dtype": str(self.dtype).replace("torch.", ""),
-            "device": str(self.device),
-            "prediction_type": self.prediction_type,
-            "timestep_spacing": self.spacing,
-            "guidance_rescale": self.guidance_rescale,
-            "fs": self.fs,
-            "scale_factor": self.scale_factor,
-            "scale_schedule": None if scale is None else {k: v for k, v in scale.items()},
-            "unet": dict(self.unet.config),
-            "parameters": sum(p.numel() for p in self.model.parameters()),
-        }
+        return describe(
+            self,
+            prediction_type=self.prediction_type,
+            timestep_spacing=self.spacing,
+            guidance_rescale=self.guidance_rescale,
+            fs=self.fs,
+            scale_factor=self.scale_factor,
+            scale_schedule=None if scale is None else {k: v for k, v in scale.items()},
+            unet=dict(self.unet.config),
+            parameters=sum(p.numel() for p in self.model.parameters()),
+        )
 
 
 class DynamiCrafterBackbone(LVDMBackbone):

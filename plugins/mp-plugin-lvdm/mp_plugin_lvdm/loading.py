@@ -18,6 +18,7 @@ import click
 import torch
 
 from mp_plugin_lvdm.model import LatentDiffusion, build_meta
+from mpcore.backbones import ModelNotFoundError, require_file, torch_load  # noqa: F401 (loading.ModelNotFoundError)
 from mpcore.io.weights import CheckpointMismatchError, shapes, state_dict_diff
 
 HUB = {
@@ -27,10 +28,6 @@ HUB = {
     "dynamicrafter_1024": "Doubiiu/DynamiCrafter_1024",
 }
 DEEPSPEED_PREFIX = "_forward_module."
-
-
-class ModelNotFoundError(FileNotFoundError):
-    pass
 
 
 def hub_name(backbone: str, variant: str | None) -> str:
@@ -44,10 +41,7 @@ def check_checkpoint(model: str | None, backbone: str, variant: str | None = Non
             f"--backbone {backbone} needs --model PATH: the official model.ckpt (Hugging Face repo {repo}), "
             "or --model tiny for a tiny random model"
         )
-    path = Path(model).expanduser()
-    if not path.is_file():
-        raise ModelNotFoundError(f"{backbone} checkpoint not found at {path}. Pass --model with the downloaded "
-                                 f"model.ckpt (Hugging Face repo {repo}).")
+    require_file(model, f"{backbone} checkpoint", f"Pass --model with the downloaded model.ckpt (Hugging Face repo {repo}).")
 
 
 def rename_keys(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -66,10 +60,7 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 
         state = load_file(str(path))
     else:
-        try:
-            state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError:  # legacy (non-zip) format: no mmap
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        state = torch_load(path)
     if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
         state = state["state_dict"]
     elif isinstance(state, Mapping) and isinstance(state.get("module"), Mapping):
