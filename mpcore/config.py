@@ -1,9 +1,9 @@
 """Configuration of the sampler and of MotionPrompt guidance.
 
 Two dataclasses hold every knob: :class:`SamplerConfig` (the DDIM loop) and
-:class:`MotionPromptConfig` (the learnable-token guidance). ``PAPER_DEFAULTS`` holds the
-per-backbone MotionPrompt settings reported in the MotionPrompt paper (see DESIGN.md).
-Backbone plugins pick their row; the core itself knows no backbone.
+:class:`MotionPromptConfig` (the learnable-token guidance), with generic defaults. The core knows
+no backbone: each backbone plugin declares the paper's MotionPrompt settings for its backbone
+(``BackboneSpec.motionprompt_defaults``; ``spec.defaults_for(model)`` gives them).
 
 Sampling-step indices ``i`` count from 0 at the first (noisiest) DDIM step. The paper writes its
 optimization ranges as ``a < i < b`` for 50 steps; we store them as the half-open interval
@@ -177,23 +177,6 @@ def scale_opt_range(paper_range: tuple[int, int], steps: int) -> tuple[int, int]
     return start, stop
 
 
-# The paper's per-backbone settings (DESIGN.md table). "a < i < b" is stored as [a + 1, b).
-PAPER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "lavie": dict(
-        num_tokens=1, iterations=3, paper_opt_range=(6, 15), decoded_frames=6,
-        l_disc=1.0, l_tv=1.0, l_reg=10.0, lr=0.0005,
-    ),
-    "animatediff": dict(
-        num_tokens=1, iterations=3, paper_opt_range=(4, 15), decoded_frames=2,
-        l_disc=1.0, l_tv=5.0, l_reg=10.0, lr=0.005,
-    ),
-    "videocrafter2": dict(
-        num_tokens=1, iterations=3, paper_opt_range=(4, 20), decoded_frames=6,
-        l_disc=1.0, l_tv=5.0, l_reg=3.0, lr=0.001,
-    ),
-}
-
-
 def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ConfigError(f"invalid config: {name}={value!r}; allowed: {allowed}")
@@ -259,10 +242,25 @@ def to_dict(config: Any) -> dict[str, Any]:
 __all__ = [
     "ConfigError",
     "MotionPromptConfig",
-    "PAPER_DEFAULTS",
     "PAPER_STEPS",
     "SamplerConfig",
     "apply_overrides",
     "scale_opt_range",
     "to_dict",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``PAPER_DEFAULTS`` (deprecated): backbone name -> MotionPrompt defaults, now read from the
+    installed backbone plugins (``plugins.get("backbone", name).spec.defaults_for(None)[1]``)."""
+    if name != "PAPER_DEFAULTS":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import warnings
+
+    from mpcore import plugins
+
+    warnings.warn("mpcore.config.PAPER_DEFAULTS is deprecated: each backbone plugin declares its paper defaults; "
+                  'use mpcore.plugins.get("backbone", name).spec.defaults_for(model)', DeprecationWarning, stacklevel=2)
+    found = {backbone: registered.spec.defaults_for(None)[1]
+             for backbone, registered in plugins.registry("backbone").items()}
+    return {backbone: defaults for backbone, defaults in found.items() if defaults}

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mpcore.config import PAPER_DEFAULTS, ConfigError, MotionPromptConfig, SamplerConfig, apply_overrides, scale_opt_range
+from mpcore import plugins
+from mpcore.config import ConfigError, MotionPromptConfig, SamplerConfig, apply_overrides, scale_opt_range
 
 
 @pytest.mark.parametrize(
@@ -54,10 +55,9 @@ def test_motionprompt_validation(field, value, fragment):
 
 
 def test_paper_defaults_are_valid_at_50_steps():
-    for name, defaults in PAPER_DEFAULTS.items():
-        config = MotionPromptConfig(**defaults)
+    for name, registered in plugins.registry("backbone").items():  # each backbone plugin declares its own
+        config = MotionPromptConfig(**registered.spec.defaults_for(None)[1])
         config.validate(SamplerConfig(frames=16))
-    assert MotionPromptConfig(**PAPER_DEFAULTS["animatediff"]).resolved_opt_range(50) == (4, 15)  # 3 < i < 15
 
 
 def test_default_range_scales_with_steps_explicit_does_not():

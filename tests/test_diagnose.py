@@ -11,7 +11,8 @@ import torch
 from click.testing import CliRunner
 
 from mpcore.analysis import diagnose
-from mpcore.config import PAPER_DEFAULTS, MotionPromptConfig, SamplerConfig
+from mp_plugin_animatediff import PAPER_MOTIONPROMPT_DEFAULTS
+from mpcore.config import MotionPromptConfig, SamplerConfig
 from mpcore.testing import DifferenceFlow, LinearDiscriminator
 
 
@@ -85,7 +86,7 @@ def test_a_perfect_estimate_keeps_all_the_motion(tiny_backbone):
     backbone.encode = lambda images: torch.cat([images, torch.zeros_like(images[:, :1])], dim=1)
     backbone.decode = lambda latents, checkpoint=False: latents[:, :3]
     backbone.predict = _Oracle(backbone, backbone.encode(frames).permute(1, 0, 2, 3).unsqueeze(0))
-    motion = MotionPromptConfig(**PAPER_DEFAULTS["animatediff"])
+    motion = MotionPromptConfig(**PAPER_MOTIONPROMPT_DEFAULTS)
     clip = diagnose.Clip(frames=frames, caption="a fox")
     discriminator = LinearDiscriminator()
     result = diagnose.diagnose_steps(backbone, [clip], DifferenceFlow(), discriminator, sampler, motion, [0, 2, 4],
@@ -220,7 +221,7 @@ def test_diagnose_runs_on_every_backbone(backbone_name):
     f = backbone.vae_scale_factor
     sampler = SamplerConfig(steps=4, frames=4, height=4 * f, width=4 * f, seed=0, cfg_scale=2.0)
     frames = torch.rand(4, 3, 4 * f, 4 * f, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    motion = MotionPromptConfig(**PAPER_DEFAULTS["animatediff"])
+    motion = MotionPromptConfig(**PAPER_MOTIONPROMPT_DEFAULTS)
     result = diagnose.diagnose_steps(backbone, [diagnose.Clip(frames, "a fox")], DifferenceFlow(), LinearDiscriminator(),
                                      sampler, motion, [1, 3], {"tweedie": 1, "rollout2": 2}, progress=False)
     for name in ("tweedie", "rollout2"):

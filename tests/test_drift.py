@@ -22,12 +22,13 @@ def guided_runs(tmp_path_factory):
     from mpcore.testing import DifferenceFlow, LinearDiscriminator
     from mp_plugin_animatediff.backbone import load
 
-    from mpcore.config import PAPER_DEFAULTS, MotionPromptConfig, SamplerConfig
+    from mp_plugin_animatediff import PAPER_MOTIONPROMPT_DEFAULTS
+    from mpcore.config import MotionPromptConfig, SamplerConfig
     from mpcore.motionprompt import MotionPrompt
     from mpcore.sampling import sample
 
     folder = tmp_path_factory.mktemp("runs")
-    motion = MotionPromptConfig(**{**PAPER_DEFAULTS["animatediff"], "opt_range": (1, 3), "iterations": 2})
+    motion = MotionPromptConfig(**{**PAPER_MOTIONPROMPT_DEFAULTS, "opt_range": (1, 3), "iterations": 2})
     paths = []
     for seed in range(3):
         backbone = load("tiny", seed=0)

@@ -5,30 +5,26 @@ from __future__ import annotations
 import click
 
 from mpcore import hookimpl
-from mpcore.config import PAPER_DEFAULTS
+from mpcore.backbones import defaults_by_model, lazy_load
 from mpcore.interfaces import BackboneSpec
 
 __version__ = "0.1.0"
 
+# The MotionPrompt paper's AnimateDiff settings: 1 token, K=3 updates per step, 3 < i < 15 of 50 DDIM
+# steps (stored as the half-open [4, 15), scaled to other step counts), 2 decoded frames, l_disc 1,
+# l_tv 5, l_reg 10, lr 5e-3.
+PAPER_MOTIONPROMPT_DEFAULTS = dict(
+    num_tokens=1, iterations=3, paper_opt_range=(4, 15), decoded_frames=2,
+    l_disc=1.0, l_tv=5.0, l_reg=10.0, lr=0.005,
+)
 
-def sampler_defaults(model: str | None) -> dict:
-    from mp_plugin_animatediff.tiny import TINY_SAMPLER_DEFAULTS
-    from mp_plugin_animatediff.toy import TOY_MODEL, TOY_SAMPLER_DEFAULTS
-
-    if model == "tiny":
-        return dict(TINY_SAMPLER_DEFAULTS)
-    if model == TOY_MODEL:
-        return dict(TOY_SAMPLER_DEFAULTS)
-    # the paper samples with 50 DDIM steps; AnimateDiff's resolution and clip length
-    return dict(frames=16, height=512, width=512, steps=50, cfg_scale=7.5)
-
-
-def motionprompt_defaults(model: str | None) -> dict:
-    from mp_plugin_animatediff.toy import TOY_MODEL, TOY_MOTIONPROMPT_DEFAULTS
-
-    if model == TOY_MODEL:
-        return dict(TOY_MOTIONPROMPT_DEFAULTS)
-    return dict(PAPER_DEFAULTS["animatediff"])
+# the paper samples with 50 DDIM steps; AnimateDiff's resolution and clip length
+sampler_defaults = defaults_by_model(dict(frames=16, height=512, width=512, steps=50, cfg_scale=7.5),
+                                     tiny="mp_plugin_animatediff.tiny:TINY_SAMPLER_DEFAULTS",
+                                     toy="mp_plugin_animatediff.toy:TOY_SAMPLER_DEFAULTS")
+motionprompt_defaults = defaults_by_model(PAPER_MOTIONPROMPT_DEFAULTS,
+                                          toy="mp_plugin_animatediff.toy:TOY_MOTIONPROMPT_DEFAULTS")
+load = lazy_load("mp_plugin_animatediff.backbone")
 
 
 def default_discriminator(model: str | None) -> str | None:
@@ -57,12 +53,6 @@ def check(model: str | None, motion_adapter: str | None = None, base_config: str
         loading.check_source(motion_adapter or loading.DEFAULT_MOTION_ADAPTER, "motion adapter", "--motion-adapter")
         if base_config:
             loading.check_source(base_config, "base config", "--base-config")
-
-
-def load(**kwargs):
-    from mp_plugin_animatediff.backbone import load as load_backbone
-
-    return load_backbone(**kwargs)
 
 
 @hookimpl

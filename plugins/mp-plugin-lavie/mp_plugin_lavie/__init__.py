@@ -10,23 +10,24 @@ from __future__ import annotations
 import click
 
 from mpcore import hookimpl
-from mpcore.config import PAPER_DEFAULTS
+from mpcore.backbones import defaults_by_model, lazy_load
 from mpcore.interfaces import BackboneSpec
 
 __version__ = "0.1.0"
 
+# The MotionPrompt paper's LaVie settings: 1 token, K=3 updates per step, 5 < i < 15 of 50 DDIM steps
+# (stored as the half-open [6, 15), scaled to other step counts), 6 decoded frames, l_disc 1, l_tv 1,
+# l_reg 10, lr 5e-4.
+PAPER_MOTIONPROMPT_DEFAULTS = dict(
+    num_tokens=1, iterations=3, paper_opt_range=(6, 15), decoded_frames=6,
+    l_disc=1.0, l_tv=1.0, l_reg=10.0, lr=0.0005,
+)
 
-def sampler_defaults(model: str | None) -> dict:
-    from mp_plugin_lavie.tiny import TINY_SAMPLER_DEFAULTS
-
-    if model == "tiny":
-        return dict(TINY_SAMPLER_DEFAULTS)
-    # LaVie base: 16 frames at 320x512 (FACTS.md §6); the paper samples with 50 DDIM steps
-    return dict(frames=16, height=320, width=512, steps=50, cfg_scale=7.5)
-
-
-def motionprompt_defaults(model: str | None) -> dict:
-    return dict(PAPER_DEFAULTS["lavie"])
+# LaVie base: 16 frames at 320x512 (FACTS.md §6); the paper samples with 50 DDIM steps
+sampler_defaults = defaults_by_model(dict(frames=16, height=320, width=512, steps=50, cfg_scale=7.5),
+                                     tiny="mp_plugin_lavie.tiny:TINY_SAMPLER_DEFAULTS")
+motionprompt_defaults = defaults_by_model(PAPER_MOTIONPROMPT_DEFAULTS)
+load = lazy_load("mp_plugin_lavie.backbone")
 
 
 def check(model: str | None, base: str | None = None, unet_config: str | None = None, **_) -> None:
@@ -43,12 +44,6 @@ def check(model: str | None, base: str | None = None, unet_config: str | None = 
     loading.check_base(base)
     if unet_config:
         read_config(unet_config)
-
-
-def load(**kwargs):
-    from mp_plugin_lavie.backbone import load as load_backbone
-
-    return load_backbone(**kwargs)
 
 
 def expected_keys(variant: str | None = None, config: str | None = None) -> dict[str, tuple[int, ...]]:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from mpcore.testing import DifferenceFlow, LinearDiscriminator
-from mpcore.config import PAPER_DEFAULTS, MotionPromptConfig, SamplerConfig
+from mp_plugin_lavie import PAPER_MOTIONPROMPT_DEFAULTS
+from mpcore.config import MotionPromptConfig, SamplerConfig
 
 
 @pytest.fixture
@@ -32,7 +33,7 @@ def sampler_config():
 
 @pytest.fixture
 def motion_config():
-    return MotionPromptConfig(**{**PAPER_DEFAULTS["lavie"], "opt_range": (1, 3), "iterations": 2})
+    return MotionPromptConfig(**{**PAPER_MOTIONPROMPT_DEFAULTS, "opt_range": (1, 3), "iterations": 2})
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from mpcore import plugins
 from mpcore.cli.main import build_cli
-from mpcore.config import PAPER_DEFAULTS
+from mp_plugin_lavie import PAPER_MOTIONPROMPT_DEFAULTS
 from mpcore.io.video import read_video
 
 REFERENCE = Path(__file__).resolve().parent / "data" / "lavie_base_state_dict.json"
@@ -50,7 +50,7 @@ def test_run_baseline_and_motionprompt_with_the_papers_lavie_defaults(tmp_path, 
     assert result.exit_code == 0, result.output
     manifest = json.loads(out.with_suffix(".json").read_text())
     motion = manifest["motionprompt"]
-    for key, value in PAPER_DEFAULTS["lavie"].items():
+    for key, value in PAPER_MOTIONPROMPT_DEFAULTS.items():
         assert motion[key] == (list(value) if isinstance(value, tuple) else value), key
     assert motion["lr"] == 0.0005 and motion["decoded_frames"] == 6 and motion["l_tv"] == 1.0
     assert motion["opt_range"] == [0, 1]  # the paper's 5 < i < 15 of 50 steps, scaled to 4

@@ -10,7 +10,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from mp_plugin_lavie.loading import LAVIE_SCHEDULER
-from mpcore.config import PAPER_DEFAULTS, SamplerConfig
+from mpcore.config import SamplerConfig
 from mpcore.motionprompt import MotionPrompt
 from mpcore.sampling import sample
 
@@ -107,5 +107,7 @@ def test_denoiser_checkpointing_gives_the_same_gradient(tiny_lavie, sampler_conf
 def test_paper_defaults_are_the_backbones():
     from mp_plugin_lavie import motionprompt_defaults, sampler_defaults
 
-    assert motionprompt_defaults("lavie_base.pt") == PAPER_DEFAULTS["lavie"]
+    # the paper's LaVie row: 1 token, K=3, 5 < i < 15 (stored [6, 15)), 6 decoded frames, l_tv 1, l_reg 10, lr 5e-4
+    assert motionprompt_defaults("lavie_base.pt") == dict(num_tokens=1, iterations=3, paper_opt_range=(6, 15),
+                                                          decoded_frames=6, l_disc=1.0, l_tv=1.0, l_reg=10.0, lr=0.0005)
     assert sampler_defaults("lavie_base.pt") == dict(frames=16, height=320, width=512, steps=50, cfg_scale=7.5)

@@ -8,7 +8,7 @@ files strictly and offline::
     mpcore run --backbone videocrafter2 --model checkpoints/base_512_v2/model.ckpt --prompt "..."
     mpcore run --backbone dynamicrafter --variant 512 --model dynamicrafter_512/model.ckpt --image start.png --prompt "..."
 
-MotionPrompt defaults. VideoCrafter2: the paper's (PAPER_DEFAULTS["videocrafter2"]: 1 token, K=3,
+MotionPrompt defaults. VideoCrafter2: the paper's (VIDEOCRAFTER2_MOTIONPROMPT_DEFAULTS: 1 token, K=3,
 3 < i < 20, 6 decoded frames, l_disc 1, l_tv 5, l_reg 3, lr 1e-3). DynamiCrafter: the paper reports
 none, so we use VideoCrafter2's. DynamiCrafter's denoiser is VideoCrafter's UNet (same blocks, same
 16-frame temporal layers) fine-tuned with the same OpenCLIP ViT-H/14 text encoder, so the learnable
@@ -22,36 +22,29 @@ from __future__ import annotations
 import click
 
 from mpcore import hookimpl
-from mpcore.config import PAPER_DEFAULTS
+from mpcore.backbones import defaults_by_model, lazy_load
 from mpcore.interfaces import BackboneSpec
 
 __version__ = "0.1.0"
 
-DYNAMICRAFTER_MOTIONPROMPT_DEFAULTS = dict(PAPER_DEFAULTS["videocrafter2"])
+# The MotionPrompt paper's VideoCrafter2 settings ("3 < i < 20" of 50 DDIM steps stored as the
+# half-open [4, 20), scaled to other step counts); DynamiCrafter's are the same (see above).
+VIDEOCRAFTER2_MOTIONPROMPT_DEFAULTS = dict(
+    num_tokens=1, iterations=3, paper_opt_range=(4, 20), decoded_frames=6,
+    l_disc=1.0, l_tv=5.0, l_reg=3.0, lr=0.001,
+)
+DYNAMICRAFTER_MOTIONPROMPT_DEFAULTS = dict(VIDEOCRAFTER2_MOTIONPROMPT_DEFAULTS)
 
 
-def _sampler_defaults(backbone: str):
-    def defaults(model: str | None) -> dict:
-        from mp_plugin_lvdm.tiny import TINY_SAMPLER_DEFAULTS
+# scripts/run_text2video.sh: 16 frames at 320x512, 50 DDIM steps, eta 1.0, cfg 12
+VIDEOCRAFTER2_SAMPLER_DEFAULTS = dict(frames=16, height=320, width=512, steps=50, cfg_scale=12.0, eta=1.0)
+# scripts/run.sh of the 512 variant (the default --variant); 256/1024: pass --height/--width
+# (256x256, 576x1024): mpcore's sampler defaults do not see --variant
+DYNAMICRAFTER_SAMPLER_DEFAULTS = dict(frames=16, height=320, width=512, steps=50, cfg_scale=7.5, eta=1.0)
+_TINY_SAMPLER_DEFAULTS = "mp_plugin_lvdm.tiny:TINY_SAMPLER_DEFAULTS"  # --model tiny, imported when asked for
 
-        if model == "tiny":
-            return dict(TINY_SAMPLER_DEFAULTS)
-        if backbone == "videocrafter2":
-            # scripts/run_text2video.sh: 16 frames at 320x512, 50 DDIM steps, eta 1.0, cfg 12
-            return dict(frames=16, height=320, width=512, steps=50, cfg_scale=12.0, eta=1.0)
-        # scripts/run.sh of the 512 variant (the default --variant); 256/1024: pass --height/--width
-        # (256x256, 576x1024): mpcore's sampler defaults do not see --variant
-        return dict(frames=16, height=320, width=512, steps=50, cfg_scale=7.5, eta=1.0)
-
-    return defaults
-
-
-def videocrafter2_motionprompt_defaults(model: str | None) -> dict:
-    return dict(PAPER_DEFAULTS["videocrafter2"])
-
-
-def dynamicrafter_motionprompt_defaults(model: str | None) -> dict:
-    return dict(DYNAMICRAFTER_MOTIONPROMPT_DEFAULTS)
+videocrafter2_motionprompt_defaults = defaults_by_model(VIDEOCRAFTER2_MOTIONPROMPT_DEFAULTS)
+dynamicrafter_motionprompt_defaults = defaults_by_model(DYNAMICRAFTER_MOTIONPROMPT_DEFAULTS)
 
 
 def _check(backbone: str):
@@ -80,15 +73,6 @@ def _check(backbone: str):
                 raise click.UsageError(str(error)) from None
 
     return check
-
-
-def _load(backbone: str):
-    def load(**kwargs):
-        from mp_plugin_lvdm.backbone import load as load_backbone
-
-        return load_backbone(backbone=backbone, **kwargs)
-
-    return load
 
 
 def _expected_keys(backbone: str):
@@ -129,12 +113,12 @@ def register_backbones(register):
     register(
         BackboneSpec(
             name="videocrafter2",
-            load=_load("videocrafter2"),
+            load=lazy_load("mp_plugin_lvdm.backbone", backbone="videocrafter2"),
             check=_check("videocrafter2"),
             description="VideoCrafter2 text-to-video (320x512, 16 frames): the official model.ckpt (--model); "
             "--model tiny (random) runs anywhere",
             motionprompt_defaults=videocrafter2_motionprompt_defaults,
-            sampler_defaults=_sampler_defaults("videocrafter2"),
+            sampler_defaults=defaults_by_model(VIDEOCRAFTER2_SAMPLER_DEFAULTS, tiny=_TINY_SAMPLER_DEFAULTS),
             expected_keys=_expected_keys("videocrafter2"),
             read_weights=read_weights,
             options=[
@@ -148,12 +132,12 @@ def register_backbones(register):
     register(
         BackboneSpec(
             name="dynamicrafter",
-            load=_load("dynamicrafter"),
+            load=lazy_load("mp_plugin_lvdm.backbone", backbone="dynamicrafter"),
             check=_check("dynamicrafter"),
             description="DynamiCrafter image-to-video (--variant 256|512|1024, --image start.png): the official "
             "model.ckpt (--model); --model tiny (random) runs anywhere",
             motionprompt_defaults=dynamicrafter_motionprompt_defaults,
-            sampler_defaults=_sampler_defaults("dynamicrafter"),
+            sampler_defaults=defaults_by_model(DYNAMICRAFTER_SAMPLER_DEFAULTS, tiny=_TINY_SAMPLER_DEFAULTS),
             expected_keys=_expected_keys("dynamicrafter"),
             read_weights=read_weights,
             options=[

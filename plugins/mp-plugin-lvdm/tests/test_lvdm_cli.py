@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from mp_plugin_lvdm.tiny import save_tiny
 from mpcore import plugins
 from mpcore.cli.main import build_cli
-from mpcore.config import PAPER_DEFAULTS
+from mp_plugin_lvdm import VIDEOCRAFTER2_MOTIONPROMPT_DEFAULTS
 from mpcore.io.video import read_video
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -55,7 +55,7 @@ def test_videocrafter2_run_with_the_papers_defaults(tmp_path, vc2_files):
     assert result.exit_code == 0, result.output
     manifest = json.loads(out.with_suffix(".json").read_text())
     motion = manifest["motionprompt"]
-    for key, value in PAPER_DEFAULTS["videocrafter2"].items():
+    for key, value in VIDEOCRAFTER2_MOTIONPROMPT_DEFAULTS.items():
         if key == "iterations":
             continue  # -o iterations=1 keeps the test short
         assert motion[key] == (list(value) if isinstance(value, tuple) else value), key

@@ -9,9 +9,10 @@ import open_clip
 import pytest
 import torch
 
-from mp_plugin_lvdm import dynamicrafter_motionprompt_defaults, videocrafter2_motionprompt_defaults
+from mp_plugin_lvdm import (VIDEOCRAFTER2_MOTIONPROMPT_DEFAULTS, dynamicrafter_motionprompt_defaults,
+                            videocrafter2_motionprompt_defaults)
 from mp_plugin_lvdm.backbone import load
-from mpcore.config import PAPER_DEFAULTS, MotionPromptConfig
+from mpcore.config import MotionPromptConfig
 from mpcore.motionprompt import MotionPrompt
 from mpcore.sampling import sample
 
@@ -43,7 +44,7 @@ def test_guidance_changes_only_token_rows_and_the_video(backbone_name, variant, 
     table_before = backbone.text.embedding_table().detach().clone()
     params_before = {k: v.clone() for k, v in backbone.model.state_dict().items()}
     baseline = sample(backbone, "a fox", config, progress=False).latents
-    motion = MotionPromptConfig(**{**PAPER_DEFAULTS["videocrafter2"], "opt_range": (1, 3), "iterations": 1})
+    motion = MotionPromptConfig(**{**VIDEOCRAFTER2_MOTIONPROMPT_DEFAULTS, "opt_range": (1, 3), "iterations": 1})
     guided = sample(backbone, "a fox", config, guidance=MotionPrompt(motion, flow_estimator, discriminator),
                     progress=False)
     table_after = backbone.text.embedding_table().detach()
@@ -63,5 +64,8 @@ def test_guidance_changes_only_token_rows_and_the_video(backbone_name, variant, 
 
 
 def test_motionprompt_defaults():
-    assert videocrafter2_motionprompt_defaults("model.ckpt") == PAPER_DEFAULTS["videocrafter2"]
-    assert dynamicrafter_motionprompt_defaults("model.ckpt") == PAPER_DEFAULTS["videocrafter2"]
+    # the paper's VideoCrafter2 row: 1 token, K=3, 3 < i < 20 (stored [4, 20)), 6 decoded frames, l_tv 5, l_reg 3, lr 1e-3
+    paper = dict(num_tokens=1, iterations=3, paper_opt_range=(4, 20), decoded_frames=6, l_disc=1.0, l_tv=5.0, l_reg=3.0,
+                 lr=0.001)
+    assert videocrafter2_motionprompt_defaults("model.ckpt") == paper
+    assert dynamicrafter_motionprompt_defaults("model.ckpt") == paper
