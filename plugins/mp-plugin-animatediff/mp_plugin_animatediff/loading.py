@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import diffusers
 import torch
 from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter
 from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
@@ -27,6 +28,9 @@ MOTION_HEADS = 8  # every SD-1.5 motion module: 8 heads, dim_head = C / 8
 MOTION_NORM_GROUPS = 32
 DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_MOTION_ADAPTER = "guoyww/animatediff-motion-adapter-v1-5-2"
+# from_pretrained/from_single_file name the dtype to load in `dtype=` since diffusers 0.40 (0.42 warns
+# that `torch_dtype=` is deprecated); older releases know only `torch_dtype=`
+DTYPE_ARGUMENT = "dtype" if tuple(map(int, diffusers.__version__.split(".")[:2])) >= (0, 40) else "torch_dtype"
 
 
 def check_source(name: str, what: str, flag: str) -> None:
@@ -123,7 +127,7 @@ def load_motion_adapter(source: str, dtype: torch.dtype) -> MotionAdapter:
     if path.is_file():
         return load_original_motion_module(path, dtype)
     try:
-        return MotionAdapter.from_pretrained(str(path) if path.exists() else source, torch_dtype=dtype)
+        return MotionAdapter.from_pretrained(str(path) if path.exists() else source, **{DTYPE_ARGUMENT: dtype})
     except OSError as error:
         raise hub_error(source, "motion adapter", error) from error
 
@@ -140,11 +144,12 @@ def load_pipeline(
     try:
         if path.is_file():
             kwargs = {"config": base_config} if base_config else {}
-            pipe = AnimateDiffPipeline.from_single_file(str(path), motion_adapter=adapter, torch_dtype=dtype, **kwargs)
+            pipe = AnimateDiffPipeline.from_single_file(str(path), motion_adapter=adapter, **{DTYPE_ARGUMENT: dtype},
+                                                        **kwargs)
             scheduler_config = dict(DDIMScheduler(**ANIMATEDIFF_SCHEDULER).config)
         else:
             pipe = AnimateDiffPipeline.from_pretrained(
-                str(path) if path.exists() else model, motion_adapter=adapter, torch_dtype=dtype
+                str(path) if path.exists() else model, motion_adapter=adapter, **{DTYPE_ARGUMENT: dtype}
             )
             # the base model's scheduler config, read as DDIM
             scheduler_config = dict(DDIMScheduler.from_config(pipe.scheduler.config).config)
