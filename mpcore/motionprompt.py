@@ -10,7 +10,8 @@ At each DDIM step i inside the optimization range (DESIGN.md "The method"):
    (:func:`estimate_clean_frames`);
 3. pick adjacent frame pairs at seeded random positions and decode ONLY those frames;
 4. flow of each pair; loss = l_disc * mean softplus(-D(flow)) + l_tv * TV(flow) + l_reg * ||e_S - e_S_init||^2
-   (softplus(-D) is the generator side of the non-saturating GAN loss);
+   (softplus(-D) is the generator side of the non-saturating GAN loss; the three terms are the pure
+   functions of :mod:`mpcore.losses`);
 5. one optimizer step on the token rows; K times. Then the DDIM step uses the optimized c*.
 
 Outside the range the plain prompt P (no learned token) is used. Only the learnable token tensor
@@ -25,8 +26,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from mpcore_kernels import flow_tv_loss, subset_tweedie
+from mpcore_kernels import subset_tweedie
 
+from mpcore import losses
 from mpcore.config import ConfigError, MotionPromptConfig, SamplerConfig
 from mpcore.interfaces import Backbone, Discriminator, FlowEstimator
 from mpcore.sampling import StepCondition, cfg_output
@@ -241,7 +243,7 @@ class MotionPrompt:
         still overflow the text encoder)."""
         if not torch.isfinite(self.tokens).all():
             return False
-        return bool(torch.isfinite(self.backbone.encode_prompt([self.guided_prompt], self.override())).all())
+        return bool(torch.isfinite(self.encode_guided_prompt()).all())
 
     def in_range(self, step: int) -> bool:
         return self.opt_range[0] <= step < self.opt_range[1]
@@ -255,21 +257,30 @@ class MotionPrompt:
         uncond_output: torch.Tensor | None,
         pairs: list[tuple[int, int]],
     ) -> LossTerms:
-        """The MotionPrompt loss for the current token values at x_t of sampling step ``step``,
-        differentiable w.r.t. them."""
-        cfg, backbone = self.config, self.backbone
-        cond = backbone.encode_prompt([self.guided_prompt], self.override())
+        """The MotionPrompt loss (:mod:`mpcore.losses`) for the current token values at x_t of sampling
+        step ``step`` on the frame pairs ``pairs``, differentiable w.r.t. them."""
+        cfg = self.config
+        cond = self.encode_guided_prompt()  # c* = encode(P + S)
         frame_index = [f for pair in pairs for f in pair]
-        x0_frames = estimate_clean_frames(backbone, self.scheduler, latents, step, cond, uncond, self.sampler.cfg_scale,
-                                          frame_index, cfg.estimate_calls(), uncond_output)
-        images = backbone.decode(x0_frames.to(backbone.dtype), checkpoint=cfg.checkpoint_vae).float()
+        x0_frames = estimate_clean_frames(self.backbone, self.scheduler, latents, step, cond, uncond,
+                                          self.sampler.cfg_scale, frame_index, cfg.estimate_calls(), uncond_output)
+        images = self.decode_frames(x0_frames)
         flow = pair_flow(self.flow_estimator, images, cfg.flow_size)
-        # generator side of the non-saturating GAN loss: softplus(-D) = -log sigmoid(D), lower when D says real
-        disc = F.softplus(-self.discriminator(flow).float()).mean()
-        tv = flow_tv_loss(flow, reduction="mean")
-        reg = (self.tokens - self.init_embeddings).pow(2).sum()
+        disc = losses.adversarial(self.discriminator(flow))
+        tv = losses.total_variation(flow)
+        reg = losses.token_regularizer(self.tokens, self.init_embeddings)
         total = cfg.l_disc * disc + cfg.l_tv * tv + cfg.l_reg * reg
         return LossTerms(total=total, disc=disc, tv=tv, reg=reg)
+
+    def encode_guided_prompt(self) -> torch.Tensor:
+        """c*: the guided prompt P + S encoded with the current learnable token rows (differentiable
+        w.r.t. them where grad is enabled)."""
+        return self.backbone.encode_prompt([self.guided_prompt], self.override())
+
+    def decode_frames(self, x0_frames: torch.Tensor) -> torch.Tensor:
+        """The images of the estimated clean frames (n, C, h, w), VAE latent scale already undone:
+        decoded in the backbone's dtype (the VAE checkpointed if configured), returned in float32."""
+        return self.backbone.decode(x0_frames.to(self.backbone.dtype), checkpoint=self.config.checkpoint_vae).float()
 
     def optimize_step(
         self, latents: torch.Tensor, step: int, uncond: torch.Tensor, uncond_output: torch.Tensor | None
