@@ -294,26 +294,31 @@ class MotionPrompt:
             self.optimizer.zero_grad(set_to_none=True)
             terms = self.objective(latents, step, uncond, uncond_output, pairs)
             record = {**terms.as_floats(), "pairs": pairs, "skipped": False}
-            if torch.isfinite(terms.total):
-                terms.total.backward()
-            if not torch.isfinite(terms.total) or self.tokens.grad is None or not torch.isfinite(self.tokens.grad).all():
-                # a NaN/inf loss or gradient never reaches the tokens (hence never the latents)
+            skip_reason = self.update_tokens(terms.total)
+            if skip_reason is not None:
                 self.skipped_updates += 1
                 record["skipped"] = True
-                record["skip_reason"] = "non-finite loss" if not torch.isfinite(terms.total) else "non-finite gradient"
-                self.optimizer.zero_grad(set_to_none=True)
-            else:
-                last_good = self.tokens.detach().clone()
-                self.optimizer.step()
-                if not self.condition_is_finite():
-                    # an update that overflowed (e.g. a huge lr) is undone before any further model call
-                    with torch.no_grad():
-                        self.tokens.copy_(last_good)
-                    self.skipped_updates += 1
-                    record["skipped"] = True
-                    record["skip_reason"] = "non-finite token or prompt embedding after the update"
+                record["skip_reason"] = skip_reason
             iterations.append(record)
         return iterations
+
+    def update_tokens(self, total: torch.Tensor) -> str | None:
+        """One optimizer step on the token rows down the gradient of the loss ``total``, unless it is
+        unsafe: returns why the update was skipped, or None if it was taken."""
+        if torch.isfinite(total):
+            total.backward()
+        if not torch.isfinite(total) or self.tokens.grad is None or not torch.isfinite(self.tokens.grad).all():
+            # a NaN/inf loss or gradient never reaches the tokens (hence never the latents)
+            self.optimizer.zero_grad(set_to_none=True)
+            return "non-finite loss" if not torch.isfinite(total) else "non-finite gradient"
+        last_good = self.tokens.detach().clone()
+        self.optimizer.step()
+        if not self.condition_is_finite():
+            # an update that overflowed (e.g. a huge lr) is undone before any further model call
+            with torch.no_grad():
+                self.tokens.copy_(last_good)
+            return "non-finite token or prompt embedding after the update"
+        return None
 
     @torch.no_grad()
     def probe(self, latents, step, uncond, uncond_output, pairs) -> float:
@@ -322,37 +327,54 @@ class MotionPrompt:
 
     # ------------------------------------------------------------------ sampler interface
     def condition(self, step, t, latents, cond, uncond) -> StepCondition | None:
+        """The condition of sampling step ``step``: None outside the optimization range (the plain
+        prompt P); inside it, c* after the K token updates (measured by the gate probe before and
+        after them if ``probe_pairs`` is set). Appends the step's record to the trace."""
         entry: dict[str, Any] = {"step": step, "timestep": int(t), "optimized": self.in_range(step)}
         if not self.in_range(step):
             entry["cosine"] = self.token_cosine()
             self.trace.append(entry)
             return None  # before and after the range: the original prompt P
-        backbone = self.backbone
-        uncond_output = None
-        if self.sampler.cfg_scale > 1.0:
-            with torch.no_grad():
-                uncond_output = backbone.predict(latents, t, uncond)
+        uncond_output = self.predict_uncond(latents, t, uncond)
         probe_pairs = None
         if self.config.probe_pairs:
             probe_pairs = select_frame_pairs(latents.shape[2], self.config.probe_pairs, self.probe_generator)
             disc_before = self.probe(latents, step, uncond, uncond_output, probe_pairs)
-        backbone.set_denoiser_checkpointing(self.config.checkpoint_denoiser)
-        try:
-            with torch.enable_grad():
-                entry["iterations"] = self.optimize_step(latents, step, uncond, uncond_output)
-        finally:
-            backbone.set_denoiser_checkpointing(False)
+        entry["iterations"] = self.optimize_with_checkpointing(latents, step, uncond, uncond_output)
         if probe_pairs is not None:
             entry["probe"] = {"pairs": probe_pairs, "disc_before": disc_before,
                               "disc_after": self.probe(latents, step, uncond, uncond_output, probe_pairs)}
-        with torch.no_grad():
-            backbone.text.set_rows(self.token_ids, self.tokens.detach())
-            guided_cond = backbone.encode_prompt([self.guided_prompt], self.override())
+        guided_cond = self.commit_tokens()
         entry["cosine"] = self.token_cosine()
         self.trace.append(entry)
         last = entry["iterations"][-1]
         info = {"loss": f"{last['total']:.4g}", "cos": f"{entry['cosine'][0]:.4f}"}
         return StepCondition(cond=guided_cond, uncond_output=uncond_output, info=info)
+
+    @torch.no_grad()
+    def predict_uncond(self, latents: torch.Tensor, t: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor | None:
+        """The unconditional model output at (x_t, t), computed once per step and shared by the K
+        iterations and the DDIM step (it does not depend on the token); None without CFG."""
+        if self.sampler.cfg_scale > 1.0:
+            return self.backbone.predict(latents, t, uncond)
+        return None
+
+    def optimize_with_checkpointing(self, latents, step, uncond, uncond_output) -> list[dict[str, Any]]:
+        """:meth:`optimize_step` with gradients on and the denoiser's activation checkpointing as
+        configured (switched off again afterwards: the DDIM step needs no gradient)."""
+        self.backbone.set_denoiser_checkpointing(self.config.checkpoint_denoiser)
+        try:
+            with torch.enable_grad():
+                return self.optimize_step(latents, step, uncond, uncond_output)
+        finally:
+            self.backbone.set_denoiser_checkpointing(False)
+
+    @torch.no_grad()
+    def commit_tokens(self) -> torch.Tensor:
+        """Write the optimized token rows into the text encoder's table and return c* with them: the
+        condition of this step's DDIM update."""
+        self.backbone.text.set_rows(self.token_ids, self.tokens.detach())
+        return self.encode_guided_prompt()
 
     def finish(self) -> dict[str, Any]:
         return {
