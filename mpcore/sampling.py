@@ -88,6 +88,17 @@ def initial_latents(backbone: Backbone, config: SamplerConfig, scheduler, genera
     return latents * scheduler.init_noise_sigma
 
 
+def checked_latents(backbone: Backbone, config: SamplerConfig, latents: torch.Tensor) -> torch.Tensor:
+    """Given initial noise x_T, checked against the config's latent shape (B, C, F, h, w) and moved to
+    the backbone's device and dtype."""
+    f = backbone.vae_scale_factor
+    expected = (backbone.latent_channels, config.frames, config.height // f, config.width // f)
+    if latents.dim() != 5 or tuple(latents.shape[1:]) != expected:
+        raise ValueError(f"latents must have shape (B, {', '.join(map(str, expected))}) for this config, "
+                         f"got {tuple(latents.shape)}")
+    return latents.to(device=backbone.device, dtype=backbone.dtype)
+
+
 def sample(
     backbone: Backbone,
     prompt: str,
@@ -109,12 +120,7 @@ def sample(
     if latents is None:
         latents = initial_latents(backbone, config, scheduler, generator)
     else:
-        f = backbone.vae_scale_factor
-        expected = (backbone.latent_channels, config.frames, config.height // f, config.width // f)
-        if latents.dim() != 5 or tuple(latents.shape[1:]) != expected:
-            raise ValueError(f"latents must have shape (B, {', '.join(map(str, expected))}) for this config, "
-                             f"got {tuple(latents.shape)}")
-        latents = latents.to(device=backbone.device, dtype=backbone.dtype)
+        latents = checked_latents(backbone, config, latents)
 
     backbone.prepare_sampling(config)
     with torch.no_grad():
@@ -125,18 +131,16 @@ def sample(
 
     bar = tqdm(scheduler.timesteps, desc=description, disable=not progress, leave=False, unit="step")
     for step, t in enumerate(bar):
-        step_condition = None
+        # the step's condition: the plain prompt's, or the one the guidance returns
+        step_cond, uncond_output = cond, None
         if guidance is not None:
             step_condition = guidance.condition(step, t, latents, cond, uncond)
-            if step_condition is not None and step_condition.info:
-                bar.set_postfix(step_condition.info, refresh=False)
+            if step_condition is not None:
+                step_cond, uncond_output = step_condition.cond, step_condition.uncond_output
+                if step_condition.info:
+                    bar.set_postfix(step_condition.info, refresh=False)
         with torch.no_grad():
-            if step_condition is None:
-                model_output = cfg_output(backbone, latents, t, cond, uncond, config.cfg_scale)
-            else:
-                model_output = cfg_output(
-                    backbone, latents, t, step_condition.cond, uncond, config.cfg_scale, step_condition.uncond_output
-                )
+            model_output = cfg_output(backbone, latents, t, step_cond, uncond, config.cfg_scale, uncond_output)
             # DDIM update x_t -> x_{t-1} (eq. 12; eta > 0 draws the sigma_t noise from the same generator)
             latents = scheduler.step(model_output, t, latents, eta=config.eta, generator=generator).prev_sample
     bar.close()
