@@ -6,7 +6,7 @@ One invocation measures every requested mode for one backbone configuration and 
 
 * ``baseline`` -- :func:`mpcore.sampling.sample` with ``guidance=None``;
 * ``fast``     -- MotionPrompt with the paper's AnimateDiff settings
-  (``PAPER_DEFAULTS["animatediff"]``: K=3 iterations, range 3 < i < 15 at 50 steps scaled to
+  (``PAPER_MOTIONPROMPT_DEFAULTS``: K=3 iterations, range 3 < i < 15 at 50 steps scaled to
   ``--steps``, 2 decoded frames, ...), no gradient checkpointing (memory traded for time);
 * ``lean``     -- the same with ``checkpoint_denoiser=True`` and ``checkpoint_vae=True`` (gradient
   checkpointing of the UNet and per-block checkpointing of the VAE decoder);
@@ -212,10 +212,11 @@ def _system_load() -> dict[str, Any]:
 
 
 def motion_config(mode: str, **changes):
-    from mpcore.config import PAPER_DEFAULTS, MotionPromptConfig
+    from mp_plugin_animatediff import PAPER_MOTIONPROMPT_DEFAULTS
+    from mpcore.config import MotionPromptConfig
 
     rollout = {"estimate": "rollout", "rollout_steps": ROLLOUT_STEPS} if mode == "rollout" else {}
-    return MotionPromptConfig(**{**PAPER_DEFAULTS["animatediff"], "checkpoint_denoiser": mode in ("lean", "rollout"),
+    return MotionPromptConfig(**{**PAPER_MOTIONPROMPT_DEFAULTS, "checkpoint_denoiser": mode in ("lean", "rollout"),
                                   "checkpoint_vae": mode == "lean", **rollout, **changes})
 
 

@@ -249,18 +249,3 @@ __all__ = [
     "to_dict",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    """``PAPER_DEFAULTS`` (deprecated): backbone name -> MotionPrompt defaults, now read from the
-    installed backbone plugins (``plugins.get("backbone", name).spec.defaults_for(None)[1]``)."""
-    if name != "PAPER_DEFAULTS":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import warnings
-
-    from mpcore import plugins
-
-    warnings.warn("mpcore.config.PAPER_DEFAULTS is deprecated: each backbone plugin declares its paper defaults; "
-                  'use mpcore.plugins.get("backbone", name).spec.defaults_for(model)', DeprecationWarning, stacklevel=2)
-    found = {backbone: registered.spec.defaults_for(None)[1]
-             for backbone, registered in plugins.registry("backbone").items()}
-    return {backbone: defaults for backbone, defaults in found.items() if defaults}

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mp_plugin_animatediff import PAPER_MOTIONPROMPT_DEFAULTS
+from mpcore.config import MotionPromptConfig, SamplerConfig
 from mpcore.testing import DifferenceFlow, LinearDiscriminator
-from mpcore.config import PAPER_DEFAULTS, MotionPromptConfig, SamplerConfig
 
 
 @pytest.fixture
@@ -24,7 +25,7 @@ def sampler_config():
 
 @pytest.fixture
 def motion_config():
-    return MotionPromptConfig(**{**PAPER_DEFAULTS["animatediff"], "opt_range": (1, 3), "iterations": 2})
+    return MotionPromptConfig(**{**PAPER_MOTIONPROMPT_DEFAULTS, "opt_range": (1, 3), "iterations": 2})
 
 
 @pytest.fixture
