@@ -38,3 +38,20 @@ def encode_frames(vae, images: torch.Tensor) -> torch.Tensor:
     posterior mean ``vae.encode(x).latent_dist.mean`` (deterministic), in the VAE's dtype and device."""
     images = images.to(vae.device, vae.dtype)
     return torch.cat([vae.encode(images[i : i + 1]).latent_dist.mean for i in range(images.shape[0])])
+
+
+class FrameByFrameVAE:
+    """Backbone mixin: :meth:`~mpcore.interfaces.Backbone.decode` and ``encode`` through ``self.vae``
+    (a diffusers ``AutoencoderKL``), one frame at a time; the backbone sets ``vae`` and ``dtype``."""
+
+    vae: torch.nn.Module
+    dtype: torch.dtype
+
+    def decode(self, latents: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
+        """Frame-by-frame VAE decode; with ``checkpoint`` the decoder's blocks are gradient-checkpointed."""
+        return decode_frames(self.vae, latents, checkpoint)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (N, 3, H, W) in [-1, 1] -> unscaled latent frames (N, C, H/f, W/f): the posterior
+        mean, one frame at a time (as :meth:`decode`)."""
+        return encode_frames(self.vae, images).to(self.dtype)

@@ -10,11 +10,11 @@ from diffusers import AnimateDiffPipeline, DDIMScheduler
 from mp_plugin_animatediff import loading, tiny, toy
 from mpcore.backbones import choose_attention, describe, freeze, quiet_diffusers
 from mpcore.interfaces import Backbone
-from mpcore.vae import decode_frames, encode_frames
+from mpcore.vae import FrameByFrameVAE
 from mpcore.text import HFTextTokens
 
 
-class AnimateDiffBackbone(Backbone):
+class AnimateDiffBackbone(FrameByFrameVAE, Backbone):
     """SD-1.5 UNet + motion adapter (``UNetMotionModel``), AutoencoderKL and CLIP ViT-L/14 text encoder."""
 
     name = "animatediff"
@@ -45,15 +45,6 @@ class AnimateDiffBackbone(Backbone):
 
     def latent_scale(self, t=None) -> float:
         return float(self.vae.config.scaling_factor)
-
-    def decode(self, latents: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
-        """Frame-by-frame VAE decode; with ``checkpoint`` the decoder's blocks are gradient-checkpointed."""
-        return decode_frames(self.vae, latents, checkpoint)
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (N, 3, H, W) in [-1, 1] -> unscaled latent frames (N, C, H/f, W/f): the posterior
-        mean, one frame at a time (as :meth:`decode`)."""
-        return encode_frames(self.vae, images).to(self.dtype)
 
     def set_denoiser_checkpointing(self, enabled: bool) -> None:
         if enabled:

@@ -11,11 +11,11 @@ from mp_plugin_lavie import loading, tiny
 from mp_plugin_lavie.unet import LaVieUNet3D, read_config
 from mpcore.backbones import choose_attention, describe, freeze, quiet_diffusers
 from mpcore.interfaces import Backbone
-from mpcore.vae import decode_frames, encode_frames
+from mpcore.vae import FrameByFrameVAE
 from mpcore.text import HFTextTokens
 
 
-class LaVieBackbone(Backbone):
+class LaVieBackbone(FrameByFrameVAE, Backbone):
     """LaVie base (Wang et al. 2023): UNet3D, AutoencoderKL and CLIP ViT-L/14 text encoder of SD v1.4."""
 
     name = "lavie"
@@ -46,15 +46,6 @@ class LaVieBackbone(Backbone):
 
     def latent_scale(self, t=None) -> float:
         return loading.LATENT_SCALE
-
-    def decode(self, latents: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
-        """Frame-by-frame VAE decode (LaVie decodes all frames in one batch: same result, less memory)."""
-        return decode_frames(self.vae, latents, checkpoint)
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (N, 3, H, W) in [-1, 1] -> unscaled latent frames (N, C, H/f, W/f): the posterior
-        mean, one frame at a time (as :meth:`decode`)."""
-        return encode_frames(self.vae, images).to(self.dtype)
 
     def set_denoiser_checkpointing(self, enabled: bool) -> None:
         self.unet.gradient_checkpointing = enabled
