@@ -191,3 +191,108 @@ def tiny_clip_tokenizer() -> Any:
     tokenizer = build_clip_tokenizer(Path(tempfile.mkdtemp(prefix="mpcore-clip-tokenizer-")))
     assert tokenizer.convert_tokens_to_ids(BOS) == VOCAB_SIZE - 2 and tokenizer.convert_tokens_to_ids(EOS) == VOCAB_SIZE - 1
     return tokenizer
+
+
+# ----------------------------------------------------------------------------- real size, random weights
+# Benchmarks measure time and memory, which do not depend on the weight values: each backbone plugin
+# builds its official architecture with random weights (``random_real.py``), no download. Modules are
+# constructed with their parameters on the meta device (nothing allocated, no init cost; buffers such as
+# sinusoidal tables and schedules are computed for real), then the parameters are materialized with a
+# cheap deterministic init, directly on the target device and in the target dtype.
+
+# SD-1.x ``vae/config.json`` (CompVis/stable-diffusion-v1-4, stable-diffusion-v1-5): 83,653,863 parameters.
+SD_VAE_CONFIG: dict[str, Any] = dict(
+    in_channels=3, out_channels=3, latent_channels=4,
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512), layers_per_block=2, act_fn="silu", norm_num_groups=32,
+    sample_size=512, scaling_factor=0.18215,
+)
+# The text tower of CLIP ViT-L/14 (openai/clip-vit-large-patch14; SD-1.x ``text_encoder``): 123,060,480
+# parameters. BOS/EOS are the tokenizer's ids (:func:`tiny_clip_tokenizer` is the exact CLIP tokenizer).
+CLIP_VIT_L14_TEXT_CONFIG: dict[str, Any] = dict(
+    vocab_size=49408, hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
+    max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768,
+    bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+)
+
+
+@contextlib.contextmanager
+def parameters_on_meta() -> Iterator[None]:
+    """Modules constructed inside get their parameters on the meta device (shapes only: their init is a
+    no-op); buffers are created as the module's code creates them. Finish with :func:`materialize`."""
+    import torch
+
+    register = torch.nn.Module.register_parameter
+
+    def register_on_meta(module, name, param):
+        if param is not None and not param.is_meta:
+            param = torch.nn.Parameter(param.detach().to("meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    torch.nn.Module.register_parameter = register_on_meta
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = register
+
+
+def _random_init(name: str, shape: tuple[int, ...], device: Any, dtype: Any, seed: int) -> Any:
+    """Deterministic in (``seed``, ``name``): matrices and kernels N(0, 1/fan_in) (activations keep their
+    scale), biases 0, 1-D ``weight``s (norm scales) 1, anything else N(0, 0.02^2)."""
+    import zlib
+
+    import torch
+
+    tensor = torch.empty(shape, device=device, dtype=dtype)
+    # one 32-bit seed from both (the CPU generator, a Mersenne twister, uses only 32 bits of a seed)
+    generator = torch.Generator(device=tensor.device).manual_seed(zlib.crc32(f"{seed}:{name}".encode()))
+    leaf = name.rsplit(".", 1)[-1]
+    if tensor.dim() >= 2:
+        return tensor.normal_(0.0, (tensor.numel() // shape[0]) ** -0.5, generator=generator)
+    if leaf == "bias":
+        return tensor.zero_()
+    if tensor.dim() == 1 and leaf == "weight":
+        return tensor.fill_(1.0)
+    return tensor.normal_(0.0, 0.02, generator=generator)
+
+
+def materialize(module: Any, device: Any = "cpu", dtype: Any = None, seed: int = 0) -> Any:
+    """Give every parameter of ``module`` still on the meta device a real value on ``device`` (in
+    ``dtype``, default float32) from a cheap deterministic init (:func:`_random_init`, per parameter
+    name, so independent of the order); a parameter shared by several modules stays shared. Buffers
+    move to ``device``. ``device="meta"`` leaves the module as it is (shapes only). Returns ``module``."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "meta":
+        return module
+    dtype = dtype or torch.float32
+    made: dict[int, Any] = {}
+    for prefix, sub in module.named_modules():
+        for name, param in list(sub._parameters.items()):
+            if param is None or not param.is_meta:
+                continue
+            if id(param) not in made:
+                full = f"{prefix}.{name}" if prefix else name
+                value = _random_init(full, tuple(param.shape), device, dtype, seed)
+                made[id(param)] = torch.nn.Parameter(value, requires_grad=param.requires_grad)
+            sub._parameters[name] = made[id(param)]
+    left = [name for name, tensor in [*module.named_parameters(), *module.named_buffers()] if tensor.is_meta]
+    if left:  # a buffer the module computed from a parameter while it was on the meta device
+        raise RuntimeError(f"still on the meta device after materialize: {', '.join(left[:5])}")
+    return module.to(device)
+
+
+def sd_vae(config: dict[str, Any] | None = None) -> Any:
+    """diffusers' ``AutoencoderKL`` at ``config`` (default the SD-1.x VAE, :data:`SD_VAE_CONFIG`)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(**(config or SD_VAE_CONFIG))
+
+
+def clip_text_encoder(config: dict[str, Any] | None = None) -> Any:
+    """transformers' ``CLIPTextModel`` at ``config`` (default CLIP ViT-L/14's text tower,
+    :data:`CLIP_VIT_L14_TEXT_CONFIG`); pair it with :func:`tiny_clip_tokenizer`."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(**(config or CLIP_VIT_L14_TEXT_CONFIG)))
