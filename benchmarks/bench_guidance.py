@@ -2,7 +2,8 @@
 """Cost of MotionPrompt guidance: unguided vs guided wall time and peak memory, as ratios.
 
 One invocation measures every requested mode for one backbone configuration and reports
-``fast/baseline`` and ``lean/baseline`` ratios of time and memory:
+``fast/baseline`` and ``lean/baseline`` ratios of time and memory (``--backbone``: animatediff, the
+default, lavie, videocrafter2 or dynamicrafter; the guided modes take that backbone's paper settings):
 
 * ``baseline`` -- :func:`mpcore.sampling.sample` with ``guidance=None``;
 * ``fast``     -- MotionPrompt with the paper's AnimateDiff settings
@@ -33,13 +34,22 @@ Wall time: ``time.perf_counter`` around ``sample()`` only (model loading exclude
 untimed warm-up of 2 sampling steps (guided modes: one optimized step, so the backward path is
 warm too); with ``--repeats N`` the median of N runs.
 
-Results: ``<out>/bench_guidance_<config>_<device>.json`` (overwritten; rows + ratios) and one
-markdown row per mode appended to ``<out>/bench_guidance.md``. Both are written atomically.
+Results: ``<out>/bench_guidance_<config>_<device>.json`` (other backbones than AnimateDiff:
+``bench_guidance_<backbone>-<config>_<device>.json``; overwritten; rows + ratios) and one markdown row
+per mode appended to ``<out>/bench_guidance.md``. Both are written atomically. A failed worker raises
+:class:`WorkerError` carrying the end of its stderr (e.g. CUDA out of memory).
+
+Configs: ``tiny`` (the backbone's reserved tiny random model, 8x64x64), ``mid`` (AnimateDiff only: a
+mid-size random model, 8x128x128), ``real`` (AnimateDiff only: ``--model``/``--motion-adapter``,
+16x512x512) and ``real-random``: the backbone's official architecture with random weights, no download
+(``random_real`` module of its plugin), at its real resolution and frame count (AnimateDiff 16x512x512;
+LaVie, VideoCrafter2, DynamiCrafter-512 16x320x512; DynamiCrafter's start frame is a fixed synthetic image).
 
 Examples::
 
     python benchmarks/bench_guidance.py --config tiny            # CPU, ~1 min
     python benchmarks/bench_guidance.py --config mid             # CPU, a few minutes
+    python benchmarks/bench_guidance.py --config real-random --device cuda --backbone videocrafter2
     python benchmarks/bench_guidance.py --config real --device cuda \\
         --model stable-diffusion-v1-5/stable-diffusion-v1-5 \\
         --motion-adapter guoyww/animatediff-motion-adapter-v1-5-2
@@ -48,6 +58,8 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import collections
+import importlib
 import json
 import os
 import platform
@@ -75,6 +87,20 @@ CONFIGS: dict[str, dict[str, Any]] = {
     "mid": dict(frames=8, height=128, width=128),
     "real": dict(frames=16, height=512, width=512),
 }
+REAL_RANDOM = "real-random"
+"""The config of the backbone's official architecture with random weights, at its real video size."""
+CONFIG_CHOICES = (*CONFIGS, REAL_RANDOM)
+BACKBONES = ("animatediff", "lavie", "videocrafter2", "dynamicrafter")
+ANIMATEDIFF_ONLY = ("mid", "real")
+# module of each backbone's real-size random-weights builder (load_random_real, REAL_SAMPLER / real_sampler)
+RANDOM_REAL = {
+    "animatediff": "mp_plugin_animatediff.random_real",
+    "lavie": "mp_plugin_lavie.random_real",
+    "videocrafter2": "mp_plugin_lvdm.random_real",
+    "dynamicrafter": "mp_plugin_lvdm.random_real",
+}
+WORKER_TAIL_LINES = 40
+"""The last lines of a failed worker's stderr kept in the error (e.g. a CUDA out-of-memory message)."""
 STALL_WARN = 0.10
 """Above this fraction of CPU-stall time (Linux PSI) during the timed runs, a row is flagged as contended."""
 SMOKE_STEPS = 4
@@ -106,9 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Unguided vs MotionPrompt-guided sampling: wall time and peak memory ratios.",
     )
-    parser.add_argument("--config", choices=sorted(CONFIGS), default="tiny",
-                        help="(default tiny) tiny: reserved tiny random AnimateDiff, 64x64x8; mid: mid-size random AnimateDiff "
-                             "built here, 128x128x8; real: --model/--motion-adapter, 512x512x16")
+    parser.add_argument("--config", choices=CONFIG_CHOICES, default="tiny",
+                        help="(default tiny) tiny: the backbone's reserved tiny random model, 64x64x8; mid: mid-size "
+                             "random AnimateDiff built here, 128x128x8; real: --model/--motion-adapter, 512x512x16; "
+                             "real-random: the backbone's official architecture with random weights (no download) at "
+                             "its real size (AnimateDiff 16x512x512, LaVie/VideoCrafter2/DynamiCrafter-512 16x320x512)")
+    parser.add_argument("--backbone", choices=BACKBONES, default="animatediff",
+                        help="(default animatediff) the backbone; mid and real are AnimateDiff only")
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default 50, the paper's; --smoke: 4)")
     parser.add_argument("--modes", default=None, help="comma-separated subset of baseline,fast,lean,rollout "
                         "(default all; --smoke: baseline,fast)")
@@ -141,6 +171,9 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         raise SystemExit("--steps must be >= 1")
     if args.repeats < 1:
         raise SystemExit("--repeats must be >= 1")
+    if args.config in ANIMATEDIFF_ONLY and args.backbone != "animatediff":
+        raise SystemExit(f"--config {args.config} is AnimateDiff only; for --backbone {args.backbone} use --config tiny "
+                         f"or --config {REAL_RANDOM}")
     if args.config == "real" and not args.model:
         raise SystemExit("--config real needs --model (and usually --motion-adapter)")
     if args.device is None:
@@ -169,7 +202,43 @@ def load_mid(device, dtype, seed: int = 0):
     return AnimateDiffBackbone(pipe, dict(parts["scheduler"].config), device, dtype, source, is_random_init=True)
 
 
+def video_shape(config: str, backbone: str = "animatediff") -> dict[str, int]:
+    """Frames, height and width sampled with ``config`` for ``backbone``."""
+    if config != REAL_RANDOM:
+        return dict(CONFIGS[config])
+    module = importlib.import_module(RANDOM_REAL[backbone])
+    if hasattr(module, "real_sampler"):
+        return module.real_sampler(backbone)
+    return dict(module.REAL_SAMPLER)
+
+
+def bench_image(height: int, width: int):
+    """DynamiCrafter's start frame: a fixed synthetic image (1, 3, H, W) in [-1, 1] (smooth colour ramps
+    plus seeded noise), so an image-to-video backbone runs without an input file."""
+    import torch
+
+    y = torch.linspace(-1, 1, height)[:, None].expand(height, width)
+    x = torch.linspace(-1, 1, width)[None, :].expand(height, width)
+    noise = torch.rand(3, height, width, generator=torch.Generator().manual_seed(SEED)) * 0.4 - 0.2
+    return (torch.stack([x, y, -(x + y) / 2]) * 0.8 + noise).clamp(-1, 1)[None]
+
+
 def load_backbone(args, device, dtype):
+    """The backbone of ``args.config`` / ``args.backbone`` on ``device`` in ``dtype``."""
+    backbone = getattr(args, "backbone", "animatediff")
+    image = bench_image(**{k: v for k, v in video_shape(args.config, backbone).items() if k != "frames"}) \
+        if backbone == "dynamicrafter" else None
+    if args.config == REAL_RANDOM:
+        module = importlib.import_module(RANDOM_REAL[backbone])
+        if backbone in ("videocrafter2", "dynamicrafter"):
+            return module.load_random_real(backbone, device=device, dtype=dtype, seed=SEED, image=image)
+        return module.load_random_real(device=device, dtype=dtype, seed=SEED)
+    if backbone != "animatediff":  # tiny
+        from mpcore import plugins
+
+        extra = {"image": image} if image is not None else {}
+        return plugins.get("backbone", backbone).spec.load(model="tiny", device=device, dtype=dtype, seed=SEED, **extra)
+
     from mp_plugin_animatediff.backbone import load
 
     if args.config == "tiny":
@@ -211,12 +280,19 @@ def _system_load() -> dict[str, Any]:
     return info
 
 
-def motion_config(mode: str, **changes):
-    from mp_plugin_animatediff import PAPER_MOTIONPROMPT_DEFAULTS
+def paper_settings(backbone: str = "animatediff") -> dict[str, Any]:
+    """The MotionPrompt settings the backbone's plugin declares for its released model (the paper's
+    rows: AnimateDiff, LaVie, VideoCrafter2; DynamiCrafter takes VideoCrafter2's)."""
+    from mpcore import plugins
+
+    return plugins.get("backbone", backbone).spec.motionprompt_defaults(None)
+
+
+def motion_config(mode: str, backbone: str = "animatediff", **changes):
     from mpcore.config import MotionPromptConfig
 
     rollout = {"estimate": "rollout", "rollout_steps": ROLLOUT_STEPS} if mode == "rollout" else {}
-    return MotionPromptConfig(**{**PAPER_MOTIONPROMPT_DEFAULTS, "checkpoint_denoiser": mode in ("lean", "rollout"),
+    return MotionPromptConfig(**{**paper_settings(backbone), "checkpoint_denoiser": mode in ("lean", "rollout"),
                                   "checkpoint_vae": mode == "lean", **rollout, **changes})
 
 
@@ -245,14 +321,14 @@ def _load_backbone_timed(args, device, dtype):
     return backbone, load_s, loaded_bytes, rss_loaded_now
 
 
-def _guidance_models(mode: str, device, sampler):
+def _guidance_models(mode: str, device, sampler, backbone: str = "animatediff"):
     """The random-init RAFT flow estimator and ViT discriminator of a guided mode, its config checked
     against ``sampler``. Returns (flow, disc)."""
     from mpcore import plugins
 
     flow = plugins.get("flow", "raft").spec.load("random", device, seed=SEED)
     disc = plugins.get("discriminator", "vit").spec.random(seed=SEED, device=device)
-    motion_config(mode).validate(sampler)
+    motion_config(mode, backbone).validate(sampler)
     return flow, disc
 
 
@@ -267,9 +343,13 @@ def _warm_up(backbone, args, mode: str, flow, disc, device) -> float:
 
     guided = mode != "baseline"
     # untimed warm-up, same shapes; guided: one optimized step so the backward path is warm
-    warm = SamplerConfig(steps=WARMUP_STEPS, seed=SEED, **CONFIGS[args.config])
+    name = getattr(args, "backbone", "animatediff")
+    warm = SamplerConfig(steps=WARMUP_STEPS, seed=SEED, **video_shape(args.config, name))
     start = time.perf_counter()
-    warm_guidance = MotionPrompt(motion_config(mode, opt_range=(0, 1), iterations=1), flow, disc) if guided else None
+    # the optimized step is the warm-up's last: at step 0 a zero-terminal-SNR schedule (DynamiCrafter
+    # 512/1024) has alpha_bar = 0, where no Tweedie estimate exists
+    last = (WARMUP_STEPS - 1, WARMUP_STEPS)
+    warm_guidance = MotionPrompt(motion_config(mode, name, opt_range=last, iterations=1), flow, disc) if guided else None
     sample(backbone, PROMPT, warm, warm_guidance, progress=False)
     _sync(device)
     warmup_s = time.perf_counter() - start
@@ -278,7 +358,7 @@ def _warm_up(backbone, args, mode: str, flow, disc, device) -> float:
     return warmup_s
 
 
-def _timed_runs(backbone, sampler, mode: str, flow, disc, repeats: int, device):
+def _timed_runs(backbone, sampler, mode: str, flow, disc, repeats: int, device, name: str = "animatediff"):
     """``repeats`` timed sampling runs (a fresh guidance object each). Returns (wall seconds of each,
     the last result, the fraction of the timed wall time some task waited for a CPU)."""
     from mpcore.motionprompt import MotionPrompt
@@ -288,7 +368,7 @@ def _timed_runs(backbone, sampler, mode: str, flow, disc, repeats: int, device):
     walls, result = [], None
     stall_start = cpu_stall_us()
     for _ in range(repeats):
-        guidance = MotionPrompt(motion_config(mode), flow, disc) if guided else None
+        guidance = MotionPrompt(motion_config(mode, name), flow, disc) if guided else None
         _sync(device)
         start = time.perf_counter()
         result = sample(backbone, PROMPT, sampler, guidance, progress=False)
@@ -318,11 +398,11 @@ def _memory(device, loaded_bytes: int, rss_loaded_now: int | None) -> dict[str, 
                               "(includes flow/discriminator weights, warm-up and sampling)"}
 
 
-def _guidance_fields(mode: str, steps: int, result) -> dict[str, Any]:
+def _guidance_fields(mode: str, steps: int, result, backbone: str = "animatediff") -> dict[str, Any]:
     """The row's guidance fields (None for the baseline): range, iterations, estimate calls, decoded
     frames, checkpointing, and from the run's record the skipped updates and the token drift."""
     guided = mode != "baseline"
-    motion = motion_config(mode)
+    motion = motion_config(mode, backbone)
     info = result.guidance if guided else None
     return {
         "opt_range": list(motion.resolved_opt_range(steps)) if guided else None,
@@ -350,23 +430,25 @@ def run_worker(args) -> dict[str, Any]:
 
     load_before = _system_load()
     backbone, load_s, loaded_bytes, rss_loaded_now = _load_backbone_timed(args, device, dtype)
-    sampler = SamplerConfig(steps=args.steps, seed=SEED, **CONFIGS[args.config])
+    sampler = SamplerConfig(steps=args.steps, seed=SEED, **video_shape(args.config, args.backbone))
     sampler.validate(backbone.vae_scale_factor)
     guided = mode != "baseline"
     flow = disc = None
     if guided:
-        flow, disc = _guidance_models(mode, device, sampler)
+        flow, disc = _guidance_models(mode, device, sampler, args.backbone)
     warmup_s = _warm_up(backbone, args, mode, flow, disc, device)
-    walls, result, cpu_stall = _timed_runs(backbone, sampler, mode, flow, disc, args.repeats, device)
+    walls, result, cpu_stall = _timed_runs(backbone, sampler, mode, flow, disc, args.repeats, device, args.backbone)
     memory = _memory(device, loaded_bytes, rss_loaded_now)
 
     row = {
         "mode": mode,
+        "backbone_name": args.backbone,
+        "config": args.config,
         "wall_s": statistics.median(walls),
         "wall_s_all": walls,
         **memory,
         "steps": args.steps,
-        **_guidance_fields(mode, args.steps, result),
+        **_guidance_fields(mode, args.steps, result, args.backbone),
         "frames": sampler.frames,
         "size": [sampler.height, sampler.width],
         "cfg_scale": sampler.cfg_scale,
@@ -392,21 +474,51 @@ def run_worker(args) -> dict[str, Any]:
 
 
 
-def measure_mode(args, mode: str) -> dict[str, Any]:
-    """Run one mode in a fresh subprocess (this script with --worker) and return its row."""
-    fd, out = tempfile.mkstemp(prefix=f"bench_guidance_{mode}_", suffix=".json")
-    os.close(fd)
+class WorkerError(RuntimeError):
+    """A mode's worker process failed; ``tail`` holds the last lines of its stderr."""
+
+    def __init__(self, message: str, tail: str):
+        super().__init__(message + (f"\n--- last lines of the worker's stderr ---\n{tail}" if tail else ""))
+        self.tail = tail
+
+
+def worker_command(args, mode: str, out: str) -> list[str]:
+    """This script re-invoked to measure ``mode`` alone, its row written to ``out``."""
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", mode, "--worker-out", out,
                "--config", args.config, "--steps", str(args.steps), "--device", args.device, "--dtype", args.dtype,
                "--repeats", str(args.repeats)]
+    if getattr(args, "backbone", "animatediff") != "animatediff":
+        command += ["--backbone", args.backbone]
     if args.model:
         command += ["--model", args.model]
     if args.motion_adapter:
         command += ["--motion-adapter", args.motion_adapter]
+    return command
+
+
+def _run_streaming(command: list[str]) -> tuple[int, str]:
+    """Run ``command``; its stderr is passed through as it comes and its last lines kept. Returns
+    (exit code, the last WORKER_TAIL_LINES lines of stderr)."""
+    tail: collections.deque[str] = collections.deque(maxlen=WORKER_TAIL_LINES)
+    with subprocess.Popen(command, cwd=REPO, stderr=subprocess.PIPE, text=True, errors="replace") as process:
+        for line in process.stderr:
+            sys.stderr.write(line)
+            tail.append(line)
+        code = process.wait()
+    sys.stderr.flush()
+    return code, "".join(tail)
+
+
+def measure_mode(args, mode: str) -> dict[str, Any]:
+    """Run one mode in a fresh subprocess (this script with --worker) and return its row; a failed
+    worker raises :class:`WorkerError` with the end of its stderr."""
+    fd, out = tempfile.mkstemp(prefix=f"bench_guidance_{mode}_", suffix=".json")
+    os.close(fd)
+    command = worker_command(args, mode, out)
     try:
-        completed = subprocess.run(command, cwd=REPO)
-        if completed.returncode != 0:
-            raise RuntimeError(f"worker for mode {mode!r} failed with exit code {completed.returncode}: {' '.join(command)}")
+        code, tail = _run_streaming(command)
+        if code != 0:
+            raise WorkerError(f"worker for mode {mode!r} failed with exit code {code}: {' '.join(command)}", tail)
         return json.loads(Path(out).read_text())
     finally:
         os.unlink(out)
@@ -464,6 +576,8 @@ def _x(value: float | None) -> str:
 def markdown_rows(summary: dict[str, Any]) -> list[str]:
     rows, ratios, cpu = summary["rows"], summary["ratios"], summary["cpu"]
     config = summary["config"] + (" (smoke)" if summary["smoke"] else "")
+    if summary.get("backbone", "animatediff") != "animatediff":
+        config = f"{summary['backbone']} {config}"
     lines = []
     for row in rows:
         ratio = ratios.get(f"{row['mode']}/baseline", {})
@@ -533,7 +647,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cpu = device_type != "cuda"
     rows = []
     for mode in args.mode_list:
-        print(f"[bench_guidance] {args.config}: measuring {mode} in a fresh process "
+        print(f"[bench_guidance] {args.backbone} {args.config}: measuring {mode} in a fresh process "
               f"({args.steps} steps, {args.repeats} repeat(s)) ...", file=sys.stderr, flush=True)
         row = measure_mode(args, mode)
         print(f"[bench_guidance] {mode}: {row['wall_s']:.2f} s, peak {_gib(row['peak_mem_bytes'])} "
@@ -551,6 +665,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ratios = compute_ratios(rows, cpu)
     summary: dict[str, Any] = {
         "benchmark": "bench_guidance",
+        "backbone": args.backbone,
         "config": args.config,
         "smoke": args.smoke,
         "device": device_type,
@@ -581,6 +696,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not out.is_absolute():
         out = Path.cwd() / out
     name = f"{args.config}-smoke" if args.smoke else args.config
+    if args.backbone != "animatediff":
+        name = f"{args.backbone}-{name}"
     json_path = out / f"bench_guidance_{name}_{device_type}.json"
     write_text_atomic(json.dumps(summary, indent=2) + "\n", json_path)
     lines = markdown_rows(summary)

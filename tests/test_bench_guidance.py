@@ -6,6 +6,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+from mpcore.config import scale_opt_range
+
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_guidance.py"
 
 
@@ -45,3 +47,38 @@ def test_bench_guidance_smoke(tmp_path):
     assert md.startswith("# MotionPrompt guidance cost")
     table_rows = [line for line in md.splitlines() if line.startswith("| tiny (smoke) | cpu |")]
     assert [line.split("|")[3].strip() for line in table_rows] == ["baseline", "fast"]
+
+
+def test_real_random_is_accepted_for_every_backbone_at_its_real_size():
+    """Argument resolution only: nothing is built or sampled at the real size here."""
+    bench = load_bench()
+    shapes = {"animatediff": (16, 512, 512), "lavie": (16, 320, 512), "videocrafter2": (16, 320, 512),
+              "dynamicrafter": (16, 320, 512)}
+    for backbone, (frames, height, width) in shapes.items():
+        args = bench.resolve_args(bench.build_parser().parse_args(
+            ["--config", "real-random", "--backbone", backbone, "--device", "cpu", "--steps", "12"]))
+        assert (args.config, args.backbone, args.steps) == ("real-random", backbone, 12)
+        assert bench.video_shape(args.config, backbone) == dict(frames=frames, height=height, width=width)
+        command = bench.worker_command(args, "fast", "/tmp/row.json")
+        assert command[command.index("--config") + 1] == "real-random"
+        assert backbone == "animatediff" or command[command.index("--backbone") + 1] == backbone
+        module = __import__(bench.RANDOM_REAL[backbone], fromlist=["load_random_real"])
+        assert callable(module.load_random_real)
+        # the guided modes take the backbone's paper settings, range scaled to the steps
+        motion = bench.motion_config("fast", backbone)
+        assert motion.paper_opt_range == bench.paper_settings(backbone)["paper_opt_range"]
+        assert motion.resolved_opt_range(12) == scale_opt_range(motion.paper_opt_range, 12)
+    # the default stays AnimateDiff, and the existing configs resolve as before
+    args = bench.resolve_args(bench.build_parser().parse_args(["--config", "tiny", "--device", "cpu"]))
+    assert args.backbone == "animatediff" and bench.video_shape("tiny") == dict(frames=8, height=64, width=64)
+    assert "--backbone" not in bench.worker_command(args, "baseline", "/tmp/row.json")
+
+
+def test_mid_and_real_stay_animatediff_only():
+    import pytest
+
+    bench = load_bench()
+    for config in ("mid", "real"):
+        with pytest.raises(SystemExit, match="AnimateDiff only"):
+            bench.resolve_args(bench.build_parser().parse_args(
+                ["--config", config, "--backbone", "videocrafter2", "--device", "cpu", "--model", "x"]))
