@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 from diffusers import AnimateDiffPipeline, DDIMScheduler
+from torch.utils.checkpoint import checkpoint
 
 from mp_plugin_animatediff import loading, tiny, toy
 from mpcore.backbones import choose_attention, describe, freeze, quiet_diffusers
@@ -47,10 +49,8 @@ class AnimateDiffBackbone(FrameByFrameVAE, Backbone):
         return float(self.vae.config.scaling_factor)
 
     def set_denoiser_checkpointing(self, enabled: bool) -> None:
-        if enabled:
-            self.unet.enable_gradient_checkpointing()
-        else:
-            self.unet.disable_gradient_checkpointing()
+        """Checkpoint every down, mid and up block of the UNet as a whole (see :func:`checkpoint_blocks`)."""
+        checkpoint_blocks([*self.unet.down_blocks, self.unet.mid_block, *self.unet.up_blocks], enabled)
 
     def describe(self) -> dict[str, Any]:
         return describe(
@@ -58,6 +58,28 @@ class AnimateDiffBackbone(FrameByFrameVAE, Backbone):
             scheduler={k: v for k, v in self.scheduler_config.items() if not k.startswith("_")},
             unet_parameters=sum(p.numel() for p in self.unet.parameters()),
         )
+
+
+def _checkpointed_forward(forward, *args, **kwargs):
+    if torch.is_grad_enabled():
+        return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+    return forward(*args, **kwargs)
+
+
+def checkpoint_blocks(blocks: list[torch.nn.Module], enabled: bool) -> None:
+    """Gradient checkpointing of each block as a whole: only a block's inputs are kept for the
+    backward pass, which runs the block's forward again (same ops, same gradient).
+
+    diffusers' own ``enable_gradient_checkpointing`` of ``UNetMotionModel`` checkpoints only the
+    ResNets: the spatial transformers and the motion modules keep every activation, over half of the
+    forward's saved tensors on the mid benchmark model (issue 18). Idempotent; ``enabled=False``
+    restores the blocks' own ``forward``."""
+    for block in blocks:
+        wrapped = "forward" in vars(block)
+        if enabled and not wrapped:
+            block.forward = functools.partial(_checkpointed_forward, block.forward)
+        elif not enabled and wrapped:
+            del block.forward
 
 
 def load(
