@@ -36,10 +36,14 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: int = 1000
 
 
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm computed in float32 (lvdm's ``GroupNormSpecific``)."""
+    """GroupNorm computed in float32 (lvdm's ``GroupNormSpecific``), its affine parameters too (as under
+    the autocast the official scripts sample with): torch refuses a float32 input with float16/bfloat16
+    parameters, so a model in a reduced dtype would fail here otherwise."""
 
     def forward(self, x):
-        return super().forward(x.float()).to(x.dtype)
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
 
 
 def _attention(q, k, v, heads: int) -> torch.Tensor:

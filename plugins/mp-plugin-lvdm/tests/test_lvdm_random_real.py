@@ -55,3 +55,15 @@ def test_materialized_weights_are_finite_deterministic_and_sample(backbone):
     result = sample(model, "a horse", SamplerConfig(steps=2, frames=8, height=64, width=64, seed=0), None,
                     progress=False)
     assert result.latents.shape == (1, 4, 8, 16, 16) and torch.isfinite(result.latents).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
+def test_a_model_in_a_reduced_dtype_samples(dtype):
+    """The benchmarks' GPU dtypes: GroupNorm32 normalizes in float32 with float32 parameters (torch
+    refuses a float32 input with float16/bfloat16 parameters)."""
+    config = tiny.tiny_config("videocrafter2")
+    model = load_random_real("videocrafter2", dtype=dtype, config=config)
+    assert model.unet.out[0].weight.dtype == dtype and model.model.alphas_cumprod.dtype == torch.float32
+    result = sample(model, "a horse", SamplerConfig(steps=2, frames=8, height=64, width=64, seed=0), None,
+                    progress=False)
+    assert result.latents.dtype == dtype and torch.isfinite(result.latents).all()
