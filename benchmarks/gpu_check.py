@@ -118,8 +118,11 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     import torch
 
     device = args.device or ("cpu" if args.smoke else "cuda")
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as exc:
+        raise SystemExit(f"gpu_check: --device {device}: {exc}") from None
     args.device = str(torch.device(device))
-    kind = torch.device(device).type
     if kind == "cuda" and not torch.cuda.is_available():
         built = f"built with CUDA {torch.version.cuda}" if torch.version.cuda else "built without CUDA (a CPU-only wheel)"
         raise SystemExit(f"gpu_check: --device {device} but CUDA is not available here (torch {torch.__version__}, "
