@@ -189,12 +189,12 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
 def load_mid(device, dtype, seed: int = 0):
     from diffusers import AnimateDiffPipeline
 
-    from mp_plugin_animatediff.backbone import AnimateDiffBackbone
-
+    from mp_plugin_animatediff.backbone import AnimateDiffBackbone, drop_adapter_copy
     from mp_plugin_animatediff.tiny import tiny_components
 
     parts = tiny_components(seed, size="mid")
     pipe = AnimateDiffPipeline(**parts)
+    drop_adapter_copy(pipe)  # as load() does
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device=device, dtype=dtype)
     source = {"model": "bench-mid (random init)", "motion_adapter": "bench-mid (random init)", "seed": seed,

@@ -82,6 +82,13 @@ def checkpoint_blocks(blocks: list[torch.nn.Module], enabled: bool) -> None:
             del block.forward
 
 
+def drop_adapter_copy(pipe: AnimateDiffPipeline) -> None:
+    """Release the pipeline's ``MotionAdapter``: building the pipeline copied its weights into the
+    ``UNetMotionModel``, and sampling never uses the adapter module itself, so keeping it only costs
+    memory (v1.5-2: ~450M parameters, about 0.9 GB in float16)."""
+    pipe.register_modules(motion_adapter=None)
+
+
 def load(
     model: str | None = None,
     device: str | torch.device = "cpu",
@@ -110,6 +117,7 @@ def load(
         adapter = motion_adapter or loading.DEFAULT_MOTION_ADAPTER
         pipe, scheduler_config = loading.load_pipeline(model, adapter, dtype, base_config)
         source = {"model": model, "motion_adapter": adapter}
+    drop_adapter_copy(pipe)
     pipe.set_progress_bar_config(disable=True)
     attention_used = choose_attention(attention, device)
     if attention_used == "xformers":

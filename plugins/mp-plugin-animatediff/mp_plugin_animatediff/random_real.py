@@ -5,8 +5,9 @@ The architecture of ``stable-diffusion-v1-5`` + ``guoyww/animatediff-motion-adap
 UNet (``unet/config.json``) with the v2 motion adapter (21 motion modules, mid block included;
 FACTS.md §2-4), SD's VAE and CLIP ViT-L/14's text tower, the exact CLIP tokenizer; sampled at 16 frames
 of 512x512. Assembled as :func:`mp_plugin_animatediff.backbone.load` assembles a downloaded model: an
-``AnimateDiffPipeline`` that keeps the motion adapter next to the ``UNetMotionModel`` (as
-``from_pretrained`` does: the adapter's weights are then held twice), the AnimateDiff DDIM settings.
+``AnimateDiffPipeline`` whose ``UNetMotionModel`` holds the motion modules (no separate adapter copy,
+as :func:`~mp_plugin_animatediff.backbone.drop_adapter_copy` leaves a loaded model), the AnimateDiff
+DDIM settings.
 
 Built with the parameters on the meta device and then materialized with a cheap deterministic init on
 the target device, in the target dtype (:func:`mpcore.backbones.materialize`); ``device="meta"`` stops
@@ -57,22 +58,20 @@ REAL_SAMPLER = dict(frames=16, height=512, width=512)
 def random_real_components(seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
                            arch: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The pipeline's components at ``arch`` (default :data:`REAL_ARCH`) with random weights,
-    deterministic in ``seed``: ``unet`` (the ``UNetMotionModel``), ``motion_adapter``, ``vae``,
-    ``text_encoder``, ``tokenizer``, ``scheduler``. ``device="meta"``: parameters on the meta device."""
+    deterministic in ``seed``: ``unet`` (the ``UNetMotionModel``), ``motion_adapter`` (None: the UNet
+    holds the motion modules), ``vae``, ``text_encoder``, ``tokenizer``, ``scheduler``. ``device="meta"``: parameters on the meta device."""
     arch = {**REAL_ARCH, **(arch or {})}
     with parameters_on_meta():
         unet2d = UNet2DConditionModel(**arch["unet"])
         # from_unet2d derives the UNetMotionModel's config from the 2D UNet and the adapter (as the
-        # pipeline does for a downloaded model); it moves the adapter it is given to the meta device,
-        # buffers too, so the adapter we keep is a second one with its sinusoidal tables intact
+        # pipeline does for a downloaded model)
         unet = UNetMotionModel.from_unet2d(unet2d, MotionAdapter(**arch["motion_adapter"]), load_weights=False)
-        motion_adapter = MotionAdapter(**arch["motion_adapter"])
         vae = sd_vae(arch["vae"])
         text_encoder = clip_text_encoder(arch["text_encoder"])
-    parts = dict(unet=unet, motion_adapter=motion_adapter, vae=vae, text_encoder=text_encoder)
+    parts = dict(unet=unet, vae=vae, text_encoder=text_encoder)
     for offset, name in enumerate(parts):
-        materialize(parts[name], device, dtype, seed + offset)
-    return dict(parts, tokenizer=tiny_clip_tokenizer(), scheduler=DDIMScheduler(**ANIMATEDIFF_SCHEDULER))
+        materialize(parts[name], device, dtype, seed + offset + (name != "unet"))  # the seeds of before
+    return dict(parts, motion_adapter=None, tokenizer=tiny_clip_tokenizer(), scheduler=DDIMScheduler(**ANIMATEDIFF_SCHEDULER))
 
 
 def load_random_real(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0,

@@ -41,15 +41,16 @@ def meta_parts():
     return random_real_components(device="meta")
 
 
-def test_the_real_random_unet_and_adapter_have_the_official_keys_and_shapes(meta_parts):
-    unet, adapter = meta_parts["unet"], meta_parts["motion_adapter"]
+def test_the_real_random_unet_holds_the_official_unet_and_adapter_keys_and_shapes(meta_parts):
+    unet = meta_parts["unet"]
     adapter_manifest = manifest("diffusers_motion_adapter_v2.json")
-    assert shapes(adapter) == adapter_manifest
+    assert {k: v for k, v in shapes(unet).items() if "motion_modules." in k} == adapter_manifest
     assert shapes(unet) == {**manifest("sd15_unet_state_dict.json"), **adapter_manifest}
     # parameter counts of the fact sheets: SD-1.5 UNet 859,520,964; v2 motion modules 453,209,280
-    assert count(adapter) == 453_209_280
+    assert sum(p.numel() for n, p in unet.named_parameters() if "motion_modules." in n) == 453_209_280
     assert sum(p.numel() for n, p in unet.named_parameters() if "motion_modules." not in n) == 859_520_964
-    assert all(p.is_meta for p in [*unet.parameters(), *adapter.parameters()])  # nothing allocated
+    assert all(p.is_meta for p in unet.parameters())  # nothing allocated
+    assert meta_parts["motion_adapter"] is None  # the UNet holds the motion modules: no second copy
 
 
 def test_the_real_random_vae_and_text_encoder_are_sd15s(meta_parts):
@@ -66,8 +67,7 @@ def test_the_motion_modules_sinusoidal_tables_are_computed_not_random(meta_parts
 
     key = "down_blocks.0.motion_modules.0.transformer_blocks.0.pos_embed.pe"
     expected = SinusoidalPositionalEmbedding(320, 32).pe
-    for module in (meta_parts["motion_adapter"], meta_parts["unet"]):
-        assert torch.equal(module.state_dict()[key], expected)
+    assert torch.equal(meta_parts["unet"].state_dict()[key], expected)
 
 
 SMALL = dict(

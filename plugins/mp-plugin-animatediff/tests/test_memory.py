@@ -1,4 +1,5 @@
-"""Denoiser checkpointing of AnimateDiff: whole blocks, so a guided step keeps only block inputs (issue 18)."""
+"""Memory of the AnimateDiff backbone (issue 18): denoiser checkpointing of whole blocks, so a guided step
+keeps only block inputs; no second copy of the motion modules."""
 
 from __future__ import annotations
 
@@ -50,3 +51,9 @@ def test_switching_checkpointing_off_restores_the_blocks():
     bytes_after, _ = _saved_bytes_and_grad(backbone, False)
     plain_bytes, _ = _saved_bytes_and_grad(load("tiny", seed=0), False)
     assert bytes_after == plain_bytes
+
+
+def test_the_loaded_pipeline_keeps_no_second_copy_of_the_motion_modules():
+    backbone = load("tiny", seed=0)
+    assert backbone.pipe.motion_adapter is None
+    assert any("motion_modules." in name for name, _ in backbone.unet.named_parameters())
