@@ -59,6 +59,7 @@ class SamplerConfig:
 OPTIMIZERS = ("adam", "adamw", "sgd")
 PLACEMENTS = ("end", "front")
 ESTIMATES = ("tweedie", "rollout")
+GUIDANCE_DECODERS = ("full", "tiny")
 MAX_ROLLOUT_STEPS = 8
 
 
@@ -105,6 +106,15 @@ class MotionPromptConfig:
     pairs before the step's K updates and after them (same x_t, same pairs, no gradient; the pairs come
     from their own generator, so the video does not change). 0 = off; each probe costs two estimates."""
 
+    guidance_decoder: str = "full"
+    """What decodes the guided frames for the loss: 'full' is the backbone's own VAE (the paper's);
+    'tiny' a diffusers ``AutoencoderTiny`` of the same latent space (TAESD for SD-family latents) at
+    ``guidance_decoder_path``, much cheaper with backward. The final video always goes through the
+    backbone's VAE."""
+    guidance_decoder_path: str | None = None
+    """With ``guidance_decoder='tiny'``: a local diffusers AutoencoderTiny folder or a hub id; None =
+    the backbone's default for the model (``BackboneSpec.default_guidance_decoder``)."""
+
     def resolved_opt_range(self, steps: int) -> tuple[int, int]:
         if self.opt_range is not None:
             return tuple(self.opt_range)  # type: ignore[return-value]
@@ -144,6 +154,16 @@ class MotionPromptConfig:
             "probe_pairs",
             self.probe_pairs,
             f"an integer in [0, frames/2 = {sampler.frames // 2}] (0 = no gate probe)",
+        )
+        _require(self.guidance_decoder in GUIDANCE_DECODERS, "guidance_decoder", self.guidance_decoder,
+                 " | ".join(GUIDANCE_DECODERS) + " (full: the backbone's VAE; tiny: an AutoencoderTiny)")
+        _require(
+            self.guidance_decoder_path is None
+            or (self.guidance_decoder == "tiny" and isinstance(self.guidance_decoder_path, str)
+                and self.guidance_decoder_path.strip() != ""),
+            "guidance_decoder_path",
+            self.guidance_decoder_path,
+            "None, or with guidance_decoder=tiny a diffusers AutoencoderTiny folder or hub id",
         )
         _require(self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, " | ".join(OPTIMIZERS))
         _require(

@@ -117,6 +117,14 @@ class Backbone(abc.ABC):
         """Divide a clean latent by this before decoding (SD VAE: its scaling factor)."""
         return 1.0
 
+    def vae_scaling_factor(self) -> float:
+        """The VAE's own latent scaling factor, constant in t (SD's VAE: 0.18215): the raw latents
+        :meth:`decode` takes, times this, are latents in the usual convention of that latent space,
+        which another decoder of the same space (a tiny guidance decoder such as TAESD) takes
+        divided by its own scaling factor (:class:`mpcore.vae.TinyDecoder`). Default
+        ``latent_scale(0)``; a backbone whose ``latent_scale`` depends on t overrides it."""
+        return float(self.latent_scale(0))
+
     @abc.abstractmethod
     def decode(self, latents: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
         """Decode already-unscaled latent frames (N, C, h, w) to images (N, 3, H, W) in [-1, 1],
@@ -155,6 +163,10 @@ class BackboneSpec:
     default_discriminator: Callable[[str | None], str | None] | None = None
     """``f(model) -> path | None``: a discriminator file shipped for this model (e.g. with a bundled
     model), used when ``--discriminator`` is not given."""
+    default_guidance_decoder: Callable[[str | None], str | None] | None = None
+    """``f(model) -> folder | hub id | None``: the tiny decoder of this model's latent space that
+    ``-o guidance_decoder=tiny`` uses when ``-o guidance_decoder_path`` is not given (a diffusers
+    ``AutoencoderTiny``: TAESD for SD-family latents, or one shipped with a bundled model)."""
     expected_keys: Callable[..., dict[str, tuple[int, ...]]] | None = None
     """``expected_keys(variant=None, config=None) -> {key: shape}``: the state-dict keys and shapes the
     backbone's checkpoint file must hold (after any wrapper is removed), built without allocating

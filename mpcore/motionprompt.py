@@ -8,7 +8,8 @@ At each DDIM step i inside the optimization range (DESIGN.md "The method"):
    estimate (:func:`mpcore_kernels.subset_tweedie`, fused with the gather and the VAE latent scale),
    or, with ``estimate='rollout'``, a short differentiable DDIM rollout ending in that estimate
    (:func:`estimate_clean_frames`);
-3. pick adjacent frame pairs at seeded random positions and decode ONLY those frames;
+3. pick adjacent frame pairs at seeded random positions and decode ONLY those frames (through the
+   backbone's VAE, or with ``guidance_decoder='tiny'`` a cheaper decoder of the same latent space);
 4. flow of each pair; loss = l_disc * mean softplus(-D(flow)) + l_tv * TV(flow) + l_reg * ||e_S - e_S_init||^2
    (softplus(-D) is the generator side of the non-saturating GAN loss; the three terms are the pure
    functions of :mod:`mpcore.losses`);
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -201,10 +202,19 @@ class MotionPrompt:
         config: MotionPromptConfig,
         flow_estimator: FlowEstimator,
         discriminator: Discriminator,
+        decoder: Callable[..., torch.Tensor] | None = None,
     ):
+        """``decoder``: with ``config.guidance_decoder='tiny'``, what decodes the guided frames for the
+        loss, ``images = decoder(latents, checkpoint=...)`` as :meth:`Backbone.decode` (e.g. a
+        :class:`mpcore.vae.TinyDecoder`); None with ``'full'``: the backbone's own VAE."""
+        if (config.guidance_decoder == "tiny") != (decoder is not None):
+            raise ConfigError(f"invalid config: guidance_decoder={config.guidance_decoder!r} with "
+                              f"{'no' if decoder is None else 'a'} decoder given to MotionPrompt; allowed: 'tiny' "
+                              "with a decoder (mpcore.jobs.run.load builds it), 'full' without")
         self.config = config
         self.flow_estimator = flow_estimator
         self.discriminator = discriminator
+        self.decoder = decoder
         self.trace: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ setup
@@ -278,8 +288,11 @@ class MotionPrompt:
         return self.backbone.encode_prompt([self.guided_prompt], self.override())
 
     def decode_frames(self, x0_frames: torch.Tensor) -> torch.Tensor:
-        """The images of the estimated clean frames (n, C, h, w), VAE latent scale already undone:
-        decoded in the backbone's dtype (the VAE checkpointed if configured), returned in float32."""
+        """The images of the estimated clean frames (n, C, h, w), VAE latent scale already undone, in
+        [-1, 1], float32: through the backbone's VAE in its dtype, or through the guidance decoder
+        (``guidance_decoder='tiny'``); checkpointed if ``checkpoint_vae``."""
+        if self.decoder is not None:
+            return self.decoder(x0_frames, checkpoint=self.config.checkpoint_vae).float()
         return self.backbone.decode(x0_frames.to(self.backbone.dtype), checkpoint=self.config.checkpoint_vae).float()
 
     def optimize_step(
