@@ -44,6 +44,19 @@ def defaults_by_model(default: dict[str, Any], **reserved: str) -> Callable[[str
     return defaults
 
 
+SD_TINY_DECODER = "madebyollin/taesd"
+"""TAESD (Bohan 2023) as a diffusers ``AutoencoderTiny`` on the hub: a tiny decoder of SD-1/2's VAE
+latent space, the one AnimateDiff, LaVie, VideoCrafter2 and DynamiCrafter share
+(``-o guidance_decoder=tiny``)."""
+
+
+def sd_tiny_decoder(model: str | None) -> str | None:
+    """``BackboneSpec.default_guidance_decoder`` of a backbone built on Stable Diffusion's VAE latent
+    space: TAESD (:data:`SD_TINY_DECODER`) for every model but the reserved random ``tiny`` one (its
+    random VAE has no tiny decoder: pass ``-o guidance_decoder_path``)."""
+    return None if model == "tiny" else SD_TINY_DECODER
+
+
 # ----------------------------------------------------------------------------- local or hub
 
 

@@ -181,6 +181,10 @@ class RunSetup:
     """The discriminator's ``trained_on`` (estimator, frame size, caches), None when it records none."""
     flow_size_source: str | None = None
     """Where MotionPrompt's ``flow_size`` comes from (see :func:`check_trained_on`); None without guidance."""
+    guidance_decoder_path: str | None = None
+    """With ``-o guidance_decoder=tiny``: the tiny decoder's folder or hub id (checked, not loaded)."""
+    guidance_decoder_source: str | None = None
+    """Where that path comes from: the ``-o guidance_decoder_path`` option or the backbone's default."""
     warnings: list[str] = field(default_factory=list)
     """Problems that do not stop the run; printed once and recorded in every manifest."""
 
@@ -306,6 +310,7 @@ def prepare(options: dict[str, Any], backbone_option_owners: dict[str, list[str]
     parts = _GuidanceParts()
     if guided:
         parts = _guidance_parts(motion, sampler, flow_options, discriminator, options["discriminator_type"])
+    decoder_path, decoder_source = _tiny_decoder_source(spec, model, motion) if guided else (None, None)
     if spec.check is not None:
         spec.check(model=model, **backbone_options)
     device = resolve_device(options["device"])
@@ -330,6 +335,8 @@ def prepare(options: dict[str, Any], backbone_option_owners: dict[str, list[str]
         progress=options["progress"],
         trained_on=parts.trained_on,
         flow_size_source=parts.flow_size_source,
+        guidance_decoder_path=decoder_path,
+        guidance_decoder_source=decoder_source,
         warnings=parts.warnings,
     )
 
@@ -372,6 +379,31 @@ def _check_run_options(options: dict[str, Any]) -> None:
                               "drop them, or leave out --guidance none")
     if options["fps"] is not None and options["fps"] < 1:
         raise OptionError(f"{options['fps']} frames per second; give an integer >= 1 (e.g. 8)", "--fps")
+
+
+TINY_DECODER_HOW = ("Pass -o guidance_decoder_path=FOLDER (a diffusers AutoencoderTiny folder of the model's latent "
+                    "space, e.g. TAESD for SD-family models: `hf download madebyollin/taesd --local-dir taesd`) or a hub "
+                    "id, or use -o guidance_decoder=full (the backbone's VAE).")
+
+
+def _tiny_decoder_source(spec, model: str | None, motion: MotionPromptConfig) -> tuple[str | None, str | None]:
+    """With ``-o guidance_decoder=tiny``: the tiny decoder's folder or hub id and where it comes from
+    (``-o guidance_decoder_path``, else the backbone's default for the model), a local folder checked
+    without loading it. (None, None) with ``guidance_decoder=full``."""
+    from mpcore.vae import check_tiny_decoder
+
+    if motion.guidance_decoder != "tiny":
+        return None, None
+    if motion.guidance_decoder_path is not None:
+        path, source = motion.guidance_decoder_path, "-o guidance_decoder_path"
+    else:
+        path = spec.default_guidance_decoder(model) if spec.default_guidance_decoder is not None else None
+        source = f"the {spec.name} backbone's default for model {model!r}"
+        if path is None:
+            raise OptionError(f"-o guidance_decoder=tiny: the {spec.name} backbone has no default tiny decoder for "
+                              f"model {model!r}. {TINY_DECODER_HOW}", "-o guidance_decoder_path")
+    check_tiny_decoder(path, TINY_DECODER_HOW)
+    return path, source
 
 
 @dataclass
@@ -433,6 +465,10 @@ class Models:
     discriminator: Any = None  # Discriminator, None without guidance
     flow_info: dict[str, Any] | None = None
     discriminator_info: dict[str, Any] | None = None
+    guidance_decoder: Any = None
+    """The guided frames' decoder with ``-o guidance_decoder=tiny`` (a :class:`mpcore.vae.TinyDecoder`);
+    None: the backbone's VAE (and without guidance)."""
+    guidance_decoder_info: dict[str, Any] | None = None
     load_backbone_s: float = 0.0
 
 
@@ -454,6 +490,11 @@ def load(setup: RunSetup) -> Models:
             flow_estimator = setup.flow.load(setup.flow_weights, setup.device, seed=RANDOM_INIT_SEED, **flow_options)
         except TypeError as error:  # the loaders' way to say: unknown option
             raise ConfigError(f"--flow-option: {error}") from None
+    tiny_decoder = None
+    if setup.guided and setup.guidance_decoder_path is not None:  # small too: a hub failure shows before the backbone loads
+        from mpcore.vae import load_tiny_decoder
+
+        tiny_decoder = load_tiny_decoder(setup.guidance_decoder_path, setup.device, setup.dtype)
     start = time.perf_counter()
     backbone = setup.backbone.load(model=setup.model, device=setup.device, dtype=setup.dtype, seed=RANDOM_INIT_SEED,
                                    offload=setup.offload, attention=setup.attention, **setup.backbone_options)
@@ -473,6 +514,7 @@ def load(setup: RunSetup) -> Models:
                 echo(f"warning: {warning}")
         models.flow_estimator = flow_estimator
         models.discriminator = disc
+        models.guidance_decoder, models.guidance_decoder_info = _guidance_decoder(setup, backbone, tiny_decoder)
         # the plugin's own description first: the names the user chose (e.g. a preset) win
         models.flow_info = {**(flow_estimator.describe() if hasattr(flow_estimator, "describe") else {}),
                             "name": setup.flow.name, "weights": setup.flow_weights, "options": setup.flow_options}
@@ -480,6 +522,18 @@ def load(setup: RunSetup) -> Models:
                                      "name": setup.discriminator.name, "path": setup.discriminator_path,
                                      "trained_on": setup.trained_on}
     return models
+
+
+def _guidance_decoder(setup: RunSetup, backbone, tiny_decoder) -> tuple[Any, dict[str, Any]]:
+    """The decoder of the guided frames and its manifest entry: the backbone's VAE (None), or the tiny
+    decoder wrapped to take the backbone's latents, checked to fit its latent space before sampling."""
+    if tiny_decoder is None:
+        return None, {"name": "full", "path": None, "source": "the backbone's VAE"}
+    from mpcore.vae import TinyDecoder
+
+    decoder = TinyDecoder(tiny_decoder, backbone.vae_scaling_factor(), setup.guidance_decoder_path)
+    decoder.check_fits(backbone.latent_channels, backbone.vae_scale_factor)
+    return decoder, {"name": "tiny", "source": setup.guidance_decoder_source, **decoder.describe()}
 
 
 def generate_one(
@@ -548,7 +602,7 @@ def _sample_videos(setup: RunSetup, models: Models, prompt: str, sampler: Sample
         from mpcore.motionprompt import MotionPrompt
 
         # a fresh guidance object per video: the token starts from its init word, the trace is empty
-        guidance = MotionPrompt(setup.motion, models.flow_estimator, models.discriminator)
+        guidance = MotionPrompt(setup.motion, models.flow_estimator, models.discriminator, models.guidance_decoder)
         start = time.perf_counter()
         results["motionprompt"] = sample(models.backbone, prompt, sampler, guidance, setup.progress, "motionprompt")
         timings["motionprompt_s"] = time.perf_counter() - start
@@ -591,6 +645,7 @@ def _run_manifest(setup: RunSetup, models: Models, prompt: str, sampler: Sampler
         if setup.guided else None,
         flow=models.flow_info,
         discriminator=models.discriminator_info,
+        guidance_decoder=models.guidance_decoder_info,
         device=str(setup.device),
         kernels=os.environ.get("MPCORE_KERNELS", "auto"),
         dtype=str(setup.dtype).replace("torch.", ""),

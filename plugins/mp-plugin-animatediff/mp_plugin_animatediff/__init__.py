@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from mpcore import hookimpl
-from mpcore.backbones import defaults_by_model, lazy_load
+from mpcore.backbones import defaults_by_model, lazy_load, sd_tiny_decoder
 from mpcore.interfaces import BackboneSpec
 
 __version__ = "0.1.0"
@@ -32,6 +32,14 @@ def default_discriminator(model: str | None) -> str | None:
     from mp_plugin_animatediff.toy import TOY_MODEL, toy_paths
 
     return str(toy_paths()["discriminator"]) if model == TOY_MODEL else None
+
+
+def default_guidance_decoder(model: str | None) -> str | None:
+    """``-o guidance_decoder=tiny``: the toy model ships a tiny decoder distilled from its own VAE
+    (scripts/distill_tiny_decoder.py); SD-1.5 models use TAESD; the random tiny model has none."""
+    from mp_plugin_animatediff.toy import TOY_MODEL, toy_paths
+
+    return str(toy_paths()["tiny_decoder"]) if model == TOY_MODEL else sd_tiny_decoder(model)
 
 
 def check(model: str | None, motion_adapter: str | None = None, base_config: str | None = None, **_) -> None:
@@ -67,6 +75,7 @@ def register_backbones(register):
             motionprompt_defaults=motionprompt_defaults,
             sampler_defaults=sampler_defaults,
             default_discriminator=default_discriminator,
+            default_guidance_decoder=default_guidance_decoder,
             options=[
                 click.Option(
                     ["--motion-adapter"],

@@ -7,7 +7,8 @@ cross-attention, AutoencoderKL with 4x down-sampling, CLIP text encoder with CLI
 49408-token vocabulary) plus a ``MotionAdapter`` folder (``toy/motion_adapter``), loaded through the
 same code path as downloaded models. ``toy/discriminator.safetensors`` (+ ``.json``) is its flow
 discriminator, trained by ``mpcore disc train`` on TV-L1 flows of real procedural clips versus the
-model's own videos (``scripts/train_toy_disc.sh``).
+model's own videos (``scripts/train_toy_disc.sh``). ``toy/tiny_decoder`` is a diffusers AutoencoderTiny
+distilled from its VAE (``scripts/distill_tiny_decoder.py``): ``-o guidance_decoder=tiny``'s default here.
 
 ``mpcore run --prompt "a red circle moving right over a striped background"`` (no backbone, no
 model) uses it; see ``toy/MODEL_CARD.md`` for what it was trained on and how well it does.
@@ -45,6 +46,7 @@ def toy_paths() -> dict[str, Path]:
         "base": folder / "base",
         "motion_adapter": folder / "motion_adapter",
         "discriminator": folder / "discriminator.safetensors",
+        "tiny_decoder": folder / "tiny_decoder",
     }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from mpcore import hookimpl
-from mpcore.backbones import defaults_by_model, lazy_load
+from mpcore.backbones import defaults_by_model, lazy_load, sd_tiny_decoder
 from mpcore.interfaces import BackboneSpec
 
 __version__ = "0.1.0"
@@ -69,6 +69,7 @@ def register_backbones(register):
             "--model tiny (random) runs anywhere",
             motionprompt_defaults=motionprompt_defaults,
             sampler_defaults=sampler_defaults,
+            default_guidance_decoder=sd_tiny_decoder,  # SD v1.4's VAE: TAESD
             expected_keys=expected_keys,
             read_weights=read_weights,
             options=[

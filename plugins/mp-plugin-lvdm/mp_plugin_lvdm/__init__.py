@@ -22,7 +22,7 @@ from __future__ import annotations
 import click
 
 from mpcore import hookimpl
-from mpcore.backbones import defaults_by_model, lazy_load
+from mpcore.backbones import defaults_by_model, lazy_load, sd_tiny_decoder
 from mpcore.interfaces import BackboneSpec
 
 __version__ = "0.1.0"
@@ -119,6 +119,7 @@ def register_backbones(register):
             "--model tiny (random) runs anywhere",
             motionprompt_defaults=videocrafter2_motionprompt_defaults,
             sampler_defaults=defaults_by_model(VIDEOCRAFTER2_SAMPLER_DEFAULTS, tiny=_TINY_SAMPLER_DEFAULTS),
+            default_guidance_decoder=sd_tiny_decoder,  # the SD VAE's latent space: TAESD
             expected_keys=_expected_keys("videocrafter2"),
             read_weights=read_weights,
             options=[
@@ -138,6 +139,7 @@ def register_backbones(register):
             "model.ckpt (--model); --model tiny (random) runs anywhere",
             motionprompt_defaults=dynamicrafter_motionprompt_defaults,
             sampler_defaults=defaults_by_model(DYNAMICRAFTER_SAMPLER_DEFAULTS, tiny=_TINY_SAMPLER_DEFAULTS),
+            default_guidance_decoder=sd_tiny_decoder,  # the SD VAE's latent space: TAESD
             expected_keys=_expected_keys("dynamicrafter"),
             read_weights=read_weights,
             options=[

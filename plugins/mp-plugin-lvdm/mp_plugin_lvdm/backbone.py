@@ -63,6 +63,10 @@ class LVDMBackbone(Backbone):
             return self.scale_factor
         return self.scale_factor * float(self.scale_arr[int(t)])
 
+    def vae_scaling_factor(self) -> float:
+        """The VAE's own scale factor (0.18215, without scale_arr): the SD latent space's convention."""
+        return self.scale_factor
+
     def decode(self, latents: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
         """Frame by frame ``decoder(post_quant_conv(z))`` (decode_first_stage_2DAE)."""
         decoder = self.vae.decoder
