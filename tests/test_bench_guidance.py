@@ -20,13 +20,13 @@ def load_bench():
 
 def test_bench_guidance_smoke(tmp_path):
     bench = load_bench()
-    summary = bench.main(["--smoke", "--device", "cpu", "--out", str(tmp_path)])
+    summary = bench.main(["--smoke", "--device", "cpu", "--out", str(tmp_path), "--modes", "baseline,fast,fast-tiny"])
 
     json_path = tmp_path / "bench_guidance_tiny-smoke_cpu.json"
     assert Path(summary["json_path"]) == json_path
     data = json.loads(json_path.read_text())
     rows = {row["mode"]: row for row in data["rows"]}
-    assert set(rows) == {"baseline", "fast"}
+    assert set(rows) == {"baseline", "fast", "fast-tiny"}
     for row in rows.values():
         assert row["wall_s"] > 0
         assert row["steps"] == 4 and row["frames"] == 8 and row["size"] == [64, 64]
@@ -38,15 +38,20 @@ def test_bench_guidance_smoke(tmp_path):
     assert fast["iterations"] == 3 and fast["checkpoint_denoiser"] is False
     assert fast["opt_range"] == [0, 1]  # the paper's (4, 15) at 50 steps, scaled to 4 steps
     assert fast["skipped_updates"] == 0  # gradients reached the token
+    assert fast["guidance_decoder"] == "full" and fast["tiny_decoder"] is None
+    tiny = rows["fast-tiny"]  # the same guidance, the guided frames decoded by a random TAESD-architecture decoder
+    assert tiny["guidance_decoder"] == "tiny" and tiny["tiny_decoder"]["class"] == "AutoencoderTiny"
+    assert tiny["iterations"] == 3 and tiny["skipped_updates"] == 0 and max(tiny["token_drift_l2"]) > 0
     ratio = data["ratios"]["fast/baseline"]
     assert ratio["time"] > 0 and ratio["mem_total"] > 0
-    assert {t["mode"] for t in data["targets"]} == {"fast", "lean"}
+    assert {t["mode"] for t in data["targets"]} == {"fast", "lean", "fast-tiny", "lean-tiny"}
+    assert {t["quantity"] for t in data["targets"] if t["mode"].startswith("lean")} == {"time", "mem_total"}
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
 
     md = (tmp_path / "bench_guidance.md").read_text()
     assert md.startswith("# MotionPrompt guidance cost")
     table_rows = [line for line in md.splitlines() if line.startswith("| tiny (smoke) | cpu |")]
-    assert [line.split("|")[3].strip() for line in table_rows] == ["baseline", "fast"]
+    assert [line.split("|")[3].strip() for line in table_rows] == ["baseline", "fast", "fast-tiny"]
 
 
 def test_real_random_is_accepted_for_every_backbone_at_its_real_size():
