@@ -5,7 +5,7 @@ latent space instead of its full VAE. For SD-family models that is TAESD; the to
 toy``: a 4x VAE at 32x32, its own latent space) needs its own, which this script makes on a CPU in
 a few minutes:
 
-    python scripts/distill_tiny_decoder.py --out /tmp/toy_tiny_decoder            # ~3 min on 2 cores
+    python scripts/distill_tiny_decoder.py --out /tmp/toy_tiny_decoder    # 2-6 min on 2 shared CPU cores
     python scripts/distill_tiny_decoder.py --install                              # into the toy's package data
 
 The student is diffusers' ``AutoencoderTiny`` decoder (TAESD's architecture: clamp, conv, blocks of three
