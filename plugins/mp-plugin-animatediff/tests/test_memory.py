@@ -1,11 +1,11 @@
-"""Memory of the AnimateDiff backbone (issue 18): denoiser checkpointing of whole blocks, so a guided step
-keeps only block inputs; no second copy of the motion modules."""
+"""Memory of the AnimateDiff backbone (issue 18): denoiser checkpointing of whole layers, so a guided step
+keeps only layer inputs; no second copy of the motion modules."""
 
 from __future__ import annotations
 
 import torch
 
-from mp_plugin_animatediff.backbone import load
+from mp_plugin_animatediff.backbone import load, unet_layers
 
 
 def _saved_bytes_and_grad(backbone, checkpointing: bool):
@@ -34,7 +34,7 @@ def test_block_checkpointing_keeps_a_small_fraction_and_the_same_gradient():
     backbone = load("tiny", seed=0)
     plain_bytes, plain_grad = _saved_bytes_and_grad(backbone, False)
     lean_bytes, lean_grad = _saved_bytes_and_grad(backbone, True)
-    # diffusers' ResNet-only checkpointing keeps about half; whole blocks keep only their inputs
+    # diffusers' ResNet-only checkpointing keeps about half; whole layers keep only their inputs
     assert lean_bytes < 0.2 * plain_bytes, (lean_bytes, plain_bytes)
     assert torch.equal(plain_grad, lean_grad)
     assert plain_grad.abs().sum() > 0
@@ -42,7 +42,8 @@ def test_block_checkpointing_keeps_a_small_fraction_and_the_same_gradient():
 
 def test_switching_checkpointing_off_restores_the_blocks():
     backbone = load("tiny", seed=0)
-    blocks = [*backbone.unet.down_blocks, backbone.unet.mid_block, *backbone.unet.up_blocks]
+    blocks = unet_layers(backbone.unet)
+    assert any(type(block).__name__ == "AnimateDiffTransformer3D" for block in blocks)  # motion modules too
     backbone.set_denoiser_checkpointing(True)
     backbone.set_denoiser_checkpointing(True)  # idempotent: not wrapped twice
     assert all("forward" in vars(block) for block in blocks)
