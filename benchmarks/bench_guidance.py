@@ -615,6 +615,15 @@ def _x(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}x"
 
 
+def target_notes(row: dict[str, Any], targets: list[dict[str, Any]]) -> list[str]:
+    """A guided row's notes: each target of its mode, met or not, and any skipped token updates."""
+    notes = [f"target {check['quantity']} <= {check['limit']}x: {'met' if check['met'] else 'NOT met'}"
+             for check in targets if check["mode"] == row["mode"] and check["met"] is not None]
+    if row.get("skipped_updates"):
+        notes.append(f"{row['skipped_updates']} skipped updates")
+    return notes
+
+
 def markdown_rows(summary: dict[str, Any]) -> list[str]:
     rows, ratios, cpu = summary["rows"], summary["ratios"], summary["cpu"]
     config = summary["config"] + (" (smoke)" if summary["smoke"] else "")
@@ -634,11 +643,7 @@ def markdown_rows(summary: dict[str, Any]) -> list[str]:
             notes.append(f"K={row['iterations']} range {row['opt_range']} calls/estimate {row.get('estimate_calls', 1)}")
             if cpu and ratio.get("mem_total") is not None:
                 notes.append(f"total-RSS ratio {_x(ratio['mem_total'])}")
-            for check in summary["targets"]:
-                if check["mode"] == row["mode"] and check["met"] is not None:
-                    notes.append(f"target {check['quantity']} <= {check['limit']}x: {'met' if check['met'] else 'NOT met'}")
-            if row.get("skipped_updates"):
-                notes.append(f"{row['skipped_updates']} skipped updates")
+            notes += target_notes(row, summary["targets"])
         if summary["repeats"] > 1:
             notes.append(f"median of {summary['repeats']}")
         stall = row.get("cpu_stall_fraction")

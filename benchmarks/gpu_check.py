@@ -396,11 +396,7 @@ def guidance_table_rows(part: dict[str, Any], cuda: bool) -> list[list[str]]:
             notes = []
             if not base:
                 notes.append(f"K={row['iterations']} range {row['opt_range']}")
-                for check in run["targets"]:
-                    if check["mode"] == row["mode"] and check["met"] is not None:
-                        notes.append(f"target {check['quantity']} <= {check['limit']}x: {'met' if check['met'] else 'NOT met'}")
-                if row.get("skipped_updates"):
-                    notes.append(f"{row['skipped_updates']} skipped updates")
+                notes += bench_guidance.target_notes(row, run["targets"])
             stall = row.get("cpu_stall_fraction")
             if stall is not None and stall > bench_guidance.STALL_WARN:
                 notes.append(f"cpu stall {stall:.0%} (CONTENDED)")

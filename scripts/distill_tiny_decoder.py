@@ -135,7 +135,7 @@ def psnr(decoder, latents: torch.Tensor, target: torch.Tensor) -> float:
     return float(10 * torch.log10(1 / mse))
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=None, help="output folder (diffusers AutoencoderTiny)")
     parser.add_argument("--install", action="store_true", help=f"write into {TOY_FOLDER / 'tiny_decoder'}")
@@ -154,6 +154,51 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if (args.out is None) == (not args.install):
         parser.error("give exactly one of --out DIR and --install")
+    return args
+
+
+def distill(decoder, latents: torch.Tensor, targets: torch.Tensor, args) -> tuple[int, list[dict], float]:
+    """Train the decoder's weights on (latent, full decode) pairs: Adam, cosine lr to 5%, a time cap.
+    Returns (steps done, the loss log, seconds)."""
+    optimizer = torch.optim.Adam(list(decoder.model.decoder.parameters()), lr=args.lr)
+    generator = torch.Generator().manual_seed(args.seed)
+    train_start, step, log = time.perf_counter(), 0, []
+    for step in range(1, args.steps + 1):
+        lr = args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        index = torch.randint(0, len(latents), (args.batch,), generator=generator)
+        loss = image_loss(decoder(latents[index]), targets[index])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % 250 == 0 or step == 1:
+            elapsed = time.perf_counter() - train_start
+            log.append({"step": step, "loss": float(loss.detach()), "seconds": round(elapsed, 1)})
+            print(f"step {step}: loss {float(loss.detach()):.4f} ({elapsed:.0f} s)", flush=True)
+        if time.perf_counter() - train_start > 60 * args.minutes:
+            print(f"time cap reached at step {step}", flush=True)
+            break
+    return step, log, time.perf_counter() - train_start
+
+
+def save(student, out: Path, record: dict) -> None:
+    """The decoder (fp16) and its training record into ``out``, written to a temporary sibling folder
+    and renamed, so ``out`` is never left half-written."""
+    partial = out.with_name(f".{out.name}.partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    student.half().save_pretrained(partial)
+    (partial / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    for path in partial.iterdir():
+        path.chmod(0o644)  # package data: readable by all (save_pretrained writes the weights 0600)
+    if out.exists():
+        shutil.rmtree(out)
+    partial.rename(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     out = TOY_FOLDER / "tiny_decoder" if args.install else args.out
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -176,37 +221,12 @@ def main(argv: list[str] | None = None) -> None:
     student = build_student(args.channels, blocks, backbone.vae_scale_factor, backbone.latent_channels, args.seed)
     student.encoder.requires_grad_(False)
     decoder = TinyDecoder(student, backbone.vae_scaling_factor(), source=str(out))
-    params = [p for p in student.decoder.parameters()]
-    optimizer = torch.optim.Adam(params, lr=args.lr)
-    generator = torch.Generator().manual_seed(args.seed)
-    train_start, step, log = time.perf_counter(), 0, []
-    for step in range(1, args.steps + 1):
-        lr = args.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        index = torch.randint(0, len(latents), (args.batch,), generator=generator)
-        loss = image_loss(decoder(latents[index]), targets[index])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if step % 250 == 0 or step == 1:
-            elapsed = time.perf_counter() - train_start
-            log.append({"step": step, "loss": float(loss.detach()), "seconds": round(elapsed, 1)})
-            print(f"step {step}: loss {float(loss.detach()):.4f} ({elapsed:.0f} s)", flush=True)
-        if time.perf_counter() - train_start > 60 * args.minutes:
-            print(f"time cap reached at step {step}", flush=True)
-            break
-    train_s = time.perf_counter() - train_start
+    step, log, train_s = distill(decoder, latents, targets, args)
 
     student.eval()
     scores = {f"psnr_db_{name}": psnr(decoder, held[name], held_targets[name]) for name in held}
     print("held-out PSNR vs the full VAE decode: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
-    if out.exists():
-        shutil.rmtree(out)
-    student.half().save_pretrained(out)
-    for path in out.iterdir():
-        path.chmod(0o644)  # package data: readable by all (save_pretrained writes the weights 0600)
-    record = {
+    save(student, out, {
         "what": "tiny guidance decoder of the toy model's VAE latent space (diffusers AutoencoderTiny); "
                 "decoder distilled from the toy VAE's decoder, encoder untrained (unused)",
         "script": "scripts/distill_tiny_decoder.py",
@@ -218,11 +238,9 @@ def main(argv: list[str] | None = None) -> None:
         "held_out": {"clips": args.eval_clips, **{k: round(v, 2) for k, v in scores.items()}},
         "seconds": {"data": round(data_s, 1), "train": round(train_s, 1)},
         "log": log,
-    }
-    (out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    })
     size = sum(p.stat().st_size for p in out.iterdir())
     print(f"wrote {out} ({size / 1024:.0f} KiB)")
-
 
 if __name__ == "__main__":
     main()

@@ -50,8 +50,8 @@ class AnimateDiffBackbone(FrameByFrameVAE, Backbone):
 
     def set_denoiser_checkpointing(self, enabled: bool) -> None:
         """Checkpoint every layer of the UNet's down, mid and up blocks (ResNet, spatial transformer,
-        motion module, resampler) as a whole (see :func:`checkpoint_blocks`)."""
-        checkpoint_blocks(unet_layers(self.unet), enabled)
+        motion module, resampler) as a whole (see :func:`checkpoint_each`)."""
+        checkpoint_each(unet_layers(self.unet), enabled)
 
     def describe(self) -> dict[str, Any]:
         return describe(
@@ -77,7 +77,7 @@ def unet_layers(unet) -> list[torch.nn.Module]:
     return layers
 
 
-def checkpoint_blocks(blocks: list[torch.nn.Module], enabled: bool) -> None:
+def checkpoint_each(modules: list[torch.nn.Module], enabled: bool) -> None:
     """Gradient checkpointing of each module in ``blocks`` as a whole: only its inputs are kept for
     the backward pass, which runs its forward again (same ops, same gradient).
 
@@ -87,12 +87,12 @@ def checkpoint_blocks(blocks: list[torch.nn.Module], enabled: bool) -> None:
     the backward then holds one layer's activations at a time, not a whole block's (live peak of a
     lean guided step on the mid model: 350 MiB per block, 191 MiB per layer). Idempotent;
     ``enabled=False`` restores the modules' own ``forward``."""
-    for block in blocks:
-        wrapped = "forward" in vars(block)
+    for module in modules:
+        wrapped = "forward" in vars(module)
         if enabled and not wrapped:
-            block.forward = functools.partial(_checkpointed_forward, block.forward)
+            module.forward = functools.partial(_checkpointed_forward, module.forward)
         elif not enabled and wrapped:
-            del block.forward
+            del module.forward
 
 
 def drop_adapter_copy(pipe: AnimateDiffPipeline) -> None:
