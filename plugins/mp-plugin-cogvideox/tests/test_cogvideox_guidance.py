@@ -62,3 +62,16 @@ def test_defaults_hold_together():
         config.validate(sampler, latent_frames)
     assert MotionPromptConfig(**COGVIDEOX_MOTIONPROMPT_DEFAULTS).resolved_opt_range(50) == (4, 15)
     assert COGVIDEOX_SAMPLER_DEFAULTS == dict(frames=49, height=480, width=720, steps=50, cfg_scale=6.0)
+
+
+def test_rollout_estimate_and_gate_probe_on_the_dpm_rotary_model(flow_estimator, discriminator):
+    """The 5b-style model (DPM scheduler, rotary embeddings): the rollout estimate's DDIM steps read the
+    same alphas_cumprod, and the gate probe decodes its pairs through the same window."""
+    backbone = load("tiny", tiny_variant="5b")
+    sampler = SamplerConfig(frames=9, height=32, width=32, steps=4, cfg_scale=6.0, seed=0)
+    config = MotionPromptConfig(**{**COGVIDEOX_MOTIONPROMPT_DEFAULTS, "opt_range": (1, 2), "iterations": 1,
+                                   "estimate": "rollout", "rollout_steps": 2, "probe_pairs": 1})
+    info = sample(backbone, PROMPT, sampler, MotionPrompt(config, flow_estimator, discriminator), progress=False).guidance
+    probe = info["trace"][1]["probe"]
+    assert info["token_drift_l2"][0] > 0 and info["skipped_updates"] == 0
+    assert probe["disc_before"] != probe["disc_after"]  # the updated token changes the estimate
