@@ -81,10 +81,6 @@ class CogVideoXBackbone(Backbone):
                 f"--max-sequence-length {self.max_sequence_length}: this CogVideoX transformer adds sincos position "
                 f"embeddings for exactly {config.max_text_seq_length} text tokens (max_text_seq_length; CogVideoX-2b); "
                 "leave --max-sequence-length unset")
-        # transformers 5's T5EncoderModel holds two Embedding modules sharing one weight: `shared` (its
-        # get_input_embeddings(), where T5TextTokens hooks the learnable rows) and `encoder.embed_tokens`
-        # (the one its forward calls). Make them one module, so the hook sees the encoder's lookups.
-        pipe.text_encoder.set_input_embeddings(pipe.text_encoder.get_input_embeddings())
         self.text = T5TextTokens(pipe.tokenizer, pipe.text_encoder, device, dtype, self.max_sequence_length,
                                  attention_mask=False, zero_padding=False)
         self._rotary_cache: dict[tuple[int, int, int], Any] = {}
