@@ -3,7 +3,7 @@
 
 One invocation measures every requested mode for one backbone configuration and reports
 ``fast/baseline`` and ``lean/baseline`` ratios of time and memory (``--backbone``: animatediff, the
-default, lavie, videocrafter2 or dynamicrafter; the guided modes take that backbone's paper settings):
+default, lavie, videocrafter2, dynamicrafter or wan; the guided modes take that backbone's paper settings):
 
 * ``baseline`` -- :func:`mpcore.sampling.sample` with ``guidance=None``;
 * ``fast``     -- MotionPrompt with the paper's AnimateDiff settings
@@ -92,7 +92,9 @@ CONFIGS: dict[str, dict[str, Any]] = {
 REAL_RANDOM = "real-random"
 """The config of the backbone's official architecture with random weights, at its real video size."""
 CONFIG_CHOICES = (*CONFIGS, REAL_RANDOM)
-BACKBONES = ("animatediff", "lavie", "videocrafter2", "dynamicrafter")
+BACKBONES = ("animatediff", "lavie", "videocrafter2", "dynamicrafter", "wan")
+CAUSAL_VAE_BACKBONES = ("wan",)
+"""Backbones whose causal video VAE refuses -o guidance_decoder=tiny: no -tiny modes by default."""
 ANIMATEDIFF_ONLY = ("mid", "real")
 # module of each backbone's real-size random-weights builder (load_random_real, REAL_SAMPLER / real_sampler)
 RANDOM_REAL = {
@@ -100,6 +102,7 @@ RANDOM_REAL = {
     "lavie": "mp_plugin_lavie.random_real",
     "videocrafter2": "mp_plugin_lvdm.random_real",
     "dynamicrafter": "mp_plugin_lvdm.random_real",
+    "wan": "mp_plugin_wan.random_real",
 }
 WORKER_TAIL_LINES = 40
 """The last lines of a failed worker's stderr kept in the error (e.g. a CUDA out-of-memory message)."""
@@ -168,7 +171,8 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.steps is None:
         args.steps = SMOKE_STEPS if args.smoke else 50
     if args.modes is None:
-        args.modes = "baseline,fast" if args.smoke else ",".join(MODES)
+        args.modes = "baseline,fast" if args.smoke else ",".join(
+            m for m in MODES if not (args.backbone in CAUSAL_VAE_BACKBONES and m.endswith(TINY_SUFFIX)))
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = [m for m in modes if m not in MODES]
     if unknown or not modes:
