@@ -3,8 +3,11 @@
 For x_t and the model output of shape (B, C, F, H, W), a = alphas_cumprod[t] and frame indices
 k_0 .. k_{K-1} (duplicates allowed):
 
-    epsilon:       x0 = (x_t - sqrt(1 - a) * eps) / sqrt(a)
-    v_prediction:  x0 = sqrt(a) * x_t - sqrt(1 - a) * v
+    epsilon:        x0 = (x_t - sqrt(1 - a) * eps) / sqrt(a)
+    v_prediction:   x0 = sqrt(a) * x_t - sqrt(1 - a) * v
+    flow_matching:  x0 = x_t - sigma * v    (rectified flow, x_t = (1 - sigma) x0 + sigma * noise and
+                                            v = noise - x0, as Wan's and SD3's schedulers define it;
+                                            sigma from the scheduler's ``sigmas``, not alphas_cumprod)
 
 and the result is ``x0 / latent_scale`` at the selected frames only, as a contiguous
 (B * K, C, H, W) tensor ordered b-major then k (row b * K + k is frame k_k of video b), in the
@@ -18,12 +21,15 @@ The two coefficients are folded on the host in float64 (s = latent_scale):
     out = c_x * x_t - c_m * model_out
     epsilon:       c_x = 1 / (sqrt(a) * s),  c_m = sqrt(1 - a) / (sqrt(a) * s)
     v_prediction:  c_x = sqrt(a) / s,        c_m = sqrt(1 - a) / s
+    flow_matching: c_x = 1 / s,              c_m = sigma / s
 
 and reach the kernels as a 2-element tensor in the accumulation dtype rather than as float
 arguments, which Triton types as fp32 (that would round them on the float64 path). The folded
 form differs from the reference's operation order by a few ulp in float32.
 
-``alpha_bar`` and ``latent_scale`` are constants here: no gradient flows to them.
+``alpha_bar``, ``sigma`` and ``latent_scale`` are constants here: no gradient flows to them. v-prediction
+accepts a = 0 (zero terminal SNR, e.g. DynamiCrafter's first trailing step: x0 = -v there); epsilon
+needs a > 0.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import torch
 
 from mpcore_kernels._dispatch import accumulation_dtype, triton_available, use_triton
 
-PREDICTION_TYPES = ("epsilon", "v_prediction")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "flow_matching")
 
 _MAX_BLOCK = 1024
 
@@ -247,11 +253,13 @@ def _check_inputs(
     x_t: torch.Tensor,
     model_out: torch.Tensor,
     frame_index: Sequence[int] | torch.Tensor,
-    alpha_bar: float | torch.Tensor,
+    alpha_bar: float | torch.Tensor | None,
     prediction_type: str,
     latent_scale: float | torch.Tensor,
+    sigma: float | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, float, float]:
-    """Validate; return the frame indices as an int64 tensor on x_t's device, a and the scale."""
+    """Validate; return the frame indices as an int64 tensor on x_t's device, the noise level (a, or
+    sigma for flow matching) and the scale."""
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"unsupported prediction_type {prediction_type!r}; allowed: {', '.join(PREDICTION_TYPES)}")
     if x_t.dim() != 5:
@@ -282,27 +290,42 @@ def _check_inputs(
         if any(v < 0 or v >= num_frames for v in values):
             raise ValueError(f"frame_index {values} out of range for {num_frames} frames")
         index = torch.tensor(values, dtype=torch.int64, device=x_t.device)
-        return _finish_check(x_t, index, alpha_bar, latent_scale)
+        return _finish_check(index, alpha_bar, sigma, prediction_type, latent_scale)
     num_frames = x_t.shape[2]
     # a tensor of indices: checked on its own device (costs a sync on CUDA; pass a list to avoid it)
     if index.numel() and (int(index.min()) < 0 or int(index.max()) >= num_frames):
         raise ValueError(f"frame_index {index.tolist()} out of range for {num_frames} frames")
-    return _finish_check(x_t, index, alpha_bar, latent_scale)
+    return _finish_check(index, alpha_bar, sigma, prediction_type, latent_scale)
 
 
-def _finish_check(x_t: torch.Tensor, index: torch.Tensor, alpha_bar, latent_scale) -> tuple[torch.Tensor, float, float]:
-    a = _as_float(alpha_bar, "alpha_bar")
-    if not 0.0 < a <= 1.0:
-        raise ValueError(f"alpha_bar must be in (0, 1], got {a}")
+def _finish_check(index: torch.Tensor, alpha_bar, sigma, prediction_type: str,
+                  latent_scale) -> tuple[torch.Tensor, float, float]:
+    if prediction_type == "flow_matching":
+        if sigma is None or alpha_bar is not None:
+            raise ValueError("flow_matching takes sigma= (the scheduler's sigma_t) and alpha_bar=None")
+        level = _as_float(sigma, "sigma")
+        if not 0.0 <= level <= 1.0:
+            raise ValueError(f"sigma must be in [0, 1], got {level}")
+    else:
+        if sigma is not None or alpha_bar is None:
+            raise ValueError(f"{prediction_type} takes alpha_bar (alphas_cumprod[t]) and no sigma")
+        level = _as_float(alpha_bar, "alpha_bar")
+        low_ok = level > 0.0 if prediction_type == "epsilon" else level >= 0.0
+        if not (low_ok and level <= 1.0):
+            allowed = "(0, 1]" if prediction_type == "epsilon" else "[0, 1]"
+            raise ValueError(f"alpha_bar must be in {allowed} for {prediction_type}, got {level}")
     scale = _as_float(latent_scale, "latent_scale")
     if scale == 0.0 or not math.isfinite(scale):
         raise ValueError(f"latent_scale must be finite and non-zero, got {scale}")
-    return index, a, scale
+    return index, level, scale
 
 
-def _coefficients(a: float, scale: float, prediction_type: str) -> tuple[float, float]:
-    """(c_x, c_m) with out = c_x * x_t - c_m * model_out, in float64."""
-    sqrt_a, sqrt_1ma = math.sqrt(a), math.sqrt(1.0 - a)
+def _coefficients(level: float, scale: float, prediction_type: str) -> tuple[float, float]:
+    """(c_x, c_m) with out = c_x * x_t - c_m * model_out, in float64; ``level`` is a (epsilon,
+    v-prediction) or sigma (flow matching)."""
+    if prediction_type == "flow_matching":
+        return 1.0 / scale, level / scale
+    sqrt_a, sqrt_1ma = math.sqrt(level), math.sqrt(1.0 - level)
     if prediction_type == "epsilon":
         return 1.0 / (sqrt_a * scale), sqrt_1ma / (sqrt_a * scale)
     return sqrt_a / scale, sqrt_1ma / scale
@@ -313,13 +336,14 @@ def subset_tweedie_reference(
     x_t: torch.Tensor,
     model_out: torch.Tensor,
     frame_index: Sequence[int] | torch.Tensor,
-    alpha_bar: float | torch.Tensor,
+    alpha_bar: float | torch.Tensor | None,
     *,
     prediction_type: str = "epsilon",
     latent_scale: float | torch.Tensor = 1.0,
+    sigma: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Pure-torch definition: gather the frames, apply the Tweedie formula, undo the latent scale."""
-    index, a, scale = _check_inputs(x_t, model_out, frame_index, alpha_bar, prediction_type, latent_scale)
+    index, level, scale = _check_inputs(x_t, model_out, frame_index, alpha_bar, prediction_type, latent_scale, sigma)
     acc = accumulation_dtype(model_out.dtype)
     b, c, _, h, w = x_t.shape
     k = index.numel()
@@ -328,11 +352,12 @@ def subset_tweedie_reference(
         return t.index_select(2, index).permute(0, 2, 1, 3, 4).reshape(b * k, c, h, w).to(acc)
 
     x, m = gather(x_t), gather(model_out)
-    sqrt_a, sqrt_1ma = math.sqrt(a), math.sqrt(1.0 - a)
-    if prediction_type == "epsilon":
-        x0 = (x - sqrt_1ma * m) / sqrt_a
+    if prediction_type == "flow_matching":
+        x0 = x - level * m  # sigma_t * v
+    elif prediction_type == "epsilon":
+        x0 = (x - math.sqrt(1.0 - level) * m) / math.sqrt(level)
     else:
-        x0 = sqrt_a * x - sqrt_1ma * m
+        x0 = math.sqrt(level) * x - math.sqrt(1.0 - level) * m
     return (x0 / scale).contiguous()
 
 
@@ -340,10 +365,11 @@ def subset_tweedie(
     x_t: torch.Tensor,
     model_out: torch.Tensor,
     frame_index: Sequence[int] | torch.Tensor,
-    alpha_bar: float | torch.Tensor,
+    alpha_bar: float | torch.Tensor | None,
     *,
     prediction_type: str = "epsilon",
     latent_scale: float | torch.Tensor = 1.0,
+    sigma: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Tweedie x0 / latent_scale at the selected frames, (B * K, C, H, W); see the module docstring.
 
@@ -352,11 +378,12 @@ def subset_tweedie(
     """
     if not use_triton(x_t, model_out):
         return subset_tweedie_reference(
-            x_t, model_out, frame_index, alpha_bar, prediction_type=prediction_type, latent_scale=latent_scale
+            x_t, model_out, frame_index, alpha_bar, prediction_type=prediction_type, latent_scale=latent_scale,
+            sigma=sigma,
         )
-    index, a, scale = _check_inputs(x_t, model_out, frame_index, alpha_bar, prediction_type, latent_scale)
+    index, level, scale = _check_inputs(x_t, model_out, frame_index, alpha_bar, prediction_type, latent_scale, sigma)
     # the two coefficients go in as a 2-element tensor in the accumulation dtype: Triton types a python
     # float kernel argument as fp32, which would round them for the float64 path
     acc = accumulation_dtype(model_out.dtype)
-    coefs = torch.tensor(_coefficients(a, scale, prediction_type), dtype=acc, device=x_t.device)
+    coefs = torch.tensor(_coefficients(level, scale, prediction_type), dtype=acc, device=x_t.device)
     return _SubsetTweedie.apply(x_t, model_out, index, coefs)

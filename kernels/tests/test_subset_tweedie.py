@@ -223,7 +223,7 @@ def test_invalid_arguments(monkeypatch, impl):
         subset_tweedie(x_t, x_t, [0, -1], 0.5)
     with pytest.raises(ValueError, match="out of range"):
         subset_tweedie(x_t, x_t, torch.tensor([5]), 0.5)
-    with pytest.raises(ValueError, match="epsilon, v_prediction"):
+    with pytest.raises(ValueError, match="epsilon, v_prediction, flow_matching"):
         subset_tweedie(x_t, x_t, [0], 0.5, prediction_type="sample")
     with pytest.raises(ValueError, match="integer"):
         subset_tweedie(x_t, x_t, torch.tensor([0.0]), 0.5)
@@ -232,7 +232,7 @@ def test_invalid_arguments(monkeypatch, impl):
     with pytest.raises(ValueError, match="shape"):
         subset_tweedie(x_t, x_t[:, :, :4], [0], 0.5)
     with pytest.raises(ValueError, match="alpha_bar"):
-        subset_tweedie(x_t, x_t, [0], 0.0)
+        subset_tweedie(x_t, x_t, [0], 0.0)  # epsilon needs a > 0
 
 
 # ------------------------------------------------------------------------------ dispatch
@@ -283,3 +283,55 @@ def test_forced_triton_on_cpu_without_interpreter_raises(force_triton, monkeypat
     x_t, model_out = _inputs()
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
         subset_tweedie(x_t, model_out, [1], 0.5)
+
+
+# ------------------------------------------------------------------------------ flow matching (Wan)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("x_grad", [True, False])
+def test_flow_matching_matches_reference(force_triton, x_grad, dtype):
+    x_t, model_out = _video((2, 3, 5, 4, 6), 21, dtype), _video((2, 3, 5, 4, 6), 22, dtype)
+    _compare(x_t, model_out, [4, 0, 2, 2], None, x_grad, prediction_type="flow_matching", sigma=0.83,
+             latent_scale=0.7)
+
+
+@pytest.mark.parametrize("impl", ["triton", "torch"])
+def test_flow_matching_hand_computed_values(monkeypatch, impl):
+    # x0 = x_t - sigma * v: with sigma = 0.25, x = (1, 2), v = (0.5, -1) -> (0.875, 2.25); / s = 0.5
+    monkeypatch.setenv("MPCORE_KERNELS", impl)
+    x_t = torch.zeros(1, 1, 3, 1, 2)
+    model_out = torch.zeros(1, 1, 3, 1, 2)
+    x_t[0, 0, 2] = torch.tensor([[1.0, 2.0]])
+    model_out[0, 0, 2] = torch.tensor([[0.5, -1.0]])
+    x0 = subset_tweedie(x_t, model_out, [2], None, prediction_type="flow_matching", sigma=torch.tensor(0.25),
+                        latent_scale=0.5)
+    torch.testing.assert_close(x0, torch.tensor([[[[1.75, 4.5]]]]), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("impl", ["triton", "torch"])
+def test_flow_matching_gradcheck(monkeypatch, impl):
+    monkeypatch.setenv("MPCORE_KERNELS", impl)
+    x_t = _video((2, 1, 3, 1, 2), 23, torch.float64).requires_grad_(True)
+    model_out = _video((2, 1, 3, 1, 2), 24, torch.float64).requires_grad_(True)
+
+    def fn(x, m):
+        return subset_tweedie(x, m, [2, 0, 2], None, prediction_type="flow_matching", sigma=0.6, latent_scale=0.3)
+
+    assert torch.autograd.gradcheck(fn, (x_t, model_out), eps=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("impl", ["triton", "torch"])
+def test_noise_level_arguments(monkeypatch, impl):
+    monkeypatch.setenv("MPCORE_KERNELS", impl)
+    x_t, v = _video((1, 2, 3, 2, 2), 25), _video((1, 2, 3, 2, 2), 26)
+    with pytest.raises(ValueError, match="sigma="):
+        subset_tweedie(x_t, v, [0], 0.5, prediction_type="flow_matching")
+    with pytest.raises(ValueError, match="sigma must be in"):
+        subset_tweedie(x_t, v, [0], None, prediction_type="flow_matching", sigma=1.5)
+    with pytest.raises(ValueError, match="no sigma"):
+        subset_tweedie(x_t, v, [0], 0.5, prediction_type="v_prediction", sigma=0.5)
+    with pytest.raises(ValueError, match=r"\(0, 1\] for epsilon"):
+        subset_tweedie(x_t, v, [0], 0.0, prediction_type="epsilon")
+    # zero terminal SNR: a v-prediction model's clean estimate at a = 0 is -v
+    x0 = subset_tweedie(x_t, v, [1, 2], 0.0, prediction_type="v_prediction")
+    expected = -v[:, :, [1, 2]].permute(0, 2, 1, 3, 4).reshape(2, 2, 2, 2)
+    torch.testing.assert_close(x0, expected, atol=1e-7, rtol=0)
