@@ -40,10 +40,16 @@ class SamplerConfig:
     eta: float = 0.0
     negative_prompt: str = ""
 
-    def validate(self, spatial_multiple: int = 8) -> None:
+    def validate(self, spatial_multiple: int = 8, temporal_compression: int = 1) -> None:
+        """``spatial_multiple``: what height and width must be multiples of (the VAE's down-sampling
+        factor, times a DiT's patch size); ``temporal_compression``: pixel frames per latent frame of
+        a causal video VAE (4 for Wan and CogVideoX), whose videos have 1 + r * k frames."""
         _require(self.steps >= 1, "steps", self.steps, "an integer >= 1")
         _require(self.cfg_scale >= 0, "cfg_scale", self.cfg_scale, ">= 0 (1 disables CFG mixing)")
         _require(self.frames >= 1, "frames", self.frames, "an integer >= 1")
+        r = temporal_compression
+        _require(r == 1 or (self.frames - 1) % r == 0, "frames", self.frames,
+                 f"1 + {r} * k (the VAE compresses time {r}x after the first frame: e.g. {r + 1}, {4 * r + 1}, {20 * r + 1})")
         for name in ("height", "width"):
             value = getattr(self, name)
             _require(
@@ -120,7 +126,11 @@ class MotionPromptConfig:
             return tuple(self.opt_range)  # type: ignore[return-value]
         return scale_opt_range(self.paper_opt_range, steps)
 
-    def validate(self, sampler: SamplerConfig) -> None:
+    def validate(self, sampler: SamplerConfig, latent_frames: int | None = None) -> None:
+        """``latent_frames``: the latent frames of ``sampler.frames`` frames, if the VAE compresses time
+        (frames are then picked and decoded as latent frames); default ``sampler.frames``."""
+        frames = sampler.frames if latent_frames is None else latent_frames
+        unit = "frames" if latent_frames is None else "latent frames"
         _require(self.num_tokens >= 1, "num_tokens", self.num_tokens, "an integer >= 1")
         _require(len(self.init_words) >= 1, "init_words", self.init_words, "at least one word")
         _require(self.placement in PLACEMENTS, "placement", self.placement, " | ".join(PLACEMENTS))
@@ -133,10 +143,10 @@ class MotionPromptConfig:
             f"start < stop inside [0, steps={sampler.steps}] (half-open step indices)",
         )
         _require(
-            self.decoded_frames >= 2 and self.decoded_frames % 2 == 0 and self.decoded_frames <= sampler.frames,
+            self.decoded_frames >= 2 and self.decoded_frames % 2 == 0 and self.decoded_frames <= frames,
             "decoded_frames",
             self.decoded_frames,
-            f"an even number in [2, frames={sampler.frames}] (frames are decoded in adjacent pairs)",
+            f"an even number in [2, {unit}={frames}] (frames are decoded in adjacent pairs)",
         )
         for name in ("l_disc", "l_tv", "l_reg"):
             value = getattr(self, name)
@@ -150,10 +160,10 @@ class MotionPromptConfig:
             f"an integer in [1, {MAX_ROLLOUT_STEPS}] (model calls with gradient per estimate)",
         )
         _require(
-            0 <= self.probe_pairs and 2 * self.probe_pairs <= sampler.frames,
+            0 <= self.probe_pairs and 2 * self.probe_pairs <= frames,
             "probe_pairs",
             self.probe_pairs,
-            f"an integer in [0, frames/2 = {sampler.frames // 2}] (0 = no gate probe)",
+            f"an integer in [0, {unit}/2 = {frames // 2}] (0 = no gate probe)",
         )
         _require(self.guidance_decoder in GUIDANCE_DECODERS, "guidance_decoder", self.guidance_decoder,
                  " | ".join(GUIDANCE_DECODERS) + " (full: the backbone's VAE; tiny: an AutoencoderTiny)")

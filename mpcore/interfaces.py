@@ -75,8 +75,9 @@ class TextTokens(abc.ABC):
 class Backbone(abc.ABC):
     """A latent video diffusion model as the sampler sees it.
 
-    Latents are laid out (B, C, F, h, w). ``predict`` returns the raw model output (epsilon or v,
-    per ``prediction_type``) for a batch whose conditions are stacked along dim 0.
+    Latents are laid out (B, C, F, h, w). ``predict`` returns the raw model output (epsilon, v or
+    the flow-matching velocity, per ``prediction_type``) for a batch whose conditions are stacked
+    along dim 0.
     """
 
     name: str = "backbone"
@@ -85,13 +86,46 @@ class Backbone(abc.ABC):
     latent_channels: int = 4
     vae_scale_factor: int = 8
     prediction_type: str = "epsilon"
+    """``epsilon`` | ``v_prediction`` (clean estimate from ``alphas_cumprod[t]``) | ``flow_matching``
+    (velocity v = noise - x0; clean estimate x0 = x_t - sigma_t v with sigma_t from the scheduler's
+    ``sigmas``)."""
+    temporal_compression: int = 1
+    """Video frames per latent frame after the first: 1 for per-frame VAEs (SD family); 4 for the
+    causal 3D VAEs of Wan and CogVideoX (latent frame 0 is video frame 0 alone, latent frame k >= 1
+    holds video frames 4k-3 .. 4k)."""
+    separate_cfg_passes: bool = False
+    """Compute CFG's conditional and unconditional outputs in two model calls (conditional first), as
+    ``WanPipeline`` does, instead of one batch [uncond, cond] as the SD-family pipelines do; the two
+    agree up to float rounding, this keeps guidance-off sampling bitwise equal to the pipeline's."""
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
     text: TextTokens
 
     @abc.abstractmethod
     def make_scheduler(self):
-        """A fresh diffusers DDIMScheduler configured as the backbone is sampled."""
+        """A fresh diffusers scheduler configured as the backbone's own pipeline samples (DDIM for the
+        paper's backbones; Wan: UniPC or Euler with flow sigmas; CogVideoX: its DDIM / DPM)."""
+
+    def latent_frames(self, frames: int) -> int:
+        """The number of latent frames of a ``frames``-frame video (``1 + (frames - 1) / r`` with a
+        causal VAE compressing time r-fold)."""
+        r = self.temporal_compression
+        return frames if r == 1 else (frames - 1) // r + 1
+
+    @property
+    def latent_dtype(self) -> torch.dtype:
+        """The dtype the sampler keeps latents in: the model's (SD-family pipelines), or float32 where
+        the backbone's pipeline keeps them so (Wan)."""
+        return self.dtype
+
+    def draw_noise(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
+        """Initial Gaussian noise of latent shape (B, C, F, h, w) from ``generator``, drawn as the
+        backbone's own pipeline draws it (its layout, dtype and device decide which numbers land where).
+        Default: diffusers' ``randn_tensor`` in this layout, on the backbone's device, in
+        :attr:`latent_dtype`."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        return randn_tensor(shape, generator=generator, device=self.device, dtype=self.latent_dtype)
 
     guidance_rescale: float = 0.0
     """Rescale of the CFG output towards the conditional output's std (Lin et al. 2024, eq. 16),
@@ -129,6 +163,22 @@ class Backbone(abc.ABC):
     def decode(self, latents: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
         """Decode already-unscaled latent frames (N, C, h, w) to images (N, 3, H, W) in [-1, 1],
         one frame at a time; ``checkpoint`` enables per-block gradient checkpointing."""
+
+    def decode_pairs(self, latents: torch.Tensor, checkpoint: bool = False) -> torch.Tensor:
+        """Images of adjacent latent-frame pairs, as MotionPrompt measures flow on them: ``latents``
+        (2n, C, h, w) are the frames (a0, b0, a1, b1, ...) with b_i = a_i + 1, latent scale undone;
+        returns one pair of adjacent video frames per latent pair, (2n, 3, H, W) nominally in [-1, 1]
+        (not clamped, as :meth:`decode`), same
+        order, differentiable. Default: :meth:`decode` (one latent frame is one video frame); a causal
+        3D VAE decodes each pair as a two-latent-frame window instead."""
+        return self.decode(latents, checkpoint=checkpoint)
+
+    def decode_video(self, latents: torch.Tensor) -> torch.Tensor:
+        """The first video of final sampler latents (B, C, F, h, w), latent scale NOT undone, as frames
+        (F_video, 3, H, W) in [-1, 1], float32, no gradient. Default: undo ``latent_scale(0)`` and
+        :meth:`decode` frame by frame; a causal 3D VAE decodes the whole latent video at once."""
+        frames = latents[0].permute(1, 0, 2, 3) / self.latent_scale(0)
+        return self.decode(frames, checkpoint=False).float().clamp(-1, 1)
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Encode images (N, 3, H, W) in [-1, 1] to latent frames (N, C, h, w) WITHOUT the latent
@@ -178,6 +228,13 @@ class BackboneSpec:
     num_train_timesteps: int = 1000
     """The scheduler's training timesteps: the most sampling steps it can take (``--steps`` is checked
     against it before loading). 1000 for every backbone of the paper."""
+    spatial_multiple: int = 8
+    """Height and width must be multiples of this (VAE down-sampling, times a DiT's patch size),
+    checked before loading."""
+    temporal_compression: int = 1
+    """As :attr:`Backbone.temporal_compression`, known before loading (frames must be 1 + r k)."""
+    cuda_dtype: str = "float16"
+    """The weight dtype ``--dtype auto`` picks on CUDA (the DiT backbones run in bfloat16)."""
     kind: str = "backbone"
 
     def defaults_for(self, model: str | None) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -53,16 +53,30 @@ def rollout_indices(num_steps: int, step: int, calls: int) -> list[int]:
     return [step + (k * remaining) // calls for k in range(calls)]
 
 
-def ddim_step(x_t: torch.Tensor, model_output: torch.Tensor, alpha_bar: float, alpha_bar_next: float,
+def noise_level(scheduler, index: int, prediction_type: str) -> dict[str, Any]:
+    """The noise level of sampling step ``index`` as :func:`mpcore_kernels.subset_tweedie` takes it:
+    ``alpha_bar`` = alphas_cumprod[t] (epsilon, v-prediction), or ``sigma`` = the scheduler's
+    sigma_t (flow matching; Wan's schedulers shift their sigmas, so alphas_cumprod would be wrong)."""
+    if prediction_type == "flow_matching":
+        return {"alpha_bar": None, "sigma": scheduler.sigmas[index]}
+    return {"alpha_bar": scheduler.alphas_cumprod[int(scheduler.timesteps[index])]}
+
+
+def ddim_step(x_t: torch.Tensor, model_output: torch.Tensor, level: dict[str, Any], level_next: dict[str, Any],
               prediction_type: str) -> torch.Tensor:
-    """One deterministic DDIM step x_t -> x_s (Song et al. 2021, eq. 12 with sigma = 0).
+    """One deterministic DDIM step x_t -> x_s (Song et al. 2021, eq. 12 with sigma = 0) between the
+    noise levels ``level`` and ``level_next`` (:func:`noise_level`).
 
     x0 and eps from the model output (epsilon: x0 = (x_t - sqrt(1-a) eps) / sqrt(a); v-prediction:
     x0 = sqrt(a) x_t - sqrt(1-a) v, eps = sqrt(a) v + sqrt(1-a) x_t), then
-    x_s = sqrt(a_s) x0 + sqrt(1 - a_s) eps. Computed in float32, returned in x_t's dtype.
+    x_s = sqrt(a_s) x0 + sqrt(1 - a_s) eps. Flow matching (x_t = (1 - sigma) x0 + sigma eps, v = eps -
+    x0): the same step in that parametrization is the Euler step x_s = x_t + (sigma_s - sigma_t) v.
+    Computed in float32, returned in x_t's dtype.
     """
-    a, a_next = float(alpha_bar), float(alpha_bar_next)
     x, out = x_t.float(), model_output.float()
+    if prediction_type == "flow_matching":
+        return (x + (float(level_next["sigma"]) - float(level["sigma"])) * out).to(x_t.dtype)
+    a, a_next = float(level["alpha_bar"]), float(level_next["alpha_bar"])
     if prediction_type == "epsilon":
         eps = out
         x0 = (x - (1 - a) ** 0.5 * eps) / a**0.5
@@ -89,27 +103,28 @@ def estimate_clean_frames(
     """Clean-video estimate of the frames ``frame_index`` from x_t at sampling step ``step``.
 
     ``calls = 1``: the one-step Tweedie estimate x0_hat = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t) (the
-    v form for v-prediction), MotionPrompt's as published. ``calls = N > 1``: N - 1 deterministic
-    DDIM steps (:func:`ddim_step`) along :func:`rollout_indices`, each with a CFG model call on all
-    frames, then the Tweedie estimate at the last one; differentiable end to end, so the gradient
-    reaches ``cond`` through every call. Returns (B * len(frame_index), C, h, w) in float32 with
-    the VAE latent scale undone (:func:`mpcore_kernels.subset_tweedie`), ready to decode.
-    ``uncond_output`` is the unconditional output at (x_t, t) if already computed (it is reused only
-    for the first call: later calls see an x that depends on ``cond``).
+    v form for v-prediction, x_t - sigma_t v for flow matching), MotionPrompt's as published.
+    ``calls = N > 1``: N - 1 deterministic DDIM steps (:func:`ddim_step`) along
+    :func:`rollout_indices`, each with a CFG model call on all frames, then the Tweedie estimate at
+    the last one; differentiable end to end, so the gradient reaches ``cond`` through every call.
+    Returns (B * len(frame_index), C, h, w) in float32 with the VAE latent scale undone
+    (:func:`mpcore_kernels.subset_tweedie`), ready to decode. ``uncond_output`` is the unconditional
+    output at (x_t, t) if already computed (it is reused only for the first call: later calls see an
+    x that depends on ``cond``).
     """
     timesteps = scheduler.timesteps
+    kind = backbone.prediction_type
     indices = rollout_indices(len(timesteps), step, calls)
     x = latents
     for k, index in enumerate(indices):
         t = timesteps[index]
         output = cfg_output(backbone, x, t, cond, uncond, cfg_scale, uncond_output if k == 0 else None)
-        alpha_bar = scheduler.alphas_cumprod[int(t)]
+        level = noise_level(scheduler, index, kind)
         if k == len(indices) - 1:
             # Tweedie x0 of the selected frames only -> (B * K, C, h, w), fp32, VAE latent scale undone
-            return subset_tweedie(x, output, frame_index, alpha_bar, prediction_type=backbone.prediction_type,
-                                  latent_scale=backbone.latent_scale(t))
-        alpha_bar_next = scheduler.alphas_cumprod[int(timesteps[indices[k + 1]])]
-        x = ddim_step(x, output, alpha_bar, alpha_bar_next, backbone.prediction_type)
+            return subset_tweedie(x, output, frame_index, prediction_type=kind, latent_scale=backbone.latent_scale(t),
+                                  **level)
+        x = ddim_step(x, output, level, noise_level(scheduler, indices[k + 1], kind), kind)
     raise AssertionError("unreachable")
 
 
@@ -224,10 +239,20 @@ class MotionPrompt:
         self.scheduler = scheduler
         self.sampler = sampler
         self.opt_range = cfg.resolved_opt_range(sampler.steps)
+        if backbone.temporal_compression > 1:
+            # frames are picked and decoded as latent frames (Backbone.decode_pairs)
+            cfg.validate(sampler, backbone.latent_frames(sampler.frames))
+            if self.decoder is not None:
+                raise ConfigError("invalid config: guidance_decoder='tiny' decodes single frames; backbone "
+                                  f"{backbone.name!r} has a causal video VAE (it compresses time "
+                                  f"{backbone.temporal_compression}x): use guidance_decoder=full")
         self.token_strings = [TOKEN_FORMAT.format(k) for k in range(cfg.num_tokens)]
         self.token_ids = backbone.text.add_tokens(self.token_strings)
         # init each token from its quality word ('authentic', 'real', 'clear', ...)
         init = torch.stack([backbone.text.word_embedding(w) for w in cfg.token_init_words()]).float()
+        # the tokenizer's pieces of each init word (the init is their mean): T5's sentencepiece may split a word
+        word_pieces = getattr(backbone.text, "word_pieces", None)
+        self.init_pieces = [word_pieces(w) for w in cfg.token_init_words()] if word_pieces else None
         backbone.text.set_rows(self.token_ids, init)
         self.init_embeddings = init.detach().clone()
         self.tokens = torch.nn.Parameter(init.detach().clone())  # float32, the only thing optimized
@@ -288,12 +313,13 @@ class MotionPrompt:
         return self.backbone.encode_prompt([self.guided_prompt], self.override())
 
     def decode_frames(self, x0_frames: torch.Tensor) -> torch.Tensor:
-        """The images of the estimated clean frames (n, C, h, w), VAE latent scale already undone, in
-        [-1, 1], float32: through the backbone's VAE in its dtype, or through the guidance decoder
-        (``guidance_decoder='tiny'``); checkpointed if ``checkpoint_vae``."""
+        """The images of the estimated clean frames (n, C, h, w) of adjacent pairs (a0, b0, a1, b1, ...),
+        VAE latent scale already undone, in [-1, 1], float32: through the backbone's VAE in its dtype
+        (:meth:`Backbone.decode_pairs`: one adjacent video-frame pair per latent pair), or through the
+        guidance decoder (``guidance_decoder='tiny'``); checkpointed if ``checkpoint_vae``."""
         if self.decoder is not None:
             return self.decoder(x0_frames, checkpoint=self.config.checkpoint_vae).float()
-        return self.backbone.decode(x0_frames.to(self.backbone.dtype), checkpoint=self.config.checkpoint_vae).float()
+        return self.backbone.decode_pairs(x0_frames.to(self.backbone.dtype), checkpoint=self.config.checkpoint_vae).float()
 
     def optimize_step(
         self, latents: torch.Tensor, step: int, uncond: torch.Tensor, uncond_output: torch.Tensor | None
@@ -394,6 +420,7 @@ class MotionPrompt:
             "guided_prompt": self.guided_prompt,
             "tokens": self.token_strings,
             "init_words": self.config.token_init_words(),
+            "init_pieces": self.init_pieces,
             "opt_range": list(self.opt_range),
             "prompt_cut": self.prompt_cut,
             "skipped_updates": self.skipped_updates,

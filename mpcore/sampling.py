@@ -1,21 +1,23 @@
-"""The guided DDIM loop.
+"""The guided sampling loop.
 
-DDIM (Song et al., "Denoising Diffusion Implicit Models", ICLR 2021, eq. 12) through diffusers'
-``DDIMScheduler``, with classifier-free guidance (Ho & Salimans 2022):
-``out = out_uncond + s * (out_cond - out_uncond)``. Guidance is an object asked for the condition
-of every step; with ``guidance=None`` the loop is exactly diffusers' AnimateDiff pipeline loop.
+The backbone's own diffusers scheduler takes each step: DDIM (Song et al., "Denoising Diffusion
+Implicit Models", ICLR 2021, eq. 12) for the paper's backbones, flow-matching Euler / UniPC for Wan,
+CogVideoX's DDIM / DPM-Solver (:class:`SchedulerStep`), with classifier-free guidance (Ho & Salimans
+2022): ``out = out_uncond + s * (out_cond - out_uncond)``. Guidance is an object asked for the
+condition of every step; with ``guidance=None`` the loop is exactly the backbone's diffusers pipeline
+loop (AnimateDiff's, Wan's, CogVideoX's).
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
-from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
-from mpcore.config import SamplerConfig
+from mpcore.config import ConfigError, SamplerConfig
 from mpcore.interfaces import Backbone
 
 
@@ -62,8 +64,10 @@ def cfg_output(
     ``backbone.guidance_rescale`` > 0 the result is rescaled as :func:`rescale_cfg` does."""
     if cfg_scale <= 1.0:
         return backbone.predict(latents, t, cond)
-    if uncond_output is not None:
+    if uncond_output is not None or backbone.separate_cfg_passes:
         out_cond = backbone.predict(latents, t, cond)
+        if uncond_output is None:
+            uncond_output = backbone.predict(latents, t, uncond)
         out = uncond_output + cfg_scale * (out_cond - uncond_output)
     else:
         out_uncond, out_cond = backbone.predict(torch.cat([latents] * 2), t, torch.cat([uncond, cond])).chunk(2)
@@ -81,22 +85,60 @@ def rescale_cfg(out: torch.Tensor, out_cond: torch.Tensor, rescale: float) -> to
     return rescale * rescaled + (1.0 - rescale) * out
 
 
-def initial_latents(backbone: Backbone, config: SamplerConfig, scheduler, generator: torch.Generator) -> torch.Tensor:
+def latent_shape(backbone: Backbone, config: SamplerConfig) -> tuple[int, int, int, int]:
+    """(C, F_latent, h, w) of one video of ``config`` in the backbone's latent space."""
     f = backbone.vae_scale_factor
-    shape = (1, backbone.latent_channels, config.frames, config.height // f, config.width // f)
-    latents = randn_tensor(shape, generator=generator, device=backbone.device, dtype=backbone.dtype)
-    return latents * scheduler.init_noise_sigma
+    return (backbone.latent_channels, backbone.latent_frames(config.frames), config.height // f, config.width // f)
+
+
+def initial_latents(backbone: Backbone, config: SamplerConfig, scheduler, generator: torch.Generator) -> torch.Tensor:
+    """x_T: noise drawn as the backbone's pipeline draws it, times the scheduler's ``init_noise_sigma``
+    where it has one."""
+    latents = backbone.draw_noise((1, *latent_shape(backbone, config)), generator)
+    # flow-matching Euler has no init_noise_sigma (its x_1 is the unit noise itself)
+    return latents * getattr(scheduler, "init_noise_sigma", 1.0)
 
 
 def checked_latents(backbone: Backbone, config: SamplerConfig, latents: torch.Tensor) -> torch.Tensor:
     """Given initial noise x_T, checked against the config's latent shape (B, C, F, h, w) and moved to
-    the backbone's device and dtype."""
-    f = backbone.vae_scale_factor
-    expected = (backbone.latent_channels, config.frames, config.height // f, config.width // f)
+    the backbone's device and latent dtype."""
+    expected = latent_shape(backbone, config)
     if latents.dim() != 5 or tuple(latents.shape[1:]) != expected:
         raise ValueError(f"latents must have shape (B, {', '.join(map(str, expected))}) for this config, "
                          f"got {tuple(latents.shape)}")
-    return latents.to(device=backbone.device, dtype=backbone.dtype)
+    return latents.to(device=backbone.device, dtype=backbone.latent_dtype)
+
+
+class SchedulerStep:
+    """x_t -> x_{t-1} through a diffusers scheduler, called as the backbones' pipelines call it.
+
+    ``eta`` and the noise generator go to schedulers whose ``step`` takes them (diffusers' own rule:
+    DDIM gets ``eta``, UniPC / Euler do not). CogVideoX's DPM-Solver (``CogVideoXDPMScheduler``) is
+    second order: its step also takes the previous step's x0 prediction and the previous timestep,
+    which this object carries from step to step.
+    """
+
+    def __init__(self, scheduler, config: SamplerConfig, generator: torch.Generator):
+        self.scheduler = scheduler
+        params = inspect.signature(scheduler.step).parameters
+        if config.eta > 0 and "eta" not in params:
+            raise ConfigError(f"invalid config: eta={config.eta}; {type(scheduler).__name__} has no eta (it is "
+                              "DDIM's stochasticity): use eta=0 with this backbone")
+        self.kwargs: dict[str, Any] = {}
+        if "eta" in params:
+            self.kwargs["eta"] = config.eta
+        if "generator" in params:
+            self.kwargs["generator"] = generator
+        self.second_order = "old_pred_original_sample" in params
+        self.previous_x0: torch.Tensor | None = None
+
+    def __call__(self, model_output: torch.Tensor, step: int, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        if self.second_order:
+            previous_t = self.scheduler.timesteps[step - 1] if step > 0 else None
+            latents, self.previous_x0 = self.scheduler.step(model_output, self.previous_x0, t, previous_t, latents,
+                                                            **self.kwargs, return_dict=False)
+            return latents
+        return self.scheduler.step(model_output, t, latents, **self.kwargs).prev_sample
 
 
 def sample(
@@ -116,12 +158,15 @@ def sample(
     """
     scheduler = backbone.make_scheduler()
     scheduler.set_timesteps(config.steps, device=backbone.device)
+    if hasattr(scheduler, "set_begin_index"):  # multistep schedulers: the first step is index 0 (as WanPipeline)
+        scheduler.set_begin_index(0)
     generator = torch.Generator(device=backbone.device).manual_seed(config.seed)
     if latents is None:
         latents = initial_latents(backbone, config, scheduler, generator)
     else:
         latents = checked_latents(backbone, config, latents)
 
+    scheduler_step = SchedulerStep(scheduler, config, generator)
     backbone.prepare_sampling(config)
     with torch.no_grad():
         cond = backbone.encode_prompt([prompt])
@@ -141,14 +186,15 @@ def sample(
                     bar.set_postfix(step_condition.info, refresh=False)
         with torch.no_grad():
             model_output = cfg_output(backbone, latents, t, step_cond, uncond, config.cfg_scale, uncond_output)
-            # DDIM update x_t -> x_{t-1} (eq. 12; eta > 0 draws the sigma_t noise from the same generator)
-            latents = scheduler.step(model_output, t, latents, eta=config.eta, generator=generator).prev_sample
+            # scheduler update x_t -> x_{t-1} (DDIM: eq. 12; eta > 0 draws the sigma_t noise from the same generator)
+            # kept in the latent dtype, as the pipelines keep them (CogVideoX's rounds them back each step)
+            latents = scheduler_step(model_output, step, t, latents).to(backbone.latent_dtype)
     bar.close()
     return SampleResult(latents=latents, guidance=guidance.finish() if guidance is not None else None)
 
 
 @torch.no_grad()
 def decode_video(backbone: Backbone, latents: torch.Tensor) -> torch.Tensor:
-    """Decode the first video of final latents (B, C, F, h, w) to frames (F, 3, H, W) in [-1, 1]."""
-    frames = latents[0].permute(1, 0, 2, 3) / backbone.latent_scale(0)
-    return backbone.decode(frames, checkpoint=False).float().clamp(-1, 1)
+    """Decode the first video of final latents (B, C, F, h, w) to frames (F_video, 3, H, W) in [-1, 1]
+    (:meth:`Backbone.decode_video`)."""
+    return backbone.decode_video(latents)

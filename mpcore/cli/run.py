@@ -60,7 +60,7 @@ def run_params() -> list[click.Parameter]:
         O(["--fps"], type=int, default=8, show_default=True, help="Frames per second of the written video."),
         O(["--device"], default=None, help="torch device (default: cuda if available, else cpu)."),
         O(["--dtype"], type=click.Choice(DTYPES), default="auto", show_default=True,
-          help="Model weight dtype (auto: float16 on CUDA, float32 on CPU). Token, optimizer state and loss stay float32."),
+          help="Model weight dtype (auto: on CUDA the backbone's own, float16 or bfloat16; float32 on CPU). Token, optimizer state and loss stay float32."),
         O(["--offload"], is_flag=True, help="Model CPU offload (diffusers/accelerate hooks) for small GPUs."),
         O(["--attention"], type=click.Choice(["auto", "sdpa", "xformers"]), default="auto", show_default=True,
           help="Attention implementation; xformers needs CUDA and the xformers extra."),

@@ -94,12 +94,13 @@ def resolve_device(device: str | None):
     return resolved
 
 
-def resolve_dtype(name: str, device):
-    """``--dtype`` -> torch dtype; ``auto`` is float16 on CUDA, float32 elsewhere."""
+def resolve_dtype(name: str, device, cuda_dtype: str = "float16"):
+    """``--dtype`` -> torch dtype; ``auto`` is the backbone's ``cuda_dtype`` on CUDA (float16 for the
+    paper's backbones, bfloat16 for Wan and CogVideoX), float32 elsewhere."""
     import torch
 
     if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        return getattr(torch, cuda_dtype) if device.type == "cuda" else torch.float32
     return getattr(torch, name)
 
 
@@ -293,10 +294,11 @@ def prepare(options: dict[str, Any], backbone_option_owners: dict[str, list[str]
     sampler_flags = {k: options.get(k) for k in SAMPLER_FLAGS}
     flow_flag = [f"flow_estimator={options['flow']}"] if options["flow"] else []  # --flow NAME = -o flow_estimator=NAME
     sampler, motion = resolve_configs(spec, model, sampler_flags, flow_flag + list(options["overrides"]))
-    sampler.validate()
+    sampler.validate(spec.spatial_multiple, spec.temporal_compression)
     guided = options["guidance"] == "motionprompt"
     if guided:
-        motion.validate(sampler)
+        r = spec.temporal_compression
+        motion.validate(sampler, None if r == 1 else (sampler.frames - 1) // r + 1)
     flow_options = dict(parse_override(o) for o in options["flow_options"])
     if sampler.steps > spec.num_train_timesteps:  # --steps, or a backbone default
         raise OptionError(f"{sampler.steps} DDIM steps; at most {spec.num_train_timesteps} (the {spec.name} "
@@ -328,7 +330,7 @@ def prepare(options: dict[str, Any], backbone_option_owners: dict[str, list[str]
         discriminator=parts.disc_spec,
         discriminator_path=discriminator if guided else None,
         device=device,
-        dtype=resolve_dtype(options["dtype"], device),
+        dtype=resolve_dtype(options["dtype"], device, spec.cuda_dtype),
         offload=options["offload"],
         attention=options["attention"],
         fps=options["fps"],
