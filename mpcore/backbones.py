@@ -206,6 +206,54 @@ def tiny_clip_tokenizer() -> Any:
     return tokenizer
 
 
+# Words of the tiny sentencepiece tokenizer's training text: the prompts of the tests, examples and
+# benchmarks, MotionPrompt's init words, and enough common words for any short English prompt to tokenize
+# into pieces (unknown words split into shorter pieces, down to single characters).
+_TINY_T5_WORDS = (
+    "a an the of in on at with and to from by over under through into near across along while is are "
+    "dog cat horse bird fish car boat train plane person man woman child people crowd dancer runner "
+    "running walking flying swimming dancing jumping driving riding turning rolling falling spinning waving "
+    "beach ocean sea river lake forest mountain city street road field sky clouds snow rain sunset night "
+    "camera slowly quickly smoothly gently past around toward away left right up down background foreground "
+    "authentic real clear natural realistic smooth detailed sharp vivid high quality video photo scene shot "
+    "red blue green yellow white black golden bright dark small large old young happy wind waves fire light "
+    "astronaut robot panda teddy bear guitar playing eating reading sitting standing looking at its his her"
+).split()
+
+
+def tiny_t5_tokenizer(vocab_size: int = 1000, seed: int = 0) -> Any:
+    """A small T5-style sentencepiece (Unigram) tokenizer trained here, offline and deterministically,
+    on sentences drawn from a fixed word list: ``T5TokenizerFast`` with T5's special-token layout
+    (``<pad>`` = 0, ``</s>`` = 1, ``<unk>`` = 2; ``</s>`` appended to every sequence; ``▁`` word
+    boundaries; every ASCII letter, digit and punctuation mark is a piece, so no prompt is unknown).
+    The trainer keeps fewer pieces than ``vocab_size`` on so small a text (about 280), and many words
+    split into several pieces ('authentic' -> '▁', 'aut', 'h', 'ent', 'ic'). For the tiny Wan /
+    CogVideoX models and their tests, which cannot download T5's."""
+    import random
+    import string
+
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import T5TokenizerFast
+
+    rng = random.Random(seed)
+    sentences = [" ".join(rng.choice(_TINY_T5_WORDS) for _ in range(rng.randint(3, 12))) for _ in range(1000)]
+    sentences += _TINY_T5_WORDS  # every word on its own too, so each is likely one piece
+    tokenizer = Tokenizer(models.Unigram())
+    tokenizer.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")])
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tokenizer.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>",
+                                      show_progress=False,
+                                      initial_alphabet=list(string.ascii_letters + string.digits + string.punctuation))
+    tokenizer.train_from_iterator(sentences, trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>",
+                                                             special_tokens=[("</s>", 1)])
+    fast = T5TokenizerFast(tokenizer_object=tokenizer, eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+                           extra_ids=0)
+    assert (fast.pad_token_id, fast.eos_token_id, fast.unk_token_id) == (0, 1, 2)
+    return fast
+
+
 # ----------------------------------------------------------------------------- real size, random weights
 # Benchmarks measure time and memory, which do not depend on the weight values: each backbone plugin
 # builds its official architecture with random weights (``random_real.py``), no download. Modules are
