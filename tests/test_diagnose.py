@@ -75,9 +75,12 @@ class _Oracle:
         return (latents - a.sqrt() * self.clean) / (1 - a).sqrt()
 
 
-def test_a_perfect_estimate_keeps_all_the_motion(tiny_backbone):
+@pytest.mark.parametrize("guidance_decoder", ["full", "tiny"])
+def test_a_perfect_estimate_keeps_all_the_motion(tiny_backbone, guidance_decoder):
     """Planted: an identity 'VAE' and an oracle denoiser, so every estimate IS the clean clip: cosine 1,
-    EPE 0, the same discriminator verdict as the clean clip's, at every step and for every estimate."""
+    EPE 0, the same discriminator verdict as the clean clip's, at every step and for every estimate.
+    A run configured with the tiny guidance decoder measures the same (diagnose decodes through the
+    backbone's VAE; it once refused such a config)."""
     sampler = SamplerConfig(steps=5, frames=4, height=8, width=8, seed=0, cfg_scale=3.0)
     frames = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
     backbone = tiny_backbone
@@ -86,7 +89,7 @@ def test_a_perfect_estimate_keeps_all_the_motion(tiny_backbone):
     backbone.encode = lambda images: torch.cat([images, torch.zeros_like(images[:, :1])], dim=1)
     backbone.decode = lambda latents, checkpoint=False: latents[:, :3]
     backbone.predict = _Oracle(backbone, backbone.encode(frames).permute(1, 0, 2, 3).unsqueeze(0))
-    motion = MotionPromptConfig(**PAPER_MOTIONPROMPT_DEFAULTS)
+    motion = MotionPromptConfig(**PAPER_MOTIONPROMPT_DEFAULTS, guidance_decoder=guidance_decoder)
     clip = diagnose.Clip(frames=frames, caption="a fox")
     discriminator = LinearDiscriminator()
     result = diagnose.diagnose_steps(backbone, [clip], DifferenceFlow(), discriminator, sampler, motion, [0, 2, 4],

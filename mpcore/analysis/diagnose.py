@@ -148,6 +148,12 @@ def diagnose_steps(
     Returns a JSON-ready dict (``per_step[estimate][step]`` with means and raw values)."""
     from tqdm.auto import tqdm
 
+    if backbone.temporal_compression > 1:
+        raise ValueError(f"mpcore diagnose measures per-frame estimates; backbone {backbone.name!r} has a causal video "
+                         f"VAE compressing time {backbone.temporal_compression}x, which it does not support yet")
+    # the guided prompt only (its token at the init word): the guidance decoder plays no part here, every
+    # estimate is decoded through the backbone's own VAE
+    motion = dataclasses.replace(motion, guidance_decoder="full", guidance_decoder_path=None)
     num_pairs = pairs_per_clip or max(1, motion.decoded_frames // 2)
     if 2 * num_pairs > sampler.frames:
         raise ValueError(f"{num_pairs} frame pairs do not fit in {sampler.frames} frames")
