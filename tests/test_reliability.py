@@ -208,3 +208,23 @@ def test_no_progress_also_hides_the_loaders_bars(tmp_path, no_model_loading):
     finally:
         diffusers.utils.logging.enable_progress_bar()
         transformers.utils.logging.enable_progress_bar()
+
+
+def test_a_folder_of_an_older_version_resumes_unless_a_setting_really_changed(tmp_path):
+    """generate.json written before ``guidance_decoder`` existed: the field's default (full) is what that
+    version did, so the same command resumes; a real change is still refused, naming the field."""
+    from mpcore.config import MotionPromptConfig, SamplerConfig, to_dict
+    from mpcore.jobs.generate import GenerateError, check_same_settings
+
+    motion = to_dict(MotionPromptConfig())
+    sampler = {k: v for k, v in to_dict(SamplerConfig()).items() if k != "seed"}
+    settings = json.loads(json.dumps({"guidance": "motionprompt", "sampler": sampler, "motionprompt": motion, "fps": 8}))
+    old = json.loads(json.dumps(settings))
+    del old["motionprompt"]["guidance_decoder"], old["motionprompt"]["guidance_decoder_path"]
+    (tmp_path / "generate.json").write_text(json.dumps({"settings": old, "items": [{"name": "p0000_s0000"}]}))
+    (tmp_path / "p0000_s0000.json").write_text("{}")
+    check_same_settings(tmp_path / "generate.json", settings)  # resumes
+    tiny = json.loads(json.dumps(settings))
+    tiny["motionprompt"]["guidance_decoder"] = "tiny"
+    with pytest.raises(GenerateError, match="motionprompt.guidance_decoder: \"full\" -> \"tiny\""):
+        check_same_settings(tmp_path / "generate.json", tiny)

@@ -399,10 +399,26 @@ def check_same_settings(summary_path: Path, settings: dict[str, Any]) -> None:
         return  # a new folder (or no readable generate.json)
     if not any((summary_path.parent / f"{name}.json").is_file() for name in names):
         return  # no video was finished with those settings (e.g. every item failed): nothing to keep consistent
-    changes = _differences(previous, settings)
+    changes = _differences(with_added_fields(previous), settings)
     if changes:
         raise GenerateError(f"{summary_path.parent} holds videos generated with other settings ({'; '.join(changes)}): "
                             "use a new --out, or the same settings to resume")
+
+
+def with_added_fields(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings as recorded by an older mpcore, completed with the config fields added since at their
+    defaults (what that version did: e.g. ``guidance_decoder`` = full), so a folder of an older version
+    resumes with the same command."""
+    from mpcore.config import MotionPromptConfig, SamplerConfig, to_dict
+    from mpcore.io.manifest import json_safe
+
+    settings = dict(settings)
+    if isinstance(settings.get("sampler"), dict):
+        defaults = {k: v for k, v in to_dict(SamplerConfig()).items() if k != "seed"}
+        settings["sampler"] = {**json_safe(defaults), **settings["sampler"]}
+    if isinstance(settings.get("motionprompt"), dict):
+        settings["motionprompt"] = {**json_safe(to_dict(MotionPromptConfig())), **settings["motionprompt"]}
+    return settings
 
 
 def _differences(old: Any, new: Any, where: str = "") -> list[str]:
