@@ -152,7 +152,7 @@ class WanBackbone(Backbone):
         the full decode (the window is the video's start; the causal cache makes it the same
         computation); for k >= 1 the full decode would also see latents 0 .. k - 1 and decodes latent k
         as four frames, not one, so the window's frames differ from the video's (tiny random VAE,
-        tests/test_decode.py: RMS difference about 1.1x the frames' std, max 1.1-1.5 on [-1, 1]; a trained
+        tests/test_wan_decode.py: RMS difference about 1.1x the frames' std, max 1.1-1.5 on [-1, 1]; a trained
         VAE is unmeasured here). Alternatives weighed: a longer window (k-1, k, k+1) only brought that to
         0.66x on the tiny model; decoding latents 0 .. k+1 is exact but costs k + 2 latent frames of
         decoder with gradient instead of 2. Differentiable, NOT clamped to [-1, 1] (see
