@@ -3,7 +3,7 @@
 
 One invocation measures every requested mode for one backbone configuration and reports
 ``fast/baseline`` and ``lean/baseline`` ratios of time and memory (``--backbone``: animatediff, the
-default, lavie, videocrafter2, dynamicrafter or wan; the guided modes take that backbone's paper settings):
+default, lavie, videocrafter2, dynamicrafter, wan or cogvideox; the guided modes take that backbone's paper settings):
 
 * ``baseline`` -- :func:`mpcore.sampling.sample` with ``guidance=None``;
 * ``fast``     -- MotionPrompt with the paper's AnimateDiff settings
@@ -92,8 +92,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
 REAL_RANDOM = "real-random"
 """The config of the backbone's official architecture with random weights, at its real video size."""
 CONFIG_CHOICES = (*CONFIGS, REAL_RANDOM)
-BACKBONES = ("animatediff", "lavie", "videocrafter2", "dynamicrafter", "wan")
-CAUSAL_VAE_BACKBONES = ("wan",)
+BACKBONES = ("animatediff", "lavie", "videocrafter2", "dynamicrafter", "wan", "cogvideox")
+CAUSAL_VAE_BACKBONES = ("wan", "cogvideox")
 """Backbones whose causal video VAE refuses -o guidance_decoder=tiny: no -tiny modes by default."""
 ANIMATEDIFF_ONLY = ("mid", "real")
 # module of each backbone's real-size random-weights builder (load_random_real, REAL_SAMPLER / real_sampler)
@@ -103,6 +103,7 @@ RANDOM_REAL = {
     "videocrafter2": "mp_plugin_lvdm.random_real",
     "dynamicrafter": "mp_plugin_lvdm.random_real",
     "wan": "mp_plugin_wan.random_real",
+    "cogvideox": "mp_plugin_cogvideox.random_real",
 }
 WORKER_TAIL_LINES = 40
 """The last lines of a failed worker's stderr kept in the error (e.g. a CUDA out-of-memory message)."""
@@ -216,7 +217,10 @@ def load_mid(device, dtype, seed: int = 0):
 def video_shape(config: str, backbone: str = "animatediff") -> dict[str, int]:
     """Frames, height and width sampled with ``config`` for ``backbone``."""
     if config != REAL_RANDOM:
-        return dict(CONFIGS[config])
+        shape = dict(CONFIGS[config])
+        if backbone in CAUSAL_VAE_BACKBONES:  # a causal VAE compressing time 4x takes 1 + 4k frames
+            shape["frames"] = 1 + 4 * ((shape["frames"] - 1) // 4 + 1)
+        return shape
     module = importlib.import_module(RANDOM_REAL[backbone])
     if hasattr(module, "real_sampler"):
         return module.real_sampler(backbone)
