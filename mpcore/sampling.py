@@ -48,6 +48,8 @@ class SampleResult:
     latents: torch.Tensor
     """Final clean latents (B, C, F, h, w), still multiplied by the VAE scale."""
     guidance: dict[str, Any] | None = None
+    free_init: dict[str, Any] | None = None
+    """FreeInit's settings and per-pass records (:func:`mpcore.free_init.sample_free_init`); None without it."""
 
 
 def cfg_output(
@@ -139,6 +141,42 @@ class SchedulerStep:
                                                             **self.kwargs, return_dict=False)
             return latents
         return self.scheduler.step(model_output, t, latents, **self.kwargs).prev_sample
+
+
+SCHEDULERS = ("ddim", "ddpm")
+"""``--scheduler``: the update rules an SD-family backbone (DDIM with ``alphas_cumprod``, epsilon or v)
+can sample with on its own betas."""
+
+
+def use_scheduler(backbone: Backbone, name: str) -> None:
+    """Make ``backbone`` sample with DDIM or ancestral DDPM (Ho et al. 2020, Alg. 2; diffusers'
+    ``DDPMScheduler``) on the same betas, timestep spacing and prediction type as its own DDIM.
+
+    Only for backbones whose own scheduler is diffusers' ``DDIMScheduler`` (the SD family); a backbone
+    may define ``make_ddpm_scheduler()`` where its reference script's DDPM differs (LaVie's takes no
+    steps offset). 'ddim' keeps the backbone's own scheduler object untouched. The ancestral noise
+    comes from the sampler's seeded generator (:class:`SchedulerStep`); MotionPrompt's clean estimate
+    reads ``alphas_cumprod[t]`` and does not depend on the update rule."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    if name not in SCHEDULERS:
+        raise ConfigError(f"--scheduler {name!r}: allowed: {', '.join(SCHEDULERS)}")
+    own = backbone.make_scheduler()
+    if type(own) is not DDIMScheduler or backbone.prediction_type not in ("epsilon", "v_prediction"):
+        raise ConfigError(f"--scheduler {name}: backbone {backbone.name!r} samples with its own "
+                          f"{type(own).__name__} ({backbone.prediction_type}); --scheduler swaps diffusers' "
+                          "DDIMScheduler of SD-family backbones only. Leave out --scheduler for this backbone.")
+    if name == "ddim":
+        return
+    custom = getattr(backbone, "make_ddpm_scheduler", None)
+    if custom is None:
+        accepted = set(inspect.signature(DDPMScheduler.__init__).parameters)
+        ddpm_config = {k: v for k, v in own.config.items() if k in accepted}
+
+        def custom():
+            return DDPMScheduler(**ddpm_config)
+
+    backbone.make_scheduler = custom  # this instance samples with DDPM from now on
 
 
 def sample(

@@ -142,3 +142,16 @@ def test_each_builtin_commands_listed_help_is_its_own():
         command = cli.get_command(ctx, name)
         assert command.name == name
         assert make_default_short_help(listed, 500) == command.get_short_help_str(500), name
+
+
+def test_an_option_two_backbones_declare_is_one_option_whose_help_names_both():
+    """wan and cogvideox both declare --max-sequence-length: one option, both backbones' help texts (it once
+    showed only the first plugin's, tagged with that plugin alone)."""
+    from mpcore.cli.common import backbone_options
+
+    option, owners = backbone_options()["max_sequence_length"]
+    assert sorted(owners) == ["cogvideox", "wan"]
+    assert "[cogvideox]" in option.help and "[wan]" in option.help
+    for name in owners:  # the plugins' own declarations are left as they were
+        declared = [o for o in plugins.get("backbone", name).spec.options if o.name == "max_sequence_length"]
+        assert declared[0].help.count("[") == 1

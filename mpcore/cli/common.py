@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import click
 
 from mpcore import plugins
@@ -32,22 +34,24 @@ def device_from_option(device: str | None):
 
 
 def backbone_options() -> dict[str, tuple[click.Option, list[str]]]:
-    """Option name -> (the click option, the backbones that take it), from every installed backbone's spec."""
+    """Option name -> (the click option, the backbones that take it), from every installed backbone's spec.
+    An option several backbones declare is one option (the first declaration's type and default) whose
+    help joins every declaring backbone's own text."""
     options: dict[str, tuple[click.Option, list[str]]] = {}
+    helps: dict[str, list[str]] = {}
     for name, item in plugins.registry("backbone").items():
         for option in item.spec.options:
             if option.name in options:
                 options[option.name][1].append(name)
             else:
                 options[option.name] = (option, [name])
+            helps.setdefault(option.name, []).append(option.help or f"[{name}]")
+    for key, (option, owners) in options.items():
+        if len(owners) > 1:
+            shared = copy.copy(option)  # the plugins' own option objects stay as declared
+            shared.help = "; ".join(helps[key])
+            options[key] = (shared, owners)
     return options
-
-
-def with_backbone_options(command: click.Command, options: dict[str, tuple[click.Option, list[str]]]) -> click.Command:
-    """``command`` taking the installed backbones' options too (``run``, ``generate``, ``diagnose steps``)."""
-    command.params += [option for option, _ in options.values()]
-    command.backbone_options = {k: owners for k, (_, owners) in options.items()}  # type: ignore[attr-defined]
-    return command
 
 
 def with_backbone_options(command: click.Command, options: dict[str, tuple[click.Option, list[str]]]) -> click.Command:

@@ -188,6 +188,10 @@ class RunSetup:
     """Where that path comes from: the ``-o guidance_decoder_path`` option or the backbone's default."""
     warnings: list[str] = field(default_factory=list)
     """Problems that do not stop the run; printed once and recorded in every manifest."""
+    free_init: Any = None
+    """FreeInit's settings (:class:`mpcore.free_init.FreeInitConfig`; ``iterations`` 1 = off)."""
+    scheduler: str | None = None
+    """``--scheduler``: 'ddim' | 'ddpm' instead of the backbone's own (:func:`mpcore.sampling.use_scheduler`)."""
 
     @property
     def guided(self) -> bool:
@@ -295,6 +299,7 @@ def prepare(options: dict[str, Any], backbone_option_owners: dict[str, list[str]
     flow_flag = [f"flow_estimator={options['flow']}"] if options["flow"] else []  # --flow NAME = -o flow_estimator=NAME
     sampler, motion = resolve_configs(spec, model, sampler_flags, flow_flag + list(options["overrides"]))
     sampler.validate(spec.spatial_multiple, spec.temporal_compression)
+    free_init = _free_init_config(options)
     guided = options["guidance"] == "motionprompt"
     if guided:
         r = spec.temporal_compression
@@ -340,7 +345,54 @@ def prepare(options: dict[str, Any], backbone_option_owners: dict[str, list[str]
         guidance_decoder_path=decoder_path,
         guidance_decoder_source=decoder_source,
         warnings=parts.warnings,
+        free_init=free_init,
+        scheduler=options.get("scheduler"),
     )
+
+
+def _free_init_config(options: dict[str, Any]):
+    """FreeInit's settings from ``--free-init*`` (absent in commands without them: off), checked."""
+    from mpcore.free_init import FreeInitConfig
+
+    config = FreeInitConfig(
+        iterations=options.get("free_init") or 1, method=options.get("free_init_method") or "butterworth",
+        order=options.get("free_init_order") or 4,
+        spatial_stop_frequency=options.get("free_init_spatial_stop") or 0.25,
+        temporal_stop_frequency=options.get("free_init_temporal_stop") or 0.25)
+    try:
+        config.validate()
+    except ConfigError as error:
+        raise OptionError(str(error), "--free-init") from None
+    return config
+
+
+def _backbone_and_model(options: dict[str, Any]) -> tuple[str, str | None]:
+    """``--backbone`` and ``--model``; neither given: the bundled toy model (said in a note)."""
+    backbone_name = options["backbone"]
+    model = options["model"]
+    if backbone_name is None:
+        backbone_name = DEFAULT_BACKBONE
+        if model is None:
+            model = DEFAULT_MODEL
+            echo(f"note: no --backbone/--model given: using the bundled '{DEFAULT_MODEL}' model ({DEFAULT_BACKBONE} "
+                 "architecture, 32x32 px, trained offline on procedural clips). For the real AnimateDiff pass "
+                 f"--backbone {DEFAULT_BACKBONE}.")
+    return backbone_name, model
+
+
+def _backbone_options(options: dict[str, Any], backbone_name: str,
+                      backbone_option_owners: dict[str, list[str]]) -> dict[str, Any]:
+    """The plugin-added options given, each checked to belong to the chosen backbone."""
+    backbone_options = {}
+    for name, allowed in backbone_option_owners.items():
+        value = options.get(name)
+        if value is None:
+            continue
+        if backbone_name not in allowed:
+            flag = "--" + name.replace("_", "-")
+            raise OptionError(f"{flag} is an option of backbone(s) {', '.join(allowed)}, not {backbone_name}")
+        backbone_options[name] = value
+    return backbone_options
 
 
 def _backbone_and_model(options: dict[str, Any]) -> tuple[str, str | None]:
@@ -501,6 +553,7 @@ def load(setup: RunSetup) -> Models:
     backbone = setup.backbone.load(model=setup.model, device=setup.device, dtype=setup.dtype, seed=RANDOM_INIT_SEED,
                                    offload=setup.offload, attention=setup.attention, **setup.backbone_options)
     models = Models(backbone=backbone, load_backbone_s=time.perf_counter() - start)
+    _check_sampling_options(setup, backbone)
     if setup.guided:
         if setup.discriminator_path == "random":
             disc = setup.discriminator.random(seed=RANDOM_INIT_SEED, device=setup.device)
@@ -524,6 +577,18 @@ def load(setup: RunSetup) -> Models:
                                      "name": setup.discriminator.name, "path": setup.discriminator_path,
                                      "trained_on": setup.trained_on}
     return models
+
+
+def _check_sampling_options(setup: RunSetup, backbone) -> None:
+    """``--scheduler`` and ``--free-init`` against the loaded backbone's scheduler, before any sampling."""
+    if setup.scheduler is not None:
+        from mpcore.sampling import use_scheduler
+
+        use_scheduler(backbone, setup.scheduler)
+    if setup.free_init is not None and setup.free_init.enabled:
+        from mpcore.free_init import check_free_init
+
+        check_free_init(backbone, backbone.make_scheduler())
 
 
 def _guidance_decoder(setup: RunSetup, backbone, tiny_decoder) -> tuple[Any, dict[str, Any]]:
@@ -574,6 +639,7 @@ def generate_one(
         from mpcore.analysis.trace_plot import plot_trace
 
         plot_trace(guidance_result, paths["trace_plot"], title=f"MotionPrompt: {prompt}")
+    manifest_extra = {**(manifest_extra or {}), **_sampling_manifest(setup, results)}
     manifest = _run_manifest(setup, models, prompt, sampler, paths, timings, guidance_result, health, manifest_extra)
     write_json_atomic(manifest, paths["manifest"])
     _remove_leftovers(setup, out, paths)
@@ -586,12 +652,25 @@ def generate_one(
     return {name: path for name, path in paths.items() if path is not None}
 
 
+def _sampling_manifest(setup: RunSetup, results: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's ``scheduler`` and ``free_init`` sections (settings, and each video's passes)."""
+    section: dict[str, Any] = {"scheduler": setup.scheduler or "the backbone's own"}
+    if setup.free_init is not None and setup.free_init.enabled:
+        section["free_init"] = {**dataclasses.asdict(setup.free_init),
+                                "videos": {name: result.free_init for name, result in results.items()}}
+    return section
+
+
 def _sample_videos(setup: RunSetup, models: Models, prompt: str, sampler: SamplerConfig) -> tuple[dict[str, Any], dict[str, float]]:
     """The baseline (without guidance, or with ``--compare``) and the MotionPrompt sample, and their times;
     :class:`SamplingError` if any latents are not finite."""
     import torch
 
-    from mpcore.sampling import sample
+    from mpcore.free_init import FreeInitConfig, sample_free_init
+
+    def sample(backbone, prompt, config, guidance, progress, description):  # FreeInit is plain sampling with 1 pass
+        return sample_free_init(backbone, prompt, config, setup.free_init or FreeInitConfig(), guidance, progress,
+                                description)
 
     timings: dict[str, float] = {"load_backbone_s": models.load_backbone_s}
     # ---- sample: baseline first (it must not see the learnable tokens), then guided
