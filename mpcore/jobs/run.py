@@ -395,35 +395,6 @@ def _backbone_options(options: dict[str, Any], backbone_name: str,
     return backbone_options
 
 
-def _backbone_and_model(options: dict[str, Any]) -> tuple[str, str | None]:
-    """``--backbone`` and ``--model``; neither given: the bundled toy model (said in a note)."""
-    backbone_name = options["backbone"]
-    model = options["model"]
-    if backbone_name is None:
-        backbone_name = DEFAULT_BACKBONE
-        if model is None:
-            model = DEFAULT_MODEL
-            echo(f"note: no --backbone/--model given: using the bundled '{DEFAULT_MODEL}' model ({DEFAULT_BACKBONE} "
-                 "architecture, 32x32 px, trained offline on procedural clips). For the real AnimateDiff pass "
-                 f"--backbone {DEFAULT_BACKBONE}.")
-    return backbone_name, model
-
-
-def _backbone_options(options: dict[str, Any], backbone_name: str,
-                      backbone_option_owners: dict[str, list[str]]) -> dict[str, Any]:
-    """The plugin-added options given, each checked to belong to the chosen backbone."""
-    backbone_options = {}
-    for name, allowed in backbone_option_owners.items():
-        value = options.get(name)
-        if value is None:
-            continue
-        if backbone_name not in allowed:
-            flag = "--" + name.replace("_", "-")
-            raise OptionError(f"{flag} is an option of backbone(s) {', '.join(allowed)}, not {backbone_name}")
-        backbone_options[name] = value
-    return backbone_options
-
-
 def _check_run_options(options: dict[str, Any]) -> None:
     """Options that contradict ``--guidance none``, and ``--fps``."""
     if options["guidance"] == "none":

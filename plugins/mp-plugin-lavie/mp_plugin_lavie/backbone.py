@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from diffusers import DDIMScheduler
+from diffusers import DDIMScheduler, DDPMScheduler
 
 from mp_plugin_lavie import loading, tiny
 from mp_plugin_lavie.unet import LaVieUNet3D, read_config
@@ -39,6 +39,12 @@ class LaVieBackbone(FrameByFrameVAE, Backbone):
 
     def make_scheduler(self) -> DDIMScheduler:
         return DDIMScheduler(**self.scheduler_config)
+
+    def make_ddpm_scheduler(self) -> DDPMScheduler:
+        """LaVie's own sampler (``--scheduler ddpm``): ancestral DDPM (Ho et al. 2020, Alg. 2) on the same
+        linear betas, as its script builds it (:data:`loading.LAVIE_DDPM_SCHEDULER`: with 50 steps
+        timesteps 980, 960, ..., 0, previous t = t - 20, fixed_small variance)."""
+        return DDPMScheduler(**loading.LAVIE_DDPM_SCHEDULER)
 
     def predict(self, latents: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         # one text condition per video (B, L, D): the UNet repeats it per frame itself

@@ -43,6 +43,20 @@ LAVIE_SCHEDULER: dict[str, Any] = dict(
     timestep_spacing="leading",
 )
 
+# FACTS.md §6: LaVie's script samples with DDPMScheduler on the betas above; diffusers 0.16's DDPM
+# ignored steps_offset, so its 50 timesteps are 980, 960, ..., 0 (steps_offset 0 gives the same here).
+LAVIE_DDPM_SCHEDULER: dict[str, Any] = dict(
+    num_train_timesteps=1000,
+    beta_start=0.0001,
+    beta_end=0.02,
+    beta_schedule="linear",
+    clip_sample=False,
+    variance_type="fixed_small",
+    steps_offset=0,
+    prediction_type="epsilon",
+    timestep_spacing="leading",
+)
+
 
 def check_checkpoint(model: str | None) -> None:
     if not model:

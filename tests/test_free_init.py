@@ -1,0 +1,118 @@
+"""FreeInit (Wu et al. 2023): one pass is plain sampling; more passes are AnimateDiffPipeline's FreeInit;
+the re-initialized x_T keeps the diffused sample's low frequencies; guided passes and the CLI run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mpcore.config import ConfigError, SamplerConfig
+from mpcore.free_init import (FreeInitConfig, diffuse_to_start, low_pass_filter, mix_frequencies, sample_free_init)
+from mpcore.sampling import sample
+
+
+def test_one_pass_is_plain_sampling_bitwise(tiny_backbone, sampler_config):
+    plain = sample(tiny_backbone, "a fox", sampler_config, progress=False)
+    once = sample_free_init(tiny_backbone, "a fox", sampler_config, FreeInitConfig(iterations=1), progress=False)
+    assert torch.equal(once.latents, plain.latents)
+    assert once.free_init is None
+
+
+@pytest.mark.parametrize("method", ["butterworth", "gaussian"])
+def test_two_passes_equal_animatediff_pipeline_free_init(tiny_backbone, sampler_config, method):
+    config = sampler_config
+    ours = sample_free_init(tiny_backbone, "a fox", config, FreeInitConfig(iterations=2, method=method), progress=False)
+    pipe = tiny_backbone.pipe
+    pipe.scheduler = tiny_backbone.make_scheduler()
+    pipe.enable_free_init(num_iters=2, method=method)
+    try:
+        theirs = pipe(prompt="a fox", num_frames=config.frames, height=config.height, width=config.width,
+                      num_inference_steps=config.steps, guidance_scale=config.cfg_scale,
+                      generator=torch.Generator().manual_seed(config.seed), output_type="latent").frames
+    finally:
+        pipe.disable_free_init()
+    plain = sample(tiny_backbone, "a fox", config, progress=False).latents
+    assert (ours.latents - theirs).abs().max().item() <= 1e-5
+    assert not torch.allclose(ours.latents, plain)  # the second pass really started elsewhere
+    record = ours.free_init
+    assert record["iterations"] == 2 and record["method"] == method and len(record["passes"]) == 2
+
+
+def test_second_start_keeps_low_frequencies_of_diffused_first_result(tiny_backbone, sampler_config, monkeypatch):
+    """x_T of pass 2 = the diffused pass-1 result inside the filter, fresh noise outside it."""
+    import mpcore.sampling as sampling
+
+    free_init = FreeInitConfig(iterations=2, method="ideal", spatial_stop_frequency=0.5, temporal_stop_frequency=0.5)
+    starts = []
+    real_sample = sampling.sample
+
+    def recording_sample(*args, latents=None, **kwargs):
+        starts.append(latents.clone())
+        return real_sample(*args, latents=latents, **kwargs)
+
+    monkeypatch.setattr(sampling, "sample", recording_sample)
+    sample_free_init(tiny_backbone, "a fox", sampler_config, free_init, progress=False)
+    first_result = real_sample(tiny_backbone, "a fox", sampler_config, progress=False, latents=starts[0]).latents
+    scheduler = tiny_backbone.make_scheduler()
+    diffused = diffuse_to_start(scheduler, first_result, starts[0])
+
+    def spectrum(x):
+        return torch.fft.fftshift(torch.fft.fftn(x.float(), dim=(-3, -2, -1)), dim=(-3, -2, -1))
+
+    keep = low_pass_filter(tuple(diffused.shape), free_init, diffused.device)[0, 0] > 0.5
+    assert 0 < keep.sum() < keep.numel()  # the filter keeps some frequencies and replaces others
+    second, target = spectrum(starts[1]), spectrum(diffused)
+    assert torch.allclose(second[..., keep], target[..., keep], atol=1e-3)
+    assert not torch.allclose(second[..., ~keep], target[..., ~keep], atol=1e-1)  # high ones: fresh noise
+
+
+def test_mix_keeps_everything_with_an_all_pass_filter():
+    x, n = torch.randn(1, 2, 3, 4, 4), torch.randn(1, 2, 3, 4, 4)
+    assert torch.allclose(mix_frequencies(x, n, torch.ones(1, 2, 3, 4, 4)), x, atol=1e-5)
+    assert torch.allclose(mix_frequencies(x, n, torch.zeros(1, 2, 3, 4, 4)), n, atol=1e-5)
+
+
+def test_guided_passes_restart_the_token_and_record_each_pass(tiny_backbone, sampler_config, motion_config,
+                                                              flow_estimator, discriminator):
+    from mpcore.motionprompt import MotionPrompt
+
+    guidance = MotionPrompt(motion_config, flow_estimator, discriminator)
+    result = sample_free_init(tiny_backbone, "a fox", sampler_config, FreeInitConfig(iterations=2), guidance,
+                              progress=False)
+    passes = result.free_init["passes"]
+    assert [p["iteration"] for p in passes] == [0, 1]
+    assert all("guidance" in p for p in passes)
+    # both passes optimized the token away from its init word, each from the init word again
+    assert all(p["guidance"]["final_cosine"][0] < 1.0 for p in passes)
+    assert result.guidance["trace"] and torch.isfinite(result.latents).all()
+
+
+def test_invalid_settings_and_flow_matching_refused(tiny_backbone, sampler_config):
+    with pytest.raises(ConfigError, match="free_init method"):
+        sample_free_init(tiny_backbone, "a", sampler_config, FreeInitConfig(iterations=2, method="box"))
+    with pytest.raises(ConfigError, match="spatial_stop_frequency"):
+        FreeInitConfig(iterations=2, spatial_stop_frequency=0).validate()
+    tiny_backbone.prediction_type = "flow_matching"
+    with pytest.raises(ConfigError, match="--free-init"):
+        sample_free_init(tiny_backbone, "a", sampler_config, FreeInitConfig(iterations=2))
+
+
+def test_cli_run_tiny_free_init_two_passes(tmp_path):
+    from click.testing import CliRunner
+
+    from mpcore.cli.main import build_cli
+
+    out = tmp_path / "x.mp4"
+    result = CliRunner().invoke(build_cli(), ["run", "--backbone", "animatediff", "--model", "tiny", "--prompt", "a fox",
+                                      "--frames", "4", "--height", "32", "--width", "32", "--steps", "4",
+                                      "--free-init", "2", "--free-init-method", "gaussian", "--compare",
+                                      "--no-progress", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    assert manifest["free_init"]["iterations"] == 2 and manifest["free_init"]["method"] == "gaussian"
+    assert len(manifest["free_init"]["videos"]["motionprompt"]["passes"]) == 2
+    assert len(manifest["free_init"]["videos"]["baseline"]["passes"]) == 2
+    assert manifest["scheduler"] == "the backbone's own"
+    assert out.is_file() and out.with_name("x_compare.mp4").is_file()
