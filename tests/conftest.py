@@ -7,7 +7,6 @@ import torch
 
 from mp_plugin_animatediff import PAPER_MOTIONPROMPT_DEFAULTS
 from mpcore.config import MotionPromptConfig, SamplerConfig
-from mpcore.testing import DifferenceFlow, LinearDiscriminator
 
 
 @pytest.fixture
@@ -26,16 +25,6 @@ def sampler_config():
 @pytest.fixture
 def motion_config():
     return MotionPromptConfig(**{**PAPER_MOTIONPROMPT_DEFAULTS, "opt_range": (1, 3), "iterations": 2})
-
-
-@pytest.fixture
-def flow_estimator():
-    return DifferenceFlow()
-
-
-@pytest.fixture
-def discriminator():
-    return LinearDiscriminator()
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -7,8 +7,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mpcore.testing import DifferenceFlow, LinearDiscriminator
-
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -24,13 +22,3 @@ def tiny_2b():
     from mp_plugin_cogvideox.backbone import load
 
     return load("tiny", tiny_variant="2b")
-
-
-@pytest.fixture
-def flow_estimator():
-    return DifferenceFlow()
-
-
-@pytest.fixture
-def discriminator():
-    return LinearDiscriminator()

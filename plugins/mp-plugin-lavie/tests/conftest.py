@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from mpcore.testing import DifferenceFlow, LinearDiscriminator
 from mp_plugin_lavie import PAPER_MOTIONPROMPT_DEFAULTS
 from mpcore.config import MotionPromptConfig, SamplerConfig
 
@@ -34,13 +33,3 @@ def sampler_config():
 @pytest.fixture
 def motion_config():
     return MotionPromptConfig(**{**PAPER_MOTIONPROMPT_DEFAULTS, "opt_range": (1, 3), "iterations": 2})
-
-
-@pytest.fixture
-def flow_estimator():
-    return DifferenceFlow()
-
-
-@pytest.fixture
-def discriminator():
-    return LinearDiscriminator()

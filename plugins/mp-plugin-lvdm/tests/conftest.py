@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mpcore.testing import DifferenceFlow, LinearDiscriminator
 from mpcore.config import SamplerConfig
 
 
@@ -24,13 +23,3 @@ def start_image(tmp_path):
 @pytest.fixture
 def sampler_config():
     return SamplerConfig(steps=5, frames=16, height=32, width=32, seed=3, cfg_scale=7.5, eta=1.0)
-
-
-@pytest.fixture
-def flow_estimator():
-    return DifferenceFlow()
-
-
-@pytest.fixture
-def discriminator():
-    return LinearDiscriminator()

@@ -8,7 +8,6 @@ import torch
 
 from mp_plugin_wan.backbone import WanBackbone, place
 from mp_plugin_wan.tiny import tiny_components
-from mpcore.testing import DifferenceFlow, LinearDiscriminator
 
 def tiny_backbone(parts: dict | None = None, max_sequence_length: int = 512) -> WanBackbone:
     """A WanBackbone on the CPU in float32 over ``parts`` (default: fresh tiny components, seed 0)."""
@@ -33,13 +32,3 @@ def parts():
 @pytest.fixture(scope="module")
 def backbone(parts):
     return tiny_backbone(parts)
-
-
-@pytest.fixture
-def flow_estimator():
-    return DifferenceFlow()
-
-
-@pytest.fixture
-def discriminator():
-    return LinearDiscriminator()
