@@ -54,7 +54,7 @@ class LVDMBackbone(Backbone):
         return make_scheduler(self.params, self.spacing, self.model.alphas_cumprod, self.scale_arr)
 
     def predict(self, latents: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        return self.unet(latents, t, cond, fs=self.fs)
+        return self.unet(latents, t, cond, fs=fs_for_batch(self.fs, latents.shape[0]))
 
     def latent_scale(self, t=0) -> float:
         """scale_factor x scale_arr[t]: the network's clean latent at t is scaled by scale_arr[t]
@@ -103,6 +103,27 @@ class LVDMBackbone(Backbone):
         )
 
 
+def fs_for_batch(fs: int | float | torch.Tensor | None, n: int):
+    """The fps / frame-stride condition for a denoiser batch of ``n``: a scalar (or None: the config's
+    default) serves every sample; a tensor of B per-sample values serves a batch of B samples, or the
+    CFG-stacked batch [uncond, cond] of 2B (repeated per stacked condition, as the latents are)."""
+    if fs is None or not isinstance(fs, torch.Tensor) or fs.numel() == 1:
+        return fs
+    fs = fs.reshape(-1)
+    if n % fs.numel():
+        raise ValueError(f"fs has {fs.numel()} per-sample values for a batch of {n} latents; give one value per "
+                         "video (or a scalar)")
+    return fs.repeat(n // fs.numel())
+
+
+def is_pil_image(image) -> bool:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover - Pillow is a dependency
+        return False
+    return isinstance(image, Image.Image)
+
+
 class DynamiCrafterBackbone(LVDMBackbone):
     """DynamiCrafter (image-to-video, Xing et al. 2024): the VideoCrafter UNet with 8 input channels
     (noisy latent + first-frame latent), CLIP image tokens through the Resampler in every spatial
@@ -137,7 +158,11 @@ class DynamiCrafterBackbone(LVDMBackbone):
         if (config.height, config.width) != native and not self.is_random_init:
             print(f"note: sampling DynamiCrafter-{self.variant} at {config.height}x{config.width}; its native size is "
                   f"{native[0]}x{native[1]} (--height {native[0]} --width {native[1]})")
-        image = self.image if isinstance(self.image, torch.Tensor) else load_image(self.image)
+        image = self.image
+        if is_pil_image(image):
+            image = image.convert("RGB")
+        elif not isinstance(image, torch.Tensor):
+            image = load_image(image)
         pixels = resize_and_crop(image, config.height, config.width).to(self.device, self.dtype)
         generator = torch.Generator(device=self.device).manual_seed(config.seed)
         latent = self.vae.encode_sample(pixels, generator) * self.scale_factor
@@ -166,11 +191,12 @@ class DynamiCrafterBackbone(LVDMBackbone):
         if latent.shape[-2:] != (h, w):
             raise RuntimeError(f"image latent {tuple(latent.shape[-2:])} does not match the sampled latents {(h, w)}")
         image = latent[:, :, None].expand(n, -1, frames, -1, -1)
-        return self.unet(torch.cat([latents, image], dim=1), t, cond, fs=self.fs)
+        return self.unet(torch.cat([latents, image], dim=1), t, cond, fs=fs_for_batch(self.fs, n))
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
-        info.update(variant=self.variant, image=str(self.image) if not isinstance(self.image, torch.Tensor) else "tensor")
+        info.update(variant=self.variant, image="tensor" if isinstance(self.image, torch.Tensor) else
+                    "PIL image" if is_pil_image(self.image) else str(self.image))
         return info
 
 

@@ -149,7 +149,28 @@ def read_config(path: str | Path) -> dict[str, Any]:
             "first_stage_config.params.ddconfig and cond_stage_config (as configs/inference_*.yaml of "
             "VideoCrafter/DynamiCrafter)"
         ) from None
+    check_openclip_archs(config, path)
     return config
+
+
+def check_openclip_archs(config: dict[str, Any], source: str | Path) -> None:
+    """Every OpenCLIP ``arch`` name of the text and image embedders is one open_clip ships a config for
+    (checked before any model is built; a dict is an inline config and passes)."""
+    from mp_plugin_lvdm.clip import openclip_config
+
+    params = config["model"]["params"]
+    for stage in ("cond_stage_config", "img_cond_stage_config"):
+        arch = ((params.get(stage) or {}).get("params") or {}).get("arch")
+        if arch is None or isinstance(arch, dict):
+            continue
+        try:
+            openclip_config(arch)
+        except ValueError:
+            raise ValueError(
+                f"{source}: model.params.{stage}.params.arch = {arch!r} is not an OpenCLIP architecture open_clip "
+                "knows (e.g. 'ViT-H-14'; `python -c \"import open_clip; print(open_clip.list_models())\"` lists them). "
+                "For a custom architecture give its OpenCLIP config inline as a dict (embed_dim, vision_cfg, text_cfg)."
+            ) from None
 
 
 def resolve(backbone: str, variant: str | None, config: str | Path | dict | None) -> dict[str, Any]:
