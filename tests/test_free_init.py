@@ -116,3 +116,22 @@ def test_cli_run_tiny_free_init_two_passes(tmp_path):
     assert len(manifest["free_init"]["videos"]["baseline"]["passes"]) == 2
     assert manifest["scheduler"] == "the backbone's own"
     assert out.is_file() and out.with_name("x_compare.mp4").is_file()
+
+
+def test_generate_refuses_resuming_a_folder_with_other_free_init(tmp_path):
+    """FreeInit is part of a folder's settings; a folder written without it still resumes without it."""
+    from click.testing import CliRunner
+
+    from mpcore.cli.main import build_cli
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a fox\n")
+    small = ["generate", "--backbone", "animatediff", "--model", "tiny", "--frames", "4", "--height", "32", "--width",
+             "32", "--steps", "2", "--no-progress", "--guidance", "none", "--prompts", str(prompts),
+             "--out", str(tmp_path / "out")]
+    first = CliRunner().invoke(build_cli(), [*small, "--free-init", "2"])
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(build_cli(), [*small, "--free-init", "2"])
+    assert again.exit_code == 0 and "already complete" in again.output
+    other = CliRunner().invoke(build_cli(), small)
+    assert other.exit_code != 0 and "free_init" in other.output

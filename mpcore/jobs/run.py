@@ -226,6 +226,10 @@ class RunSetup:
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
             "fps": self.fps,
+            # sampling options only when used: folders written before them resume unchanged
+            **({"free_init": dataclasses.asdict(self.free_init)} if self.free_init is not None and self.free_init.enabled
+               else {}),
+            **({"scheduler": self.scheduler} if self.scheduler is not None else {}),
         }
 
 
