@@ -32,6 +32,10 @@ import torch
 from mpcore.config import ConfigError, SamplerConfig, _require
 
 FREE_INIT_METHODS = ("butterworth", "gaussian", "ideal")
+ZERO_SNR_ALPHA_BAR = 1e-6
+"""alphas_cumprod[T] below this counts as zero terminal SNR (diffusers stores 0, or 2^-24 for DDIM's
+rescaled betas): sqrt(a_T) < 1e-3 of the sample would survive (SD's linear-scaled betas keep 0.07,
+LaVie's linear ones 0.006)."""
 
 
 @dataclass
@@ -84,13 +88,19 @@ def diffuse_to_start(scheduler, clean: torch.Tensor, noise: torch.Tensor) -> tor
 
 def check_free_init(backbone, scheduler) -> None:
     """FreeInit needs a noise schedule it can diffuse a sample back with (``add_noise`` on
-    ``alphas_cumprod``); a flow-matching backbone's noising is another rule (not implemented)."""
+    ``alphas_cumprod``; a flow-matching backbone's noising is another rule, not implemented here) and
+    in which something of the sample survives at t = T (not zero terminal SNR)."""
     if backbone.prediction_type == "flow_matching" or not hasattr(scheduler, "add_noise") \
             or not hasattr(scheduler, "alphas_cumprod"):
         raise ConfigError(f"--free-init: backbone {backbone.name!r} samples with {type(scheduler).__name__} "
                           f"({backbone.prediction_type}); FreeInit here diffuses a sample back with a DDPM-style "
                           "add_noise on alphas_cumprod, which this scheduler does not have. Leave out --free-init "
                           "for this backbone.")
+    if float(scheduler.alphas_cumprod[scheduler.config.num_train_timesteps - 1]) < ZERO_SNR_ALPHA_BAR:
+        raise ConfigError(f"--free-init: backbone {backbone.name!r}'s noise schedule has zero terminal SNR "
+                          "(alphas_cumprod[T] ~ 0, e.g. CogVideoX, DynamiCrafter 512/1024): diffusing a sample to t = T "
+                          "keeps nothing of it, so FreeInit's re-initialized noise would carry none of its low "
+                          "frequencies. Leave out --free-init for this backbone.")
 
 
 def sample_free_init(backbone, prompt: str, config: SamplerConfig, free_init: FreeInitConfig, guidance=None,

@@ -97,6 +97,13 @@ def test_invalid_settings_and_flow_matching_refused(tiny_backbone, sampler_confi
     tiny_backbone.prediction_type = "flow_matching"
     with pytest.raises(ConfigError, match="--free-init"):
         sample_free_init(tiny_backbone, "a", sampler_config, FreeInitConfig(iterations=2))
+    tiny_backbone.prediction_type = "v_prediction"
+    config = dict(tiny_backbone.make_scheduler().config)
+    from diffusers import DDIMScheduler
+
+    tiny_backbone.make_scheduler = lambda: DDIMScheduler.from_config(config, rescale_betas_zero_snr=True)
+    with pytest.raises(ConfigError, match="zero terminal SNR"):  # x_T would keep nothing of the sample
+        sample_free_init(tiny_backbone, "a", sampler_config, FreeInitConfig(iterations=2))
 
 
 def test_cli_run_tiny_free_init_two_passes(tmp_path):
