@@ -20,7 +20,10 @@ from mpcore.cli.common import as_click_error, with_backbone_options
 from mpcore.io.console import echo
 
 VIDEO_SUFFIXES = (".mp4", ".gif", ".webm", ".avi", ".mov", ".mkv")
-NOT_DIAGNOSE_OPTIONS = ("prompt", "guidance", "compare", "out", "fps")
+NOT_DIAGNOSE_OPTIONS = ("prompt", "guidance", "compare", "out", "fps",
+                        # FreeInit re-runs whole sampling passes; the diagnostic measures single steps
+                        "free_init", "free_init_method", "free_init_order", "free_init_spatial_stop",
+                        "free_init_temporal_stop")
 
 
 def params() -> list[click.Parameter]:
