@@ -181,6 +181,7 @@ def test_guidance_rescale_is_lins_formula():
 
     class Fake:
         guidance_rescale = 0.7
+        separate_cfg_passes = False  # a Backbone attribute since issue 19: one [uncond, cond] batch
 
         def predict(self, latents, t, cond):
             return torch.cat([out_u, out_c]) if latents.shape[0] == 2 else out_c
