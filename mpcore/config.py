@@ -63,7 +63,11 @@ class SamplerConfig:
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-PLACEMENTS = ("end", "front")
+PLACEMENTS = ("start", "end")
+PLACEMENT_ALIASES = {"front": "start"}
+"""Former names of placements, still accepted; the config (and so the manifest) keeps the canonical one."""
+RANDOM_INIT = "random"
+"""``init_words`` entry meaning: no word, a random row (:func:`mpcore.motionprompt.random_token_embedding`)."""
 ESTIMATES = ("tweedie", "rollout")
 GUIDANCE_DECODERS = ("full", "tiny")
 MAX_ROLLOUT_STEPS = 8
@@ -80,7 +84,11 @@ class MotionPromptConfig:
 
     num_tokens: int = 1
     init_words: tuple[str, ...] = ("authentic", "real", "clear")
+    """Init word of token k: ``init_words[k % len]`` (the mean of its pieces); ``random`` = a random row
+    (the paper's appendix B.1 ablation, :func:`mpcore.motionprompt.random_token_embedding`)."""
     placement: str = "end"
+    """Where the tokens go: ``end`` (P + S, the paper's; right before EOS / ``</s>``) or ``start`` (S + P;
+    right after CLIP's BOS, first for T5). ``front`` is accepted as an alias of ``start``."""
     iterations: int = 3
     opt_range: tuple[int, int] | None = None
     """Half-open [start, stop) of sampling-step indices; None = the backbone default scaled to steps."""
@@ -121,6 +129,9 @@ class MotionPromptConfig:
     """With ``guidance_decoder='tiny'``: a local diffusers AutoencoderTiny folder or a hub id; None =
     the backbone's default for the model (``BackboneSpec.default_guidance_decoder``)."""
 
+    def __post_init__(self) -> None:
+        self.placement = PLACEMENT_ALIASES.get(self.placement, self.placement)  # 'front' -> 'start'
+
     def resolved_opt_range(self, steps: int) -> tuple[int, int]:
         if self.opt_range is not None:
             return tuple(self.opt_range)  # type: ignore[return-value]
@@ -133,7 +144,8 @@ class MotionPromptConfig:
         unit = "frames" if latent_frames is None else "latent frames"
         _require(self.num_tokens >= 1, "num_tokens", self.num_tokens, "an integer >= 1")
         _require(len(self.init_words) >= 1, "init_words", self.init_words, "at least one word")
-        _require(self.placement in PLACEMENTS, "placement", self.placement, " | ".join(PLACEMENTS))
+        _require(self.placement in PLACEMENTS, "placement", self.placement,
+                 " | ".join([*PLACEMENTS, *PLACEMENT_ALIASES]) + " (an alias of start)")
         _require(self.iterations >= 1, "iterations", self.iterations, "an integer >= 1")
         start, stop = self.resolved_opt_range(sampler.steps)
         _require(

@@ -30,13 +30,15 @@ import torch.nn.functional as F
 from mpcore_kernels import subset_tweedie
 
 from mpcore import losses
-from mpcore.config import ConfigError, MotionPromptConfig, SamplerConfig
+from mpcore.config import RANDOM_INIT, ConfigError, MotionPromptConfig, SamplerConfig
 from mpcore.interfaces import Backbone, Discriminator, FlowEstimator
 from mpcore.sampling import StepCondition, cfg_output
 
 TOKEN_FORMAT = "<mp_{}>"
 PROBE_SEED_OFFSET = 7919
 """The gate probe's frame pairs come from a generator seeded ``seed + PROBE_SEED_OFFSET``."""
+RANDOM_INIT_SEED_OFFSET = 104729
+"""Token k's random init (``init_words=random``) comes from a generator seeded ``seed + offset + k``."""
 
 
 def rollout_indices(num_steps: int, step: int, calls: int) -> list[int]:
@@ -154,11 +156,24 @@ def pair_flow(flow_estimator: FlowEstimator, images: torch.Tensor, flow_size: in
     return flow_estimator(images[0::2], images[1::2]).float()
 
 
+def random_token_embedding(table: torch.Tensor, exclude: list[int], generator: torch.Generator) -> torch.Tensor:
+    """A random init for a learnable token (``init_words=random``; MotionPrompt appendix B.1 compares it
+    with word inits): each dimension drawn from a normal with that dimension's mean and standard
+    deviation over the vocabulary rows (the rows ``exclude``, the learnable tokens, left out), so the
+    row has the scale of a word embedding but the meaning of none. (D,) float32 on the table's device."""
+    keep = torch.ones(table.shape[0], dtype=torch.bool)
+    keep[exclude] = False
+    rows = table.detach()[keep.to(table.device)].float().cpu()
+    noise = torch.randn(rows.shape[1], generator=generator)
+    return (rows.mean(0) + rows.std(0) * noise).to(table.device)
+
+
 def fit_guided_prompt(text, prompt: str, token_strings: list[str], token_ids: list[int],
                       placement: str) -> tuple[str, dict[str, Any] | None]:
     """The guided prompt P + S (or S + P), with P cut word by word from its end until every learnable
-    token survives the text encoder's truncation (a long prompt would otherwise drop the tokens at
-    the end, and guidance would silently do nothing). Returns the prompt and, if words were cut,
+    token survives the text encoder's truncation and nothing else is truncated (a long prompt would
+    otherwise drop the tokens at the end, and guidance would silently do nothing; at the start they
+    survive, and the cut is made here so that it is recorded). Returns the prompt and, if words were cut,
     ``{"words": n, "tokens": m, "prompt_used": ...}`` (a warning is issued); None if nothing was cut
     or the tokenizer cannot tell (:meth:`~mpcore.interfaces.TextTokens.token_ids` returns None)."""
     tokens = " ".join(token_strings)
@@ -166,11 +181,14 @@ def fit_guided_prompt(text, prompt: str, token_strings: list[str], token_ids: li
     def guided(body: str) -> str:
         if not body:
             return tokens
-        return f"{body} {tokens}" if placement == "end" else f"{tokens} {body}"
+        return f"{body} {tokens}" if placement == "end" else f"{tokens} {body}"  # else 'start'
 
     def fits(body: str) -> bool:
         seen = text.token_ids(guided(body))
-        return seen is None or all(token in seen for token in token_ids)
+        if seen is None:
+            return True
+        # nothing truncated: with 'start' the tokens would survive truncation, but P's cut tail must be recorded
+        return all(token in seen for token in token_ids) and seen == text.token_ids(guided(body), truncate=False)
 
     if fits(prompt):
         return guided(prompt), None
@@ -248,11 +266,16 @@ class MotionPrompt:
                                   f"{backbone.temporal_compression}x): use guidance_decoder=full")
         self.token_strings = [TOKEN_FORMAT.format(k) for k in range(cfg.num_tokens)]
         self.token_ids = backbone.text.add_tokens(self.token_strings)
-        # init each token from its quality word ('authentic', 'real', 'clear', ...)
-        init = torch.stack([backbone.text.word_embedding(w) for w in cfg.token_init_words()]).float()
+        # init each token from its quality word ('authentic', 'real', 'clear', ...), or at random ('random')
+        words = cfg.token_init_words()
+        init = torch.stack([
+            random_token_embedding(backbone.text.embedding_table(), self.token_ids,
+                                   torch.Generator().manual_seed(sampler.seed + RANDOM_INIT_SEED_OFFSET + k))
+            if word == RANDOM_INIT else backbone.text.word_embedding(word).float()
+            for k, word in enumerate(words)]).float()
         # the tokenizer's pieces of each init word (the init is their mean): T5's sentencepiece may split a word
         word_pieces = getattr(backbone.text, "word_pieces", None)
-        self.init_pieces = [word_pieces(w) for w in cfg.token_init_words()] if word_pieces else None
+        self.init_pieces = ([None if w == RANDOM_INIT else word_pieces(w) for w in words] if word_pieces else None)
         backbone.text.set_rows(self.token_ids, init)
         self.init_embeddings = init.detach().clone()
         self.tokens = torch.nn.Parameter(init.detach().clone())  # float32, the only thing optimized
