@@ -59,5 +59,16 @@ def register_metrics(register):
 
 
 @hookspec
+def register_guidances(register):
+    """Register guidance methods (``mpcore run --guidance NAME``).
+
+    Call ``register(GuidanceSpec(...))`` (see :class:`mpcore.interfaces.GuidanceSpec`): a name, a
+    ``build(config, backbone_spec, model)`` returning a fresh object with the sampler's guidance
+    protocol (:class:`mpcore.sampling.Guidance`) and the dataclass of its ``-o key=value`` settings.
+    MotionPrompt is registered this way too, by mpcore itself.
+    """
+
+
+@hookspec
 def register_commands(cli):
     """Add click commands to the ``mpcore`` command group ``cli``."""

@@ -307,3 +307,28 @@ class MetricSpec:
     vbench: bool = False
     """True only when the metric follows VBench's definition (Huang et al., CVPR 2024)."""
     kind: str = "metric"
+
+
+@dataclass
+class GuidanceSpec:
+    """A guidance method the sampler can run (``--guidance NAME``; hook ``register_guidances``).
+
+    ``build(config, backbone_spec, model)`` returns a fresh object with the sampler's guidance
+    protocol (:class:`mpcore.sampling.Guidance`: ``prepare`` / ``condition`` / ``finish``) for ONE
+    video; ``config`` is an instance of ``config_class`` with the run's ``-o key=value`` settings
+    applied (unknown keys are refused naming the allowed ones). ``finish()`` returns a dict whose
+    ``trace`` is the per-step list the manifest records. A guidance that needs more than its config
+    (MotionPrompt: a flow estimator and a discriminator) is built by the run job itself
+    (``needs_models``).
+    """
+
+    name: str
+    build: Callable[..., Any]
+    description: str = ""
+    config_class: type | None = None
+    """A dataclass of the guidance's settings (its defaults are the guidance's own); None: no settings."""
+    defaults_for: Callable[[str, str | None], dict[str, Any]] | None = None
+    """``defaults_for(backbone_name, model)`` -> settings that differ from ``config_class``'s defaults
+    for that backbone (e.g. a paper's per-backbone step range); None: the class defaults everywhere."""
+    needs_models: bool = False
+    kind: str = "guidance"

@@ -25,7 +25,11 @@ KINDS = {
     "flow": "register_flow_estimators",
     "discriminator": "register_discriminators",
     "metric": "register_metrics",
+    "guidance": "register_guidances",
 }
+BUILTIN_PLUGIN = "mpcore"
+"""Name of mpcore's own plugin (MotionPrompt's guidance registration, :mod:`mpcore.builtin`): always loaded,
+whatever ``MPCORE_PLUGINS`` says, as the first plugin (a third-party name clash warns and MotionPrompt wins)."""
 
 
 @dataclass
@@ -78,6 +82,13 @@ def load_plugins(reload: bool = False) -> PluginState:
     state = PluginState(_new_manager())
     allow = os.environ.get(ALLOW_ENV)
     allowed = None if allow is None else {n.strip() for n in allow.split(",") if n.strip()}
+    from mpcore import builtin
+
+    try:
+        own_version = metadata.version("mpcore")
+    except metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+        own_version = None
+    register_plugin(state, builtin, BUILTIN_PLUGIN, "mpcore", own_version)
     for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
         if allowed is not None and entry_point.name not in allowed:
             continue

@@ -24,11 +24,16 @@ from mpcore.interfaces import Backbone
 @dataclass
 class StepCondition:
     """What a guidance object returns for one step: the condition to denoise with, and optionally
-    the unconditional model output it already computed for (x_t, t) (reused, not recomputed)."""
+    the unconditional model output it already computed for (x_t, t) (reused, not recomputed).
+
+    ``latents``: a guidance that moves x_t itself (FlowMo: gradient steps on the latent) returns the
+    updated x_t here; the step's model call and scheduler update then use it (``uncond_output``, if
+    given, must be for these latents). None: the sampler's own x_t."""
 
     cond: torch.Tensor
     uncond_output: torch.Tensor | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    latents: torch.Tensor | None = None
 
 
 class Guidance(Protocol):
@@ -220,6 +225,8 @@ def sample(
             step_condition = guidance.condition(step, t, latents, cond, uncond)
             if step_condition is not None:
                 step_cond, uncond_output = step_condition.cond, step_condition.uncond_output
+                if step_condition.latents is not None:  # a guidance that moved x_t (e.g. FlowMo)
+                    latents = step_condition.latents.detach().to(backbone.latent_dtype)
                 if step_condition.info:
                     bar.set_postfix(step_condition.info, refresh=False)
         with torch.no_grad():

@@ -58,7 +58,7 @@ BUILTIN_COMMANDS: dict[str, tuple[str, str, bool]] = {
     ),
     "plugins": (
         "mpcore.cli.plugins:plugins_command",
-        "List installed backbones, flow estimators, discriminators, metrics and plugin commands, "
+        "List installed backbones, flow estimators, discriminators, metrics, guidances and plugin commands, "
         "and where each comes from.",
         True,
     ),

@@ -12,8 +12,8 @@ from mpcore import plugins
 @click.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def plugins_command(as_json: bool):
-    """List installed backbones, flow estimators, discriminators, metrics and plugin commands, and where each comes
-    from."""
+    """List installed backbones, flow estimators, discriminators, metrics, guidances and plugin commands, and where
+    each comes from."""
     root = click.get_current_context().find_root().command
     state = root.load_plugins() if hasattr(root, "load_plugins") else plugins.load_plugins()
     rows = []

@@ -56,8 +56,9 @@ def run_params() -> list[click.Parameter]:
           help="FreeInit's normalized spatial stop frequency D_s."),
         O(["--free-init-temporal-stop"], type=float, default=0.25, show_default=True,
           help="FreeInit's normalized temporal stop frequency D_t."),
-        O(["--guidance"], type=click.Choice(["motionprompt", "none"]), default="motionprompt", show_default=True,
-          help="'none' gives the plain baseline."),
+        O(["--guidance"], default="motionprompt", show_default=True,
+          help="Guidance plugin name (see `mpcore plugins`: motionprompt, flowmo, ...); 'none' gives the plain "
+               "baseline. Its settings: -o KEY=VALUE."),
         O(["--flow"], default=None,
           help="Flow estimator plugin name (= -o flow_estimator=NAME; default raft, tvl1 with --model tiny/toy)."),
         O(["--flow-weights"], default=None, help="Flow estimator weights: path, plugin-specific name, or 'random'."),
@@ -65,8 +66,9 @@ def run_params() -> list[click.Parameter]:
         O(["--discriminator"], default=None, help="Discriminator .safetensors (config JSON beside it), or 'random'."),
         O(["--discriminator-type"], default=None, help="Discriminator plugin (default: 'type' in its config JSON, else vit)."),
         O(["-o", "--set", "overrides"], multiple=True, metavar="KEY=VALUE",
-          help="MotionPrompt setting, e.g. -o lr=0.001 -o opt_range=4,15 -o iterations=3 (repeatable)."),
-        O(["--compare"], is_flag=True, help="Also sample the baseline (same seed) and write baseline | MotionPrompt side by side."),
+          help="Guidance setting, e.g. -o lr=0.001 -o opt_range=4,15 -o iterations=3 (repeatable; checked against "
+               "the chosen --guidance's settings)."),
+        O(["--compare"], is_flag=True, help="Also sample the baseline (same seed) and write baseline | guided side by side."),
         O(["--out"], default=None, help="Output .mp4, .gif or folder (PNG frames). Default: outputs/<prompt>_<seed>.mp4"),
         O(["--overwrite"], is_flag=True,
           help="Replace an existing output at --out (and its manifest, compare video and trace plot)."),

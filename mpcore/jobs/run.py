@@ -36,7 +36,9 @@ picks its steps among them, so more sampling steps than that cannot be distinct.
 GUIDANCE_ONLY_OPTIONS = {"overrides": "-o/--set", "compare": "--compare", "flow": "--flow", "flow_weights": "--flow-weights",
                          "flow_options": "--flow-option", "discriminator": "--discriminator",
                          "discriminator_type": "--discriminator-type"}
-"""Options that only MotionPrompt uses: refused with ``--guidance none`` instead of silently ignored."""
+"""Options that only a guidance uses: refused with ``--guidance none`` instead of silently ignored."""
+MOTIONPROMPT_ONLY_OPTIONS = {k: v for k, v in GUIDANCE_ONLY_OPTIONS.items() if k not in ("overrides", "compare")}
+"""Options only MotionPrompt uses (its flow estimator and discriminator): refused with another guidance."""
 
 RANDOM_INIT_SEED = 0
 """Seed of every random-init component (``--model tiny``, ``--flow-weights random``,
@@ -165,7 +167,7 @@ class RunSetup:
     backbone_options: dict[str, Any]
     sampler: SamplerConfig
     motion: MotionPromptConfig
-    guidance: str  # "motionprompt" | "none"
+    guidance: str  # a registered guidance name ("motionprompt", "flowmo", ...) or "none"
     compare: bool
     flow: Any  # FlowEstimatorSpec, None without guidance
     flow_weights: str | None
@@ -193,9 +195,26 @@ class RunSetup:
     scheduler: str | None = None
     """``--scheduler``: 'ddim' | 'ddpm' instead of the backbone's own (:func:`mpcore.sampling.use_scheduler`)."""
 
+    guidance_spec: Any = None
+    """The chosen guidance's :class:`mpcore.interfaces.GuidanceSpec`; None with ``--guidance none``."""
+    guidance_config: Any = None
+    """The settings of a guidance other than MotionPrompt (its ``config_class`` with ``-o`` applied)."""
+
     @property
     def guided(self) -> bool:
+        """MotionPrompt is the guidance (its flow estimator, discriminator, token health, trace plot)."""
         return self.guidance == "motionprompt"
+
+    @property
+    def guiding(self) -> bool:
+        """Any guidance at all (a guided video besides, or instead of, the baseline)."""
+        return self.guidance != "none"
+
+    def guidance_settings(self) -> dict[str, Any] | None:
+        """The chosen guidance's settings, JSON-ready (the same place in every manifest); None without one."""
+        if self.guided:
+            return to_dict(self.motion)
+        return to_dict(self.guidance_config) if self.guidance_config is not None else ({} if self.guiding else None)
 
     @property
     def tiny(self) -> bool:
@@ -209,7 +228,7 @@ class RunSetup:
         return {
             "video": out,
             "manifest": video.derived_path(out, "", ".json"),
-            "compare": video.derived_path(out, "_compare") if every or (self.compare and self.guided) else None,
+            "compare": video.derived_path(out, "_compare") if every or (self.compare and self.guiding) else None,
             "trace_plot": video.derived_path(out, "_trace", ".png") if every or self.guided else None,
         }
 
@@ -218,7 +237,7 @@ class RunSetup:
         return {
             "backbone": {"name": self.backbone.name, "model": self.model, "options": self.backbone_options},
             "guidance": self.guidance,
-            "compare": self.compare and self.guided,
+            "compare": self.compare and self.guiding,
             "sampler": {k: v for k, v in to_dict(self.sampler).items() if k != "seed"},
             "motionprompt": to_dict(self.motion) if self.guided else None,
             "flow": {"name": self.flow.name, "weights": self.flow_weights, "options": self.flow_options} if self.guided else None,
@@ -226,6 +245,8 @@ class RunSetup:
             "device": str(self.device),
             "dtype": str(self.dtype).replace("torch.", ""),
             "fps": self.fps,
+            # another guidance's settings (MotionPrompt's are "motionprompt": older folders resume unchanged)
+            **({"guidance_settings": self.guidance_settings()} if self.guiding and not self.guided else {}),
             # sampling options only when used: folders written before them resume unchanged
             **({"free_init": dataclasses.asdict(self.free_init)} if self.free_init is not None and self.free_init.enabled
                else {}),
@@ -301,9 +322,11 @@ def prepare(options: dict[str, Any], backbone_option_owners: dict[str, list[str]
     _check_run_options(options)
     sampler_flags = {k: options.get(k) for k in SAMPLER_FLAGS}
     flow_flag = [f"flow_estimator={options['flow']}"] if options["flow"] else []  # --flow NAME = -o flow_estimator=NAME
-    sampler, motion = resolve_configs(spec, model, sampler_flags, flow_flag + list(options["overrides"]))
+    overrides = list(options["overrides"]) if options["guidance"] in ("motionprompt", "none") else []  # others: their own
+    sampler, motion = resolve_configs(spec, model, sampler_flags, flow_flag + overrides)
     sampler.validate(spec.spatial_multiple, spec.temporal_compression)
     free_init = _free_init_config(options)
+    guidance_spec, guidance_config = _guidance_choice(options["guidance"], spec, model, list(options["overrides"]))
     guided = options["guidance"] == "motionprompt"
     if guided:
         r = spec.temporal_compression
@@ -349,6 +372,8 @@ def prepare(options: dict[str, Any], backbone_option_owners: dict[str, list[str]
         guidance_decoder_path=decoder_path,
         guidance_decoder_source=decoder_source,
         warnings=parts.warnings,
+        guidance_spec=guidance_spec,
+        guidance_config=guidance_config,
         free_init=free_init,
         scheduler=options.get("scheduler"),
     )
@@ -399,8 +424,44 @@ def _backbone_options(options: dict[str, Any], backbone_name: str,
     return backbone_options
 
 
+def _guidance_choice(name: str, spec, model: str | None, overrides: list[str]) -> tuple[Any, Any]:
+    """``--guidance NAME``: its registered spec (an unknown name lists the installed ones) and, for a
+    guidance other than MotionPrompt, its config: the class defaults, the backbone's defaults
+    (``defaults_for``), then ``-o`` (unknown keys named with the allowed ones). Loads nothing."""
+    if name == "none":
+        return None, None
+    try:
+        guidance_spec = plugins.get("guidance", name).spec
+    except plugins.UnknownPluginError as error:
+        raise OptionError(f"{error} (or --guidance none for the plain baseline)", "--guidance") from None
+    if name == "motionprompt" or guidance_spec.config_class is None:
+        if overrides and name != "motionprompt":
+            raise OptionError(f"the {name} guidance takes no settings; drop -o {' -o '.join(overrides)}", "-o/--set")
+        return guidance_spec, None
+    config = guidance_spec.config_class()
+    if guidance_spec.defaults_for is not None:
+        config = apply_overrides(config, {k: _as_override(v) for k, v in guidance_spec.defaults_for(spec.name, model).items()})
+    try:
+        config = apply_overrides(config, overrides)
+        if hasattr(config, "validate"):
+            config.validate()
+    except ConfigError as error:
+        raise OptionError(f"--guidance {name}: {error}", "-o/--set") from None
+    return guidance_spec, config
+
+
+def _as_override(value: Any) -> str:
+    """A default value as the ``-o`` string :func:`mpcore.config.apply_overrides` parses."""
+    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
+
+
 def _check_run_options(options: dict[str, Any]) -> None:
-    """Options that contradict ``--guidance none``, and ``--fps``."""
+    """Options that contradict ``--guidance none`` or the chosen guidance, and ``--fps``."""
+    if options["guidance"] not in ("motionprompt", "none"):
+        given = [flag for name, flag in MOTIONPROMPT_ONLY_OPTIONS.items() if options.get(name)]
+        if given:
+            raise OptionError(f"{', '.join(given)} are MotionPrompt's (its flow estimator and discriminator); the "
+                              f"{options['guidance']} guidance uses none of them: drop them", given[0])
     if options["guidance"] == "none":
         given = [flag for name, flag in GUIDANCE_ONLY_OPTIONS.items() if options.get(name)]
         if given:
@@ -606,7 +667,7 @@ def generate_one(
 
     # ---- write: videos, trace plot, then the manifest
     _write_videos(setup, models.backbone, results, paths)
-    guidance_result = results["motionprompt"].guidance if setup.guided else None
+    guidance_result = results[setup.guidance].guidance if setup.guiding else None
     health = guidance_health(guidance_result) if setup.guided else None
     if health is not None and report is not None:
         report(describe_health(health))
@@ -650,18 +711,20 @@ def _sample_videos(setup: RunSetup, models: Models, prompt: str, sampler: Sample
     timings: dict[str, float] = {"load_backbone_s": models.load_backbone_s}
     # ---- sample: baseline first (it must not see the learnable tokens), then guided
     results = {}
-    if not setup.guided or setup.compare:
+    if not setup.guiding or setup.compare:
         start = time.perf_counter()
         results["baseline"] = sample(models.backbone, prompt, sampler, None, setup.progress, "baseline")
         timings["baseline_s"] = time.perf_counter() - start
-    if setup.guided:
-        from mpcore.motionprompt import MotionPrompt
-
-        # a fresh guidance object per video: the token starts from its init word, the trace is empty
-        guidance = MotionPrompt(setup.motion, models.flow_estimator, models.discriminator, models.guidance_decoder)
+    if setup.guiding:
+        # a fresh guidance object per video: MotionPrompt's token starts from its init word, every trace is empty
+        if setup.guided:
+            guidance = setup.guidance_spec.build(setup.motion, models.flow_estimator, models.discriminator,
+                                                 models.guidance_decoder)
+        else:
+            guidance = setup.guidance_spec.build(setup.guidance_config, setup.backbone, setup.model)
         start = time.perf_counter()
-        results["motionprompt"] = sample(models.backbone, prompt, sampler, guidance, setup.progress, "motionprompt")
-        timings["motionprompt_s"] = time.perf_counter() - start
+        results[setup.guidance] = sample(models.backbone, prompt, sampler, guidance, setup.progress, setup.guidance)
+        timings[f"{setup.guidance}_s"] = time.perf_counter() - start
     for name, result in results.items():
         if not torch.isfinite(result.latents).all():
             raise SamplingError(f"{name} sampling gave non-finite latents (NaN/inf) for prompt {prompt!r}, "
@@ -675,9 +738,9 @@ def _write_videos(setup: RunSetup, backbone, results: dict[str, Any], paths: dic
     from mpcore.sampling import decode_video
 
     frames = {name: video.to_uint8_frames(decode_video(backbone, r.latents)) for name, r in results.items()}
-    video.write_video(frames["motionprompt" if setup.guided else "baseline"], paths["video"], fps=setup.fps)
+    video.write_video(frames[setup.guidance if setup.guiding else "baseline"], paths["video"], fps=setup.fps)
     if paths["compare"] is not None:
-        video.write_video(video.side_by_side(frames["baseline"], frames["motionprompt"]), paths["compare"], fps=setup.fps)
+        video.write_video(video.side_by_side(frames["baseline"], frames[setup.guidance]), paths["compare"], fps=setup.fps)
 
 
 def _run_manifest(setup: RunSetup, models: Models, prompt: str, sampler: SamplerConfig, paths: dict[str, Path | None],
@@ -692,6 +755,8 @@ def _run_manifest(setup: RunSetup, models: Models, prompt: str, sampler: Sampler
         prompt=prompt,
         seed=sampler.seed,
         guidance=setup.guidance,
+        # every guidance's settings in one place (MotionPrompt's also under "motionprompt", resolved below)
+        guidance_settings=setup.guidance_settings(),
         backbone=models.backbone.describe(),
         sampler=to_dict(sampler),
         motionprompt={**to_dict(motion), "opt_range": list(motion.resolved_opt_range(sampler.steps)),
