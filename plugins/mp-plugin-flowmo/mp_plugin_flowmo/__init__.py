@@ -1,0 +1,27 @@
+"""mpcore plugin: FlowMo as a guidance (``mpcore run --guidance flowmo``)."""
+
+from __future__ import annotations
+
+from mpcore.hookspecs import hookimpl
+from mpcore.interfaces import GuidanceSpec
+
+from mp_plugin_flowmo.flowmo import FlowMo, FlowMoConfig, backbone_defaults, temporal_variance_loss
+
+__all__ = ["FlowMo", "FlowMoConfig", "backbone_defaults", "temporal_variance_loss", "register_guidances"]
+
+
+def build(config: FlowMoConfig, backbone_spec=None, model=None) -> FlowMo:
+    """A fresh FlowMo for one video (its trace starts empty)."""
+    return FlowMo(config)
+
+
+@hookimpl
+def register_guidances(register):
+    register(GuidanceSpec(
+        name="flowmo",
+        build=build,
+        description="FlowMo (Shaulov et al. 2025): gradient steps on x_t lowering the patch-wise temporal variance "
+                    "of the clean estimate's frame differences; no flow estimator, no discriminator",
+        config_class=FlowMoConfig,
+        defaults_for=backbone_defaults,
+    ))
