@@ -217,7 +217,7 @@ def load(
     backbone: str = "videocrafter2",
     config: str | dict | None = None,
     variant: str | None = None,
-    image: str | Path | torch.Tensor | None = None,
+    image: str | Path | torch.Tensor | PIL.Image.Image | None = None,  # noqa: F821 (PIL: annotation only)
     cond_fps: int | None = None,
     frame_stride: int | None = None,
     guidance_rescale: float | None = None,
