@@ -71,7 +71,7 @@ def cfg_output(
     ``backbone.guidance_rescale`` > 0 the result is rescaled as :func:`rescale_cfg` does."""
     if cfg_scale <= 1.0:
         return backbone.predict(latents, t, cond)
-    if uncond_output is not None or backbone.separate_cfg_passes:
+    if uncond_output is not None or getattr(backbone, "separate_cfg_passes", False):
         out_cond = backbone.predict(latents, t, cond)
         if uncond_output is None:
             uncond_output = backbone.predict(latents, t, uncond)
