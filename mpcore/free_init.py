@@ -138,7 +138,8 @@ def sample_free_init(backbone, prompt: str, config: SamplerConfig, free_init: Fr
             record["guidance"] = summarize_guidance(result.guidance)
         passes.append(record)
     result.free_init = {**asdict(free_init), "diffuse_timestep": scheduler.config.num_train_timesteps - 1,
-                        "guidance_restarts": "each pass (MotionPrompt's token from its init word)",
+                        "guidance_restarts": "each pass (the guidance's prepare runs again: MotionPrompt's token from its "
+                                             "init word)",
                         "passes": passes}
     return result
 
@@ -146,4 +147,4 @@ def sample_free_init(backbone, prompt: str, config: SamplerConfig, free_init: Fr
 def summarize_guidance(result: dict[str, Any]) -> dict[str, Any]:
     """A pass's guidance result in a few numbers (its full trace is only kept for the last pass)."""
     keys = ("skipped_updates", "final_cosine", "token_drift_l2")
-    return {**{key: result.get(key) for key in keys}, "trace_entries": len(result.get("trace") or [])}
+    return {**{key: result[key] for key in keys if key in result}, "trace_entries": len(result.get("trace") or [])}

@@ -692,8 +692,9 @@ def _sampling_manifest(setup: RunSetup, results: dict[str, Any]) -> dict[str, An
     """The manifest's ``scheduler`` and ``free_init`` sections (settings, and each video's passes)."""
     section: dict[str, Any] = {"scheduler": setup.scheduler or "the backbone's own"}
     if setup.free_init is not None and setup.free_init.enabled:
-        section["free_init"] = {**dataclasses.asdict(setup.free_init),
-                                "videos": {name: result.free_init for name, result in results.items()}}
+        settings = dataclasses.asdict(setup.free_init)
+        section["free_init"] = {**settings, "videos": {  # per video: its passes (the settings once, above)
+            name: {k: v for k, v in result.free_init.items() if k not in settings} for name, result in results.items()}}
     return section
 
 
