@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import importlib
 import json
 import os
@@ -79,7 +80,10 @@ from mpcore.io.manifest import cpu_stall_us, git_revision
 REPO = Path(__file__).resolve().parent.parent
 PROMPT = "a horse galloping along a beach at sunset, waves rolling in"
 SEED = 0
-MODES = ("baseline", "fast", "lean", "rollout", "fast-tiny", "lean-tiny")
+MODES = ("baseline", "fast", "lean", "rollout", "fast-tiny", "lean-tiny", "flowmo")
+FLOWMO = "flowmo"
+"""FlowMo (mp-plugin-flowmo) at its defaults: gradient steps on x_t, no flow estimator or discriminator. Run only
+when named in --modes (e.g. --modes baseline,flowmo): its cost next to MotionPrompt's."""
 TINY_SUFFIX = "-tiny"
 """A guided mode with this suffix decodes the guided frames with a tiny decoder (``-o guidance_decoder=tiny``)."""
 ROLLOUT_STEPS = 3
@@ -173,7 +177,7 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         args.steps = SMOKE_STEPS if args.smoke else 50
     if args.modes is None:
         args.modes = "baseline,fast" if args.smoke else ",".join(
-            m for m in MODES if not (args.backbone in CAUSAL_VAE_BACKBONES and m.endswith(TINY_SUFFIX)))
+            m for m in MODES if m != FLOWMO and not (args.backbone in CAUSAL_VAE_BACKBONES and m.endswith(TINY_SUFFIX)))
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     unknown = [m for m in modes if m not in MODES]
     if unknown or not modes:
@@ -313,6 +317,20 @@ def motion_config(mode: str, backbone: str = "animatediff", **changes):
                                   "checkpoint_vae": mode == "lean", **rollout, **tiny, **changes})
 
 
+def flowmo_config(**changes):
+    """FlowMo's config (its plugin's defaults) with ``changes``."""
+    from mpcore import plugins
+
+    return dataclasses.replace(plugins.get("guidance", FLOWMO).spec.config_class(), **changes)
+
+
+def flowmo_guidance(**changes):
+    """A fresh FlowMo guidance object (built through its plugin, as ``mpcore run --guidance flowmo``)."""
+    from mpcore import plugins
+
+    return plugins.get("guidance", FLOWMO).spec.build(flowmo_config(**changes), None, None)
+
+
 def random_tiny_decoder(backbone):
     """A guidance decoder for a ``-tiny`` mode: diffusers' ``AutoencoderTiny`` at TAESD's widths (64
     channels, three blocks a stage) with as many up-sampling stages as the backbone's VAE, random
@@ -370,6 +388,8 @@ def _guidance_models(mode: str, device, sampler, backbone: str = "animatediff", 
     Returns (flow, disc, decoder or None)."""
     from mpcore import plugins
 
+    if mode == FLOWMO:
+        return None, None, None
     flow = plugins.get("flow", "raft").spec.load("random", device, seed=SEED)
     disc = plugins.get("discriminator", "vit").spec.random(seed=SEED, device=device)
     motion_config(mode, backbone).validate(sampler)
@@ -394,8 +414,11 @@ def _warm_up(backbone, args, mode: str, flow, disc, device, decoder=None) -> flo
     # the optimized step is the warm-up's last: at step 0 a zero-terminal-SNR schedule (DynamiCrafter
     # 512/1024) has alpha_bar = 0, where no Tweedie estimate exists
     last = (WARMUP_STEPS - 1, WARMUP_STEPS)
-    warm_guidance = (MotionPrompt(motion_config(mode, name, opt_range=last, iterations=1), flow, disc, decoder)
-                     if guided else None)
+    if mode == FLOWMO:
+        warm_guidance = flowmo_guidance(opt_range=last)
+    else:
+        warm_guidance = (MotionPrompt(motion_config(mode, name, opt_range=last, iterations=1), flow, disc, decoder)
+                         if guided else None)
     sample(backbone, PROMPT, warm, warm_guidance, progress=False)
     _sync(device)
     warmup_s = time.perf_counter() - start
@@ -415,7 +438,10 @@ def _timed_runs(backbone, sampler, mode: str, flow, disc, repeats: int, device, 
     walls, result = [], None
     stall_start = cpu_stall_us()
     for _ in range(repeats):
-        guidance = MotionPrompt(motion_config(mode, name), flow, disc, decoder) if guided else None
+        if mode == FLOWMO:
+            guidance = flowmo_guidance()
+        else:
+            guidance = MotionPrompt(motion_config(mode, name), flow, disc, decoder) if guided else None
         _sync(device)
         start = time.perf_counter()
         result = sample(backbone, PROMPT, sampler, guidance, progress=False)
@@ -448,6 +474,12 @@ def _memory(device, loaded_bytes: int, rss_loaded_now: int | None) -> dict[str, 
 def _guidance_fields(mode: str, steps: int, result, backbone: str = "animatediff") -> dict[str, Any]:
     """The row's guidance fields (None for the baseline): range, iterations, estimate calls, decoded
     frames, checkpointing, and from the run's record the skipped updates and the token drift."""
+    if mode == FLOWMO:
+        config, info = flowmo_config(), result.guidance
+        return {"opt_range": list(config.resolved_opt_range(steps)), "iterations": config.iterations,
+                "estimate_calls": 1, "decoded_frames": 0, "checkpoint_denoiser": config.checkpoint_denoiser,
+                "checkpoint_vae": None, "guidance_decoder": None, "skipped_updates": info["skipped_updates"],
+                "token_drift_l2": None}
     guided = mode != "baseline"
     motion = motion_config(mode, backbone)
     info = result.guidance if guided else None
