@@ -1,11 +1,12 @@
 #!/usr/bin/env python
-"""Does MotionPrompt make the bundled toy model's motion more coherent? Baseline vs guided, paired.
+"""Does MotionPrompt (or FlowMo) make the bundled toy model's motion more coherent? Baseline vs guided, paired.
 
 Over held-out prompts (captions of toy-world scenes whose (colour, shape, motion) combination was
 never used in training, one in three also worded with the held-out template: ``split="heldout"``)
 and several seeds, the toy model
 samples each (prompt, seed) twice with the same initial noise: plain (``--guidance none``) and with
-MotionPrompt (its bundled discriminator). Both go through ``mpcore generate``. Then, per pair:
+MotionPrompt (its bundled discriminator), and a third time with FlowMo (``--guidance flowmo``, the
+mp-plugin-flowmo guidance; ``--no-flowmo`` leaves it out). All go through ``mpcore generate``. Then, per pair:
 
 * temporal metrics of ``mpcore eval`` that do not use the discriminator: ``flow_warp_error`` (TV-L1
   warping error, lower is better), ``temporal_flickering`` (VBench; higher = less flicker) and
@@ -16,7 +17,7 @@ MotionPrompt (its bundled discriminator). Both go through ``mpcore generate``. T
 * fidelity: a small 3D CNN trained on REAL procedural clips reads shape, motion and background; its
   agreement with the caption (``fidelity``).
 
-Every measure gets the guided - baseline mean difference with a 95% paired bootstrap CI
+Every measure gets the guided - baseline (and FlowMo - baseline) mean difference with a 95% paired bootstrap CI
 (:func:`mpcore.analysis.compare.paired_comparison`). The same measures on the REAL clips of the same
 held-out scenes are the reference (what a perfect model would score), and the baseline's own
 direction agreement and fidelity say whether the samples are good enough to judge motion at all.
@@ -24,6 +25,7 @@ direction agreement and fidelity say whether the samples are good enough to judg
     python benchmarks/bench_effect.py                       # 16 prompts x 2 seeds (~15 min on 2 cores)
     python benchmarks/bench_effect.py -o lr=0.01 --tag lr0.01   # another guidance setting
     python benchmarks/bench_effect.py --smoke               # tiny configuration (tests)
+    python benchmarks/bench_effect.py --prompts 8 --tag three_arms   # baseline / MotionPrompt / FlowMo
 
 Writes ``<out>/bench_effect_<tag>.json`` and ``<out>/bench_effect_<tag>.md`` (atomically).
 """
@@ -115,13 +117,11 @@ def real_reference(scenes: list[toyworld.Scene], classifier, flow, work: Path) -
     return toy_metrics.summarize(list(result["videos"].values()), list(OBJECT_MEASURES))
 
 
-def markdown(summary: dict) -> str:
-    lines = [f"# bench_effect ({summary['tag']}): MotionPrompt on the bundled toy model", "",
-             f"{summary['n_pairs']} pairs ({summary['prompts']} held-out prompts x seeds {summary['seeds']}), "
-             f"guidance settings: {' '.join(summary['overrides']) or 'defaults'}; git {summary['git']}", "",
-             "| measure | better | real clips | baseline | guided | guided - baseline [95% CI] | guided better in |",
+def comparison_table(summary: dict, comparison: dict, label: str) -> list[str]:
+    """One markdown table: every measure, ``label`` (the guided arm) minus the baseline, paired CIs."""
+    lines = [f"| measure | better | real clips | baseline | {label} | {label} - baseline [95% CI] | {label} better in |",
              "|---|---|---|---|---|---|---|"]
-    for name, row in summary["comparison"]["metrics"].items():
+    for name, row in comparison["metrics"].items():
         better = "lower" if name in LOWER_IS_BETTER else ("-" if name in NEUTRAL else "higher")
         real = summary["real_reference"].get(name)
         wins = row["wins"] if better == "higher" else row["losses"]
@@ -129,6 +129,17 @@ def markdown(summary: dict) -> str:
         lines.append(f"| {name} | {better} | {'' if real is None else f'{real:.4g}'} | {row['baseline']:.4g} | "
                      f"{row['guided']:.4g} | {row['diff']:+.4g} [{row['ci'][0]:+.4g}, {row['ci'][1]:+.4g}] | "
                      f"{wins_text} |")
+    return lines
+
+
+def markdown(summary: dict) -> str:
+    lines = [f"# bench_effect ({summary['tag']}): MotionPrompt on the bundled toy model", "",
+             f"{summary['n_pairs']} pairs ({summary['prompts']} held-out prompts x seeds {summary['seeds']}), "
+             f"guidance settings: {' '.join(summary['overrides']) or 'defaults'}; git {summary['git']}", ""]
+    lines += comparison_table(summary, summary["comparison"], "guided")
+    if summary.get("comparison_flowmo"):
+        lines += ["", f"## FlowMo on the same pairs (settings: {' '.join(summary['flowmo_overrides']) or 'defaults'})",
+                  ""] + comparison_table(summary, summary["comparison_flowmo"], "flowmo")
     gate = summary.get("gate")
     if gate:
         lines += ["", f"Gate (discriminator term drop, guided runs' traces; {'passed' if gate['passed'] else 'NOT passed'}):"]
@@ -157,10 +168,13 @@ def markdown(summary: dict) -> str:
 @click.option("--probe-pairs", default=3, show_default=True,
               help="The gate's probe (-o probe_pairs): held-out frame pairs scored before and after each step's "
                    "updates (the videos do not change; 0 = the gate from the iterations only).")
+@click.option("--flowmo/--no-flowmo", default=True, show_default=True,
+              help="Also sample each pair with FlowMo (--guidance flowmo) and compare it with the baseline.")
+@click.option("--flowmo-set", "flowmo_overrides", multiple=True, metavar="KEY=VALUE", help="FlowMo setting (repeatable).")
 @click.option("--smoke", is_flag=True, help="2 prompts, 1 seed, 4 steps, a barely trained classifier (tests).")
 def main(n_prompts, seeds, overrides, steps, tag, work, out, classifier_clips, classifier_epochs, resamples, probe_pairs,
-         smoke):
-    """Paired baseline vs MotionPrompt comparison on the bundled toy model."""
+         flowmo, flowmo_overrides, smoke):
+    """Paired baseline vs MotionPrompt (and FlowMo) comparison on the bundled toy model."""
     from mp_plugin_tvl1 import load as load_tvl1
 
     if smoke:
@@ -174,7 +188,10 @@ def main(n_prompts, seeds, overrides, steps, tag, work, out, classifier_clips, c
     prompts.write_text("\n".join(s.caption for s in scenes) + "\n")
     extra = [f"--steps={steps}"] if steps else []
     guided_extra = extra + [f"-o{o}" for o in overrides] + ([f"-oprobe_pairs={probe_pairs}"] if probe_pairs else [])
-    for name, guidance, args in (("baseline", "none", extra), ("guided", "motionprompt", guided_extra)):
+    arms = [("baseline", "none", extra), ("guided", "motionprompt", guided_extra)]
+    if flowmo:
+        arms.append(("flowmo", "flowmo", extra + [f"-o{o}" for o in flowmo_overrides]))
+    for name, guidance, args in arms:
         start = time.perf_counter()
         generate(prompts, seeds, run_dir / name, guidance, args)
         times[f"generate_{name}_s"] = round(time.perf_counter() - start, 1)
@@ -185,6 +202,11 @@ def main(n_prompts, seeds, overrides, steps, tag, work, out, classifier_clips, c
         "--metrics", ",".join(EVAL_METRICS), "--json", str(eval_json), "--out", str(run_dir / "comparison"),
         "--resamples", str(resamples), "--no-progress")
     evaluated = json.loads(eval_json.read_text())
+    if flowmo:
+        run(sys.executable, "-m", "mpcore", "eval", "--compare", str(run_dir / "baseline"), str(run_dir / "flowmo"),
+            "--metrics", ",".join(EVAL_METRICS), "--json", str(run_dir / "eval_flowmo.json"), "--out",
+            str(run_dir / "comparison_flowmo"), "--resamples", str(resamples), "--no-progress")
+        evaluated_flowmo = json.loads((run_dir / "eval_flowmo.json").read_text())
     times["eval_s"] = round(time.perf_counter() - start, 1)
 
     start = time.perf_counter()
@@ -196,6 +218,20 @@ def main(n_prompts, seeds, overrides, steps, tag, work, out, classifier_clips, c
     captions = [json.loads(Path(b).with_suffix(".json").read_text())["prompt"] for b, _ in pairs]
     base_objects = measure([Path(b) for b, _ in pairs], captions, classifier, flow)
     guided_objects = measure([Path(g) for _, g in pairs], captions, classifier, flow)
+    comparison_flowmo, flowmo_videos = None, None
+    if flowmo:
+        flowmo_pairs = [tuple(p) for p in evaluated_flowmo["pairs"]]
+        flowmo_captions = [json.loads(Path(b).with_suffix(".json").read_text())["prompt"] for b, _ in flowmo_pairs]
+        flowmo_objects = measure([Path(f) for _, f in flowmo_pairs], flowmo_captions, classifier, flow)
+        flowmo_videos = {f: {**evaluated_flowmo["guided"]["videos"][f], **flowmo_objects["videos"][f]}
+                         for _, f in flowmo_pairs}
+        baseline_again = {"videos": {b: {**evaluated_flowmo["baseline"]["videos"][b], **base_objects["videos"][b]}
+                                     for b, _ in flowmo_pairs},
+                          "metrics": {**evaluated_flowmo["baseline"]["metrics"], **base_objects["metrics"]},
+                          "unavailable": {}}
+        flowmo_arm = {"videos": flowmo_videos, "unavailable": {},
+                      "metrics": {**evaluated_flowmo["guided"]["metrics"], **flowmo_objects["metrics"]}}
+        comparison_flowmo = paired_comparison(baseline_again, flowmo_arm, flowmo_pairs, seed=0, resamples=resamples)
     reference = real_reference(scenes, classifier, flow, run_dir)
     times["object_measures_s"] = round(time.perf_counter() - start, 1)
 
@@ -215,7 +251,9 @@ def main(n_prompts, seeds, overrides, steps, tag, work, out, classifier_clips, c
         "tag": tag, "prompts": n_prompts, "seeds": seeds, "n_pairs": len(pairs), "overrides": list(overrides),
         "steps": steps, "git": git, "classifier_real_accuracy": classifier_accuracy, "real_reference": reference,
         "comparison": comparison, "gate": guidance_gate, "times": times,
-        "per_video": {"baseline": baseline["videos"], "guided": guided["videos"], "captions": captions},
+        "flowmo_overrides": list(flowmo_overrides), "comparison_flowmo": comparison_flowmo,
+        "per_video": {"baseline": baseline["videos"], "guided": guided["videos"], "flowmo": flowmo_videos,
+                      "captions": captions},
     }
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(json.dumps(summary, indent=1), out / f"bench_effect_{tag}.json")
