@@ -224,6 +224,10 @@ def test_a_folder_of_an_older_version_resumes_unless_a_setting_really_changed(tm
     (tmp_path / "generate.json").write_text(json.dumps({"settings": old, "items": [{"name": "p0000_s0000"}]}))
     (tmp_path / "p0000_s0000.json").write_text("{}")
     check_same_settings(tmp_path / "generate.json", settings)  # resumes
+    old["motionprompt"]["placement"] = "front"  # the old name of 'start'
+    settings["motionprompt"]["placement"] = "start"
+    (tmp_path / "generate.json").write_text(json.dumps({"settings": old, "items": [{"name": "p0000_s0000"}]}))
+    check_same_settings(tmp_path / "generate.json", settings)  # still resumes
     tiny = json.loads(json.dumps(settings))
     tiny["motionprompt"]["guidance_decoder"] = "tiny"
     with pytest.raises(GenerateError, match="motionprompt.guidance_decoder: \"full\" -> \"tiny\""):

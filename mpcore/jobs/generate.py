@@ -407,8 +407,8 @@ def check_same_settings(summary_path: Path, settings: dict[str, Any]) -> None:
 
 def with_added_fields(settings: dict[str, Any]) -> dict[str, Any]:
     """Settings as recorded by an older mpcore, completed with the config fields added since at their
-    defaults (what that version did: e.g. ``guidance_decoder`` = full), so a folder of an older version
-    resumes with the same command."""
+    defaults (what that version did: e.g. ``guidance_decoder`` = full) and renamed values under their new
+    name (placement 'front' is 'start'), so a folder of an older version resumes with the same command."""
     from mpcore.config import MotionPromptConfig, SamplerConfig, to_dict
     from mpcore.io.manifest import json_safe
 
@@ -417,7 +417,10 @@ def with_added_fields(settings: dict[str, Any]) -> dict[str, Any]:
         defaults = {k: v for k, v in to_dict(SamplerConfig()).items() if k != "seed"}
         settings["sampler"] = {**json_safe(defaults), **settings["sampler"]}
     if isinstance(settings.get("motionprompt"), dict):
-        settings["motionprompt"] = {**json_safe(to_dict(MotionPromptConfig())), **settings["motionprompt"]}
+        motion = {**json_safe(to_dict(MotionPromptConfig())), **settings["motionprompt"]}
+        if motion.get("placement") == "front":  # renamed 'start' (the old name is an alias of it)
+            motion["placement"] = "start"
+        settings["motionprompt"] = motion
     return settings
 
 
