@@ -15,7 +15,7 @@ alike; the median is reported, with every run, and the ratio to the unguided ste
 
     python benchmarks/bench_step_parts.py --threads 1 --repeats 7      # ~2 min on an idle machine
 
-Prints a table and writes ``<out>/bench_step_parts_mid_cpu.json`` atomically. Run it on an idle machine:
+Prints a table and writes ``<out>/bench_step_parts_mid_cpu_<threads>t.json`` atomically. Run it on an idle machine:
 other processes make single calls slower by several times.
 """
 
@@ -40,15 +40,19 @@ from mpcore.io.files import write_text_atomic  # noqa: E402
 
 
 def parts(device: torch.device) -> dict:
-    """The timed callables, built on the mid model (8 frames, 128x128, 16x16 latents)."""
+    """The timed callables, built on the mid model at the mid config's video size (8 frames, 128x128;
+    its VAE down-samples 4x: 32x32 latents)."""
     backbone = bench_guidance.load_mid(device, torch.float32, 0)
-    latents = torch.randn(1, 4, 8, 16, 16, generator=torch.Generator().manual_seed(0))
+    shape = bench_guidance.video_shape("mid")
+    f = backbone.vae_scale_factor
+    h, w = shape["height"] // f, shape["width"] // f
+    latents = torch.randn(1, backbone.latent_channels, shape["frames"], h, w, generator=torch.Generator().manual_seed(0))
     t = torch.tensor(500)
     cond, uncond = backbone.encode_prompt(["a horse galloping"]), backbone.encode_prompt([""])
     flow = plugins.get("flow", "raft").spec.load("random", device, seed=0)
     disc = plugins.get("discriminator", "vit").spec.random(seed=0, device=device)
-    frames_latents = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(1))
-    images = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    frames_latents = torch.randn(2, backbone.latent_channels, h, w, generator=torch.Generator().manual_seed(1))
+    images = torch.rand(2, 3, shape["height"], shape["width"], generator=torch.Generator().manual_seed(2)) * 2 - 1
 
     def cfg_forward_batch2():
         with torch.no_grad():
@@ -99,7 +103,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     result = {"config": "mid", "device": "cpu", "threads": args.threads, "repeats": args.repeats, "torch": torch.__version__,
               "date": time.strftime("%Y-%m-%d"), "rows": rows}
-    write_text_atomic(json.dumps(result, indent=2) + "\n", out / "bench_step_parts_mid_cpu.json")
+    write_text_atomic(json.dumps(result, indent=2) + "\n", out / f"bench_step_parts_mid_cpu_{args.threads}t.json")
 
 
 if __name__ == "__main__":
