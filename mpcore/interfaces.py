@@ -41,6 +41,13 @@ class Discriminator(Protocol):
     def __call__(self, flow: torch.Tensor) -> torch.Tensor: ...
 
 
+def latent_frames(frames: int, temporal_compression: int) -> int:
+    """The number of latent frames of a ``frames``-frame video: ``frames`` for a per-frame VAE,
+    ``1 + (frames - 1) / r`` for a causal video VAE compressing time r-fold after the first frame."""
+    r = temporal_compression
+    return frames if r == 1 else (frames - 1) // r + 1
+
+
 class TextTokens(abc.ABC):
     """The learnable-token side of a text encoder: add tokens, read/write rows, encode with override."""
 
@@ -107,10 +114,8 @@ class Backbone(abc.ABC):
         paper's backbones; Wan: UniPC or Euler with flow sigmas; CogVideoX: its DDIM / DPM)."""
 
     def latent_frames(self, frames: int) -> int:
-        """The number of latent frames of a ``frames``-frame video (``1 + (frames - 1) / r`` with a
-        causal VAE compressing time r-fold)."""
-        r = self.temporal_compression
-        return frames if r == 1 else (frames - 1) // r + 1
+        """The number of latent frames of a ``frames``-frame video (:func:`latent_frames`)."""
+        return latent_frames(frames, self.temporal_compression)
 
     @property
     def latent_dtype(self) -> torch.dtype:

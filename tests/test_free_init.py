@@ -142,3 +142,15 @@ def test_generate_refuses_resuming_a_folder_with_other_free_init(tmp_path):
     assert again.exit_code == 0 and "already complete" in again.output
     other = CliRunner().invoke(build_cli(), small)
     assert other.exit_code != 0 and "free_init" in other.output
+
+
+def test_free_init_options_fill_only_what_is_given_and_zero_is_refused():
+    """--free-init 0 was silently read as 1 (a falsy value fell back to the default); options not given take
+    FreeInitConfig's own defaults, not copies of them."""
+    from mpcore.jobs.run import OptionError, _free_init_config
+
+    config = _free_init_config({"free_init": 2, "free_init_order": 2})
+    assert (config.iterations, config.order) == (2, 2)
+    assert config.method == FreeInitConfig.method and config.spatial_stop_frequency == FreeInitConfig.spatial_stop_frequency
+    with pytest.raises(OptionError, match="iterations=0"):
+        _free_init_config({"free_init": 0})

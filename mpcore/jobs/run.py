@@ -28,7 +28,7 @@ from mpcore import plugins
 from mpcore.config import (PAPER_STEPS, ConfigError, MotionPromptConfig, SamplerConfig, apply_overrides, parse_override,
                            to_dict)
 from mpcore.io.files import remove_stale_temporaries
-from mpcore.interfaces import DEFAULT_BACKBONE, DEFAULT_MODEL, TINY_MODEL
+from mpcore.interfaces import DEFAULT_BACKBONE, DEFAULT_MODEL, TINY_MODEL, latent_frames
 from mpcore.io.console import echo
 
 """Upper bound of ``--steps``: the training timesteps of the supported schedulers (DDPM's 1000). DDIM
@@ -329,8 +329,8 @@ def prepare(options: dict[str, Any], backbone_option_owners: dict[str, list[str]
     guidance_spec, guidance_config = _guidance_choice(options["guidance"], spec, model, list(options["overrides"]))
     guided = options["guidance"] == "motionprompt"
     if guided:
-        r = spec.temporal_compression
-        motion.validate(sampler, None if r == 1 else (sampler.frames - 1) // r + 1)
+        compressed = spec.temporal_compression > 1
+        motion.validate(sampler, latent_frames(sampler.frames, spec.temporal_compression) if compressed else None)
     flow_options = dict(parse_override(o) for o in options["flow_options"])
     if sampler.steps > spec.num_train_timesteps:  # --steps, or a backbone default
         raise OptionError(f"{sampler.steps} DDIM steps; at most {spec.num_train_timesteps} (the {spec.name} "
@@ -383,11 +383,10 @@ def _free_init_config(options: dict[str, Any]):
     """FreeInit's settings from ``--free-init*`` (absent in commands without them: off), checked."""
     from mpcore.free_init import FreeInitConfig
 
-    config = FreeInitConfig(
-        iterations=options.get("free_init") or 1, method=options.get("free_init_method") or "butterworth",
-        order=options.get("free_init_order") or 4,
-        spatial_stop_frequency=options.get("free_init_spatial_stop") or 0.25,
-        temporal_stop_frequency=options.get("free_init_temporal_stop") or 0.25)
+    given = {"iterations": options.get("free_init"), "method": options.get("free_init_method"),
+             "order": options.get("free_init_order"), "spatial_stop_frequency": options.get("free_init_spatial_stop"),
+             "temporal_stop_frequency": options.get("free_init_temporal_stop")}
+    config = FreeInitConfig(**{k: v for k, v in given.items() if v is not None})  # the rest at its defaults
     try:
         config.validate()
     except ConfigError as error:
