@@ -140,6 +140,14 @@ def freeze(*modules: Any) -> None:
         module.eval()
 
 
+def diffusers_dtype_argument() -> str:
+    """The keyword ``from_pretrained`` / ``from_single_file`` take the load dtype by: ``dtype`` since
+    diffusers 0.40 (0.42 warns that ``torch_dtype`` is deprecated), ``torch_dtype`` before."""
+    import diffusers
+
+    return "dtype" if tuple(map(int, diffusers.__version__.split(".")[:2])) >= (0, 40) else "torch_dtype"
+
+
 @contextlib.contextmanager
 def quiet_diffusers() -> Iterator[None]:
     """Silence diffusers' "modules that should be kept in float32: []" notice on our own casts (diffusers

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import diffusers
 import torch
 from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter
 from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
 
-from mpcore.backbones import ModelNotFoundError, hub_error, looks_local
+from mpcore.backbones import ModelNotFoundError, diffusers_dtype_argument, hub_error, looks_local
 from mpcore.io.weights import CHECKPOINT_SUFFIXES, CheckpointMismatchError, read_state_dict, shapes, state_dict_diff
 
 # AnimateDiff's own DDIM settings (animate.py: linear betas, leading spacing + offset 1,
@@ -28,9 +27,7 @@ MOTION_HEADS = 8  # every SD-1.5 motion module: 8 heads, dim_head = C / 8
 MOTION_NORM_GROUPS = 32
 DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 DEFAULT_MOTION_ADAPTER = "guoyww/animatediff-motion-adapter-v1-5-2"
-# from_pretrained/from_single_file name the dtype to load in `dtype=` since diffusers 0.40 (0.42 warns
-# that `torch_dtype=` is deprecated); older releases know only `torch_dtype=`
-DTYPE_ARGUMENT = "dtype" if tuple(map(int, diffusers.__version__.split(".")[:2])) >= (0, 40) else "torch_dtype"
+DTYPE_ARGUMENT = diffusers_dtype_argument()
 
 
 def check_source(name: str, what: str, flag: str) -> None:

@@ -26,13 +26,12 @@ from typing import Any
 import diffusers
 import torch
 
-from mpcore.backbones import ModelNotFoundError, hub_error, looks_local
+from mpcore.backbones import ModelNotFoundError, diffusers_dtype_argument, hub_error, looks_local
 
 DEFAULT_MODEL = "THUDM/CogVideoX-2b"
 COMPONENTS = ("transformer", "vae", "text_encoder", "tokenizer", "scheduler")
 SCHEDULERS = ("CogVideoXDDIMScheduler", "CogVideoXDPMScheduler")
-# from_pretrained names the dtype `dtype=` since diffusers 0.40 (`torch_dtype=` is deprecated there)
-DTYPE_ARGUMENT = "dtype" if tuple(map(int, diffusers.__version__.split(".")[:2])) >= (0, 40) else "torch_dtype"
+DTYPE_ARGUMENT = diffusers_dtype_argument()
 HOW = ("Pass --model with a CogVideoX diffusers folder (e.g. `huggingface-cli download THUDM/CogVideoX-2b "
        "--local-dir CogVideoX-2b`, then --model CogVideoX-2b) or a hub id (THUDM/CogVideoX-2b, THUDM/CogVideoX-5b).")
 

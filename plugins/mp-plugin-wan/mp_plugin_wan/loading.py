@@ -23,7 +23,7 @@ from typing import Any
 import diffusers
 import torch
 
-from mpcore.backbones import ModelNotFoundError, hub_error, looks_local
+from mpcore.backbones import ModelNotFoundError, diffusers_dtype_argument, hub_error, looks_local
 from mpcore.io.weights import CheckpointMismatchError
 
 HUB_IDS = {"1.3B": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "14B": "Wan-AI/Wan2.1-T2V-14B-Diffusers"}
@@ -56,8 +56,7 @@ UMT5_XXL_CONFIG: dict[str, Any] = dict(vocab_size=256384, d_model=4096, d_kv=64,
 FLOW_SCHEDULER: dict[str, Any] = dict(prediction_type="flow_prediction", use_flow_sigmas=True,
                                       num_train_timesteps=1000, flow_shift=3.0)
 
-# from_pretrained names the dtype `dtype=` since diffusers 0.40 / transformers 4.56 (`torch_dtype=` before)
-DIFFUSERS_DTYPE = "dtype" if tuple(map(int, diffusers.__version__.split(".")[:2])) >= (0, 40) else "torch_dtype"
+DIFFUSERS_DTYPE = diffusers_dtype_argument()
 
 
 # ----------------------------------------------------------------------------- checks before loading
