@@ -95,8 +95,7 @@ def measured(folder: Path, work: Path, classifier, flow) -> dict:
     paths = sorted(folder.resolve().glob("*.mp4"))
     captions = [json.loads(p.with_suffix(".json").read_text())["prompt"] for p in paths]
     objects = bench_effect.measure(paths, captions, classifier, flow)
-    return {"videos": {str(p): {**evaluated["videos"][str(p)], **objects["videos"][str(p)]} for p in paths},
-            "metrics": {**evaluated["metrics"], **objects["metrics"]}, "unavailable": {}}
+    return bench_effect.joined(evaluated, objects, [str(p) for p in paths])
 
 
 def token_motion(folder: Path) -> dict:

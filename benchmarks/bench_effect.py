@@ -154,6 +154,13 @@ def markdown(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def joined(evaluated_arm: dict, objects: dict, videos: list[str]) -> dict:
+    """One arm of the comparison over every measure: ``mpcore eval``'s rows of ``videos`` joined with
+    their object measures (:func:`measure`)."""
+    return {"videos": {v: {**evaluated_arm["videos"][v], **objects["videos"][v]} for v in videos},
+            "metrics": {**evaluated_arm["metrics"], **objects["metrics"]}, "unavailable": {}}
+
+
 @click.command()
 @click.option("--prompts", "n_prompts", default=16, show_default=True, help="Held-out prompts.")
 @click.option("--seeds", default="0-1", show_default=True)
@@ -223,23 +230,15 @@ def main(n_prompts, seeds, overrides, steps, tag, work, out, classifier_clips, c
         flowmo_pairs = [tuple(p) for p in evaluated_flowmo["pairs"]]
         flowmo_captions = [json.loads(Path(b).with_suffix(".json").read_text())["prompt"] for b, _ in flowmo_pairs]
         flowmo_objects = measure([Path(f) for _, f in flowmo_pairs], flowmo_captions, classifier, flow)
-        flowmo_videos = {f: {**evaluated_flowmo["guided"]["videos"][f], **flowmo_objects["videos"][f]}
-                         for _, f in flowmo_pairs}
-        baseline_again = {"videos": {b: {**evaluated_flowmo["baseline"]["videos"][b], **base_objects["videos"][b]}
-                                     for b, _ in flowmo_pairs},
-                          "metrics": {**evaluated_flowmo["baseline"]["metrics"], **base_objects["metrics"]},
-                          "unavailable": {}}
-        flowmo_arm = {"videos": flowmo_videos, "unavailable": {},
-                      "metrics": {**evaluated_flowmo["guided"]["metrics"], **flowmo_objects["metrics"]}}
-        comparison_flowmo = paired_comparison(baseline_again, flowmo_arm, flowmo_pairs, seed=0, resamples=resamples)
+        flowmo_arm = joined(evaluated_flowmo["guided"], flowmo_objects, [f for _, f in flowmo_pairs])
+        flowmo_videos = flowmo_arm["videos"]
+        comparison_flowmo = paired_comparison(joined(evaluated_flowmo["baseline"], base_objects, [b for b, _ in flowmo_pairs]),
+                                              flowmo_arm, flowmo_pairs, seed=0, resamples=resamples)
     reference = real_reference(scenes, classifier, flow, run_dir)
     times["object_measures_s"] = round(time.perf_counter() - start, 1)
 
-    # one comparison over every measure: the eval metrics' rows joined with the object measures'
-    baseline = {"videos": {b: {**evaluated["baseline"]["videos"][b], **base_objects["videos"][b]} for b, _ in pairs},
-                "metrics": {**evaluated["baseline"]["metrics"], **base_objects["metrics"]}, "unavailable": {}}
-    guided = {"videos": {g: {**evaluated["guided"]["videos"][g], **guided_objects["videos"][g]} for _, g in pairs},
-              "metrics": {**evaluated["guided"]["metrics"], **guided_objects["metrics"]}, "unavailable": {}}
+    baseline = joined(evaluated["baseline"], base_objects, [b for b, _ in pairs])
+    guided = joined(evaluated["guided"], guided_objects, [g for _, g in pairs])
     comparison = paired_comparison(baseline, guided, pairs, seed=0, resamples=resamples)
     # the gate: does the discriminator term fall over the K iterations and over the range?
     from mpcore.analysis.diagnose import gate

@@ -130,6 +130,20 @@ def estimate_config(name: str, calls: int) -> dict[str, Any]:
 
 
 @torch.no_grad()
+def _check_diagnosable(backbone: Backbone, sampler: SamplerConfig, motion: MotionPromptConfig, steps: list[int],
+                       pairs_per_clip: int | None) -> int:
+    """Refuse what :func:`diagnose_steps` cannot measure; return the frame pairs per clip."""
+    if backbone.temporal_compression > 1:
+        raise ValueError(f"mpcore diagnose measures per-frame estimates; backbone {backbone.name!r} has a causal video "
+                         f"VAE compressing time {backbone.temporal_compression}x, which it does not support yet")
+    num_pairs = pairs_per_clip or max(1, motion.decoded_frames // 2)
+    if 2 * num_pairs > sampler.frames:
+        raise ValueError(f"{num_pairs} frame pairs do not fit in {sampler.frames} frames")
+    if any(not 0 <= s < sampler.steps for s in steps):
+        raise ValueError(f"steps must lie in [0, {sampler.steps}); got {steps}")
+    return num_pairs
+
+
 def diagnose_steps(
     backbone: Backbone,
     clips: list[Clip],
@@ -148,17 +162,10 @@ def diagnose_steps(
     Returns a JSON-ready dict (``per_step[estimate][step]`` with means and raw values)."""
     from tqdm.auto import tqdm
 
-    if backbone.temporal_compression > 1:
-        raise ValueError(f"mpcore diagnose measures per-frame estimates; backbone {backbone.name!r} has a causal video "
-                         f"VAE compressing time {backbone.temporal_compression}x, which it does not support yet")
+    num_pairs = _check_diagnosable(backbone, sampler, motion, steps, pairs_per_clip)
     # the guided prompt only (its token at the init word): the guidance decoder plays no part here, every
     # estimate is decoded through the backbone's own VAE
     motion = dataclasses.replace(motion, guidance_decoder="full", guidance_decoder_path=None)
-    num_pairs = pairs_per_clip or max(1, motion.decoded_frames // 2)
-    if 2 * num_pairs > sampler.frames:
-        raise ValueError(f"{num_pairs} frame pairs do not fit in {sampler.frames} frames")
-    if any(not 0 <= s < sampler.steps for s in steps):
-        raise ValueError(f"steps must lie in [0, {sampler.steps}); got {steps}")
     raw = {name: {s: {"cosine": [], "epe": [], "magnitude_ratio": [], "logit_real": [], "logit_own": []} for s in steps}
            for name in estimates}
     reference = {"logit_real_clean": [], "logit_own_finished": [], "vae_cosine": [], "vae_epe": [],
