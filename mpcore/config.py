@@ -69,6 +69,7 @@ PLACEMENT_ALIASES = {"front": "start"}
 RANDOM_INIT = "random"
 """``init_words`` entry meaning: no word, a random row (:func:`mpcore.motionprompt.random_token_embedding`)."""
 ESTIMATES = ("tweedie", "rollout")
+ROLLOUT_PROMPTS = ("guided", "as_sampled")
 GUIDANCE_DECODERS = ("full", "tiny")
 MAX_ROLLOUT_STEPS = 8
 
@@ -114,7 +115,12 @@ class MotionPromptConfig:
     one-step estimate; 'rollout' takes ``rollout_steps`` differentiable DDIM steps over the rest of
     the trajectory first (:func:`mpcore.motionprompt.estimate_clean_frames`)."""
     rollout_steps: int = 3
-    """Model calls (CFG) of the 'rollout' estimate, N >= 1 (N = 1 is the one-step Tweedie estimate)."""
+    """Model calls (CFG) of the 'rollout' estimate, N >= 1: N - 1 deterministic DDIM moves, each after a
+    model call, then the Tweedie estimate from the last call (N = 1 is the one-step Tweedie estimate)."""
+    rollout_prompt: str = "guided"
+    """The condition of the rollout's calls at sampling steps past the optimization range: 'guided'
+    (the guided prompt P + S with the current token, every call) or 'as_sampled' (the plain prompt P
+    there, as the sampler will use it; calls inside the range keep P + S)."""
     probe_pairs: int = 0
     """The gate's probe: at every optimized step, the discriminator term on this many held-out frame
     pairs before the step's K updates and after them (same x_t, same pairs, no gradient; the pairs come
@@ -171,6 +177,8 @@ class MotionPromptConfig:
             self.rollout_steps,
             f"an integer in [1, {MAX_ROLLOUT_STEPS}] (model calls with gradient per estimate)",
         )
+        _require(self.rollout_prompt in ROLLOUT_PROMPTS, "rollout_prompt", self.rollout_prompt,
+                 " | ".join(ROLLOUT_PROMPTS))
         _require(
             0 <= self.probe_pairs and 2 * self.probe_pairs <= frames,
             "probe_pairs",

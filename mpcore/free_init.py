@@ -7,7 +7,8 @@ gap iteratively: after one full sampling pass giving z_0,
 
 1. diffuse z_0 back to the first timestep with the SAME initial noise eps:
    ``z_T = sqrt(a_T) z_0 + sqrt(1 - a_T) eps`` (``scheduler.add_noise`` at ``num_train_timesteps - 1``,
-   as diffusers' AnimateDiff FreeInit does);
+   as diffusers' AnimateDiff FreeInit does), by the backbone's own noising rule
+   (:meth:`mpcore.schedules.NoiseSchedule.diffuse`: lvdm scales z_0 by its scale schedule first);
 2. mix in the 3D (frames, height, width) frequency domain (eq. 6-7): ``x_T' = IFFT(FFT(z_T) * H +
    FFT(n) * (1 - H))`` with H a low-pass filter (butterworth / gaussian / ideal, stop frequencies D_s
    spatially and D_t temporally) and n fresh Gaussian noise;
@@ -32,10 +33,11 @@ import torch
 from mpcore.config import ConfigError, SamplerConfig, _require
 
 FREE_INIT_METHODS = ("butterworth", "gaussian", "ideal")
-ZERO_SNR_ALPHA_BAR = 1e-6
-"""alphas_cumprod[T] below this counts as zero terminal SNR (diffusers stores 0, or 2^-24 for DDIM's
-rescaled betas): sqrt(a_T) < 1e-3 of the sample would survive (SD's linear-scaled betas keep 0.07,
-LaVie's linear ones 0.006)."""
+MIN_SIGNAL = 1e-3
+"""Below this fraction of the sample surviving diffusion to the start (sqrt(a_T) times any latent
+rescale) FreeInit is refused: zero terminal SNR (diffusers stores a_T = 0, or 2^-24 for DDIM's rescaled
+betas) or flow matching's sigma = 1. SD's linear-scaled betas keep 0.068 (VideoCrafter2 0.048 with its
+scale schedule), LaVie's linear ones 0.006."""
 
 
 @dataclass
@@ -80,27 +82,26 @@ def mix_frequencies(low_from: torch.Tensor, high_from: torch.Tensor, filter_: to
     return FreeInitMixin._apply_freq_filter(None, low_from.float(), high_from.float(), filter_)
 
 
-def diffuse_to_start(scheduler, clean: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """Step 1: ``z_T = sqrt(a_T) z_0 + sqrt(1 - a_T) noise`` at ``t = num_train_timesteps - 1``, float32."""
-    t = torch.full((clean.shape[0],), scheduler.config.num_train_timesteps - 1, dtype=torch.long, device=clean.device)
-    return scheduler.add_noise(clean, noise, t).float()
+def diffuse_to_start(schedule, clean: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Step 1: the finished latents ``clean`` diffused to the start of sampling with ``noise``, by the
+    backbone's own rule (:meth:`mpcore.schedules.NoiseSchedule.diffuse` at its ``start_timestep``: diffusers'
+    ``add_noise`` at ``num_train_timesteps - 1`` for SD-family schedules; lvdm noises ``clean`` scaled by
+    its scale schedule, ``scale_arr[T] / scale_arr[0]``), float32."""
+    return schedule.diffuse(clean, noise, schedule.start_timestep()).float()
 
 
 def check_free_init(backbone, scheduler) -> None:
-    """FreeInit needs a noise schedule it can diffuse a sample back with (``add_noise`` on
-    ``alphas_cumprod``; a flow-matching backbone's noising is another rule, not implemented here) and
-    in which something of the sample survives at t = T (not zero terminal SNR)."""
-    if backbone.prediction_type == "flow_matching" or not hasattr(scheduler, "add_noise") \
-            or not hasattr(scheduler, "alphas_cumprod"):
-        raise ConfigError(f"--free-init: backbone {backbone.name!r} samples with {type(scheduler).__name__} "
-                          f"({backbone.prediction_type}); FreeInit here diffuses a sample back with a DDPM-style "
-                          "add_noise on alphas_cumprod, which this scheduler does not have. Leave out --free-init "
-                          "for this backbone.")
-    if float(scheduler.alphas_cumprod[scheduler.config.num_train_timesteps - 1]) < ZERO_SNR_ALPHA_BAR:
-        raise ConfigError(f"--free-init: backbone {backbone.name!r}'s noise schedule has zero terminal SNR "
-                          "(alphas_cumprod[T] ~ 0, e.g. CogVideoX, DynamiCrafter 512/1024): diffusing a sample to t = T "
-                          "keeps nothing of it, so FreeInit's re-initialized noise would carry none of its low "
-                          "frequencies. Leave out --free-init for this backbone.")
+    """FreeInit needs something of the sample to survive diffusion to the start of sampling: refused
+    where the backbone's schedule keeps less than :data:`MIN_SIGNAL` of it there (zero terminal SNR:
+    CogVideoX, DynamiCrafter 512/1024; flow matching, whose x_1 is pure noise: Wan)."""
+    scheduler.set_timesteps(2, device=backbone.device)
+    schedule = backbone.noise_schedule(scheduler)
+    signal = schedule.signal_scale(schedule.start_timestep())
+    if signal < MIN_SIGNAL:
+        raise ConfigError(f"--free-init: backbone {backbone.name!r}'s noise schedule keeps {signal:.2g} of a sample at the "
+                          f"start of sampling (timestep {schedule.start_timestep()}; zero terminal SNR, e.g. CogVideoX, "
+                          "DynamiCrafter 512/1024, or flow matching, e.g. Wan): FreeInit's re-initialized noise would "
+                          "carry none of its low frequencies. Leave out --free-init for this backbone.")
 
 
 def sample_free_init(backbone, prompt: str, config: SamplerConfig, free_init: FreeInitConfig, guidance=None,
@@ -116,9 +117,10 @@ def sample_free_init(backbone, prompt: str, config: SamplerConfig, free_init: Fr
     free_init.validate()
     if not free_init.enabled:
         return sample(backbone, prompt, config, guidance, progress, description)
+    check_free_init(backbone, backbone.make_scheduler())
     scheduler = backbone.make_scheduler()
-    check_free_init(backbone, scheduler)
     scheduler.set_timesteps(config.steps, device=backbone.device)
+    schedule = backbone.noise_schedule(scheduler)
     # x_T as sample() draws it; the same generator then gives the fresh noise of every re-initialization
     generator = torch.Generator(device=backbone.device).manual_seed(config.seed)
     first_noise = initial_latents(backbone, config, scheduler, generator)
@@ -126,7 +128,7 @@ def sample_free_init(backbone, prompt: str, config: SamplerConfig, free_init: Fr
     for k in range(free_init.iterations):
         record: dict[str, Any] = {"iteration": k}
         if k > 0:
-            z_t = diffuse_to_start(scheduler, result.latents, first_noise)
+            z_t = diffuse_to_start(schedule, result.latents, first_noise)
             fresh = randn_tensor(tuple(z_t.shape), generator=generator, device=z_t.device, dtype=torch.float32)
             latents = mix_frequencies(z_t, fresh, low_pass_filter(tuple(z_t.shape), free_init, z_t.device))
             latents = latents.to(backbone.latent_dtype)
@@ -137,7 +139,7 @@ def sample_free_init(backbone, prompt: str, config: SamplerConfig, free_init: Fr
         if result.guidance is not None:
             record["guidance"] = summarize_guidance(result.guidance)
         passes.append(record)
-    result.free_init = {**asdict(free_init), "diffuse_timestep": scheduler.config.num_train_timesteps - 1,
+    result.free_init = {**asdict(free_init), "diffuse_timestep": schedule.start_timestep(),
                         "guidance_restarts": "each pass (the guidance's prepare runs again: MotionPrompt's token from its "
                                              "init word)",
                         "passes": passes}

@@ -113,6 +113,17 @@ class Backbone(abc.ABC):
         """A fresh diffusers scheduler configured as the backbone's own pipeline samples (DDIM for the
         paper's backbones; Wan: UniPC or Euler with flow sigmas; CogVideoX: its DDIM / DPM)."""
 
+    def noise_schedule(self, scheduler):
+        """The owner of this backbone's noise-schedule math for ``scheduler`` (as :meth:`make_scheduler`
+        made it, ``set_timesteps`` called): clean estimate, deterministic transition (rollouts), diffusion
+        of a clean latent (FreeInit, diagnose), state after a guidance moves x_t
+        (:class:`mpcore.schedules.NoiseSchedule`). Default: by :attr:`prediction_type`, on the scheduler's
+        ``alphas_cumprod`` or flow ``sigmas``; a backbone with another schedule (lvdm's scale schedule)
+        returns its own subclass. The core never re-derives these formulas."""
+        from mpcore.schedules import default_noise_schedule
+
+        return default_noise_schedule(self, scheduler)
+
     def latent_frames(self, frames: int) -> int:
         """The number of latent frames of a ``frames``-frame video (:func:`latent_frames`)."""
         return latent_frames(frames, self.temporal_compression)

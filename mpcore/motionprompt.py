@@ -33,6 +33,7 @@ from mpcore import losses
 from mpcore.config import RANDOM_INIT, ConfigError, MotionPromptConfig, SamplerConfig
 from mpcore.interfaces import Backbone, Discriminator, FlowEstimator
 from mpcore.sampling import StepCondition, cfg_output
+from mpcore.schedules import NoiseSchedule
 
 TOKEN_FORMAT = "<mp_{}>"
 PROBE_SEED_OFFSET = 7919
@@ -55,44 +56,9 @@ def rollout_indices(num_steps: int, step: int, calls: int) -> list[int]:
     return [step + (k * remaining) // calls for k in range(calls)]
 
 
-def noise_level(scheduler, index: int, prediction_type: str) -> dict[str, Any]:
-    """The noise level of sampling step ``index`` as :func:`mpcore_kernels.subset_tweedie` takes it:
-    ``alpha_bar`` = alphas_cumprod[t] (epsilon, v-prediction), or ``sigma`` = the scheduler's
-    sigma_t (flow matching; Wan's schedulers shift their sigmas, so alphas_cumprod would be wrong)."""
-    if prediction_type == "flow_matching":
-        return {"alpha_bar": None, "sigma": scheduler.sigmas[index]}
-    return {"alpha_bar": scheduler.alphas_cumprod[int(scheduler.timesteps[index])]}
-
-
-def ddim_step(x_t: torch.Tensor, model_output: torch.Tensor, level: dict[str, Any], level_next: dict[str, Any],
-              prediction_type: str) -> torch.Tensor:
-    """One deterministic DDIM step x_t -> x_s (Song et al. 2021, eq. 12 with sigma = 0) between the
-    noise levels ``level`` and ``level_next`` (:func:`noise_level`).
-
-    x0 and eps from the model output (epsilon: x0 = (x_t - sqrt(1-a) eps) / sqrt(a); v-prediction:
-    x0 = sqrt(a) x_t - sqrt(1-a) v, eps = sqrt(a) v + sqrt(1-a) x_t), then
-    x_s = sqrt(a_s) x0 + sqrt(1 - a_s) eps. Flow matching (x_t = (1 - sigma) x0 + sigma eps, v = eps -
-    x0): the same step in that parametrization is the Euler step x_s = x_t + (sigma_s - sigma_t) v.
-    Computed in float32, returned in x_t's dtype.
-    """
-    x, out = x_t.float(), model_output.float()
-    if prediction_type == "flow_matching":
-        return (x + (float(level_next["sigma"]) - float(level["sigma"])) * out).to(x_t.dtype)
-    a, a_next = float(level["alpha_bar"]), float(level_next["alpha_bar"])
-    if prediction_type == "epsilon":
-        eps = out
-        x0 = (x - (1 - a) ** 0.5 * eps) / a**0.5
-    elif prediction_type == "v_prediction":
-        x0 = a**0.5 * x - (1 - a) ** 0.5 * out
-        eps = a**0.5 * out + (1 - a) ** 0.5 * x
-    else:
-        raise ValueError(f"unsupported prediction_type {prediction_type!r}")
-    return (a_next**0.5 * x0 + (1 - a_next) ** 0.5 * eps).to(x_t.dtype)
-
-
 def estimate_clean_frames(
     backbone: Backbone,
-    scheduler,
+    schedule: NoiseSchedule,
     latents: torch.Tensor,
     step: int,
     cond: torch.Tensor,
@@ -101,32 +67,37 @@ def estimate_clean_frames(
     frame_index: list[int],
     calls: int = 1,
     uncond_output: torch.Tensor | None = None,
+    plain_cond: torch.Tensor | None = None,
+    plain_from: int | None = None,
 ) -> torch.Tensor:
     """Clean-video estimate of the frames ``frame_index`` from x_t at sampling step ``step``.
 
     ``calls = 1``: the one-step Tweedie estimate x0_hat = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t) (the
     v form for v-prediction, x_t - sigma_t v for flow matching), MotionPrompt's as published.
-    ``calls = N > 1``: N - 1 deterministic DDIM steps (:func:`ddim_step`) along
-    :func:`rollout_indices`, each with a CFG model call on all frames, then the Tweedie estimate at
-    the last one; differentiable end to end, so the gradient reaches ``cond`` through every call.
+    ``calls = N > 1``: a rollout of N model calls along :func:`rollout_indices`: N - 1 deterministic
+    moves to the next call's noise level (the backbone's own :meth:`~mpcore.schedules.NoiseSchedule.transition`:
+    DDIM with eta = 0, with lvdm's scale schedule, or the flow ODE's Euler step), each after a CFG call on
+    all frames, then the Tweedie estimate at the last one; differentiable end to end, so the gradient
+    reaches ``cond`` through every call. ``plain_cond``/``plain_from``: calls at sampling steps >=
+    ``plain_from`` condition on ``plain_cond`` (the plain prompt the sampler will use after the
+    optimization range) instead of ``cond``.
     Returns (B * len(frame_index), C, h, w) in float32 with the VAE latent scale undone
     (:func:`mpcore_kernels.subset_tweedie`), ready to decode. ``uncond_output`` is the unconditional
     output at (x_t, t) if already computed (it is reused only for the first call: later calls see an
     x that depends on ``cond``).
     """
-    timesteps = scheduler.timesteps
-    kind = backbone.prediction_type
+    timesteps = schedule.timesteps
     indices = rollout_indices(len(timesteps), step, calls)
     x = latents
     for k, index in enumerate(indices):
         t = timesteps[index]
-        output = cfg_output(backbone, x, t, cond, uncond, cfg_scale, uncond_output if k == 0 else None)
-        level = noise_level(scheduler, index, kind)
+        call_cond = plain_cond if plain_cond is not None and plain_from is not None and index >= plain_from else cond
+        output = cfg_output(backbone, x, t, call_cond, uncond, cfg_scale, uncond_output if k == 0 else None)
         if k == len(indices) - 1:
             # Tweedie x0 of the selected frames only -> (B * K, C, h, w), fp32, VAE latent scale undone
-            return subset_tweedie(x, output, frame_index, prediction_type=kind, latent_scale=backbone.latent_scale(t),
-                                  **level)
-        x = ddim_step(x, output, level, noise_level(scheduler, indices[k + 1], kind), kind)
+            return subset_tweedie(x, output, frame_index, prediction_type=backbone.prediction_type,
+                                  latent_scale=schedule.latent_scale(index), **schedule.tweedie_level(index))
+        x = schedule.transition(x, output, index, indices[k + 1])
     raise AssertionError("unreachable")
 
 
@@ -255,6 +226,7 @@ class MotionPrompt:
         cfg = self.config
         self.backbone = backbone
         self.scheduler = scheduler
+        self.schedule = backbone.noise_schedule(scheduler)
         self.sampler = sampler
         self.opt_range = cfg.resolved_opt_range(sampler.steps)
         if backbone.temporal_compression > 1:
@@ -286,6 +258,7 @@ class MotionPrompt:
         self.pair_generator = torch.Generator().manual_seed(sampler.seed)
         self.probe_generator = torch.Generator().manual_seed(sampler.seed + PROBE_SEED_OFFSET)
         self.skipped_updates = 0
+        self.plain_cond = None
         self.trace = []
 
     def override(self) -> dict[int, torch.Tensor]:
@@ -320,8 +293,10 @@ class MotionPrompt:
         cfg = self.config
         cond = self.encode_guided_prompt()  # c* = encode(P + S)
         frame_index = [f for pair in pairs for f in pair]
-        x0_frames = estimate_clean_frames(self.backbone, self.scheduler, latents, step, cond, uncond,
-                                          self.sampler.cfg_scale, frame_index, cfg.estimate_calls(), uncond_output)
+        plain = self.plain_condition() if cfg.rollout_prompt == "as_sampled" and cfg.estimate_calls() > 1 else None
+        x0_frames = estimate_clean_frames(self.backbone, self.schedule, latents, step, cond, uncond,
+                                          self.sampler.cfg_scale, frame_index, cfg.estimate_calls(), uncond_output,
+                                          plain_cond=plain, plain_from=self.opt_range[1])
         images = self.decode_frames(x0_frames)
         flow = pair_flow(self.flow_estimator, images, cfg.flow_size)
         disc = losses.adversarial(self.discriminator(flow))
@@ -334,6 +309,13 @@ class MotionPrompt:
         """c*: the guided prompt P + S encoded with the current learnable token rows (differentiable
         w.r.t. them where grad is enabled)."""
         return self.backbone.encode_prompt([self.guided_prompt], self.override())
+
+    @torch.no_grad()
+    def plain_condition(self) -> torch.Tensor:
+        """c of the plain prompt P, what the sampler conditions on after the range (encoded once)."""
+        if self.plain_cond is None:
+            self.plain_cond = self.backbone.encode_prompt([self.prompt])
+        return self.plain_cond
 
     def decode_frames(self, x0_frames: torch.Tensor) -> torch.Tensor:
         """The images of the estimated clean frames (n, C, h, w) of adjacent pairs (a0, b0, a1, b1, ...),

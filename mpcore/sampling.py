@@ -28,7 +28,9 @@ class StepCondition:
 
     ``latents``: a guidance that moves x_t itself (FlowMo: gradient steps on the latent) returns the
     updated x_t here; the step's model call and scheduler update then use it (``uncond_output``, if
-    given, must be for these latents). None: the sampler's own x_t."""
+    given, must be for these latents), and the scheduler continues from it
+    (:meth:`mpcore.schedules.NoiseSchedule.continue_from`: UniPC's corrector would otherwise rebuild
+    the old x_t from its previous step). None: the sampler's own x_t."""
 
     cond: torch.Tensor
     uncond_output: torch.Tensor | None = None
@@ -226,7 +228,11 @@ def sample(
             if step_condition is not None:
                 step_cond, uncond_output = step_condition.cond, step_condition.uncond_output
                 if step_condition.latents is not None:  # a guidance that moved x_t (e.g. FlowMo)
-                    latents = step_condition.latents.detach().to(backbone.latent_dtype)
+                    moved = step_condition.latents.detach().to(backbone.latent_dtype)
+                    if not torch.equal(moved, latents):
+                        # the step continues from the moved x_t (a multistep corrector would rebuild the old one)
+                        backbone.noise_schedule(scheduler).continue_from(moved)
+                    latents = moved
                 if step_condition.info:
                     bar.set_postfix(step_condition.info, refresh=False)
         with torch.no_grad():

@@ -56,7 +56,8 @@ def test_second_start_keeps_low_frequencies_of_diffused_first_result(tiny_backbo
     sample_free_init(tiny_backbone, "a fox", sampler_config, free_init, progress=False)
     first_result = real_sample(tiny_backbone, "a fox", sampler_config, progress=False, latents=starts[0]).latents
     scheduler = tiny_backbone.make_scheduler()
-    diffused = diffuse_to_start(scheduler, first_result, starts[0])
+    scheduler.set_timesteps(sampler_config.steps)
+    diffused = diffuse_to_start(tiny_backbone.noise_schedule(scheduler), first_result, starts[0])
 
     def spectrum(x):
         return torch.fft.fftshift(torch.fft.fftn(x.float(), dim=(-3, -2, -1)), dim=(-3, -2, -1))
@@ -94,12 +95,14 @@ def test_invalid_settings_and_flow_matching_refused(tiny_backbone, sampler_confi
         sample_free_init(tiny_backbone, "a", sampler_config, FreeInitConfig(iterations=2, method="box"))
     with pytest.raises(ConfigError, match="spatial_stop_frequency"):
         FreeInitConfig(iterations=2, spatial_stop_frequency=0).validate()
-    tiny_backbone.prediction_type = "flow_matching"
-    with pytest.raises(ConfigError, match="--free-init"):
+    from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
+
+    config = dict(tiny_backbone.make_scheduler().config)
+    tiny_backbone.prediction_type = "flow_matching"  # x_1 is pure noise: sigma = 1 at the start
+    tiny_backbone.make_scheduler = lambda: FlowMatchEulerDiscreteScheduler(shift=3.0)
+    with pytest.raises(ConfigError, match="--free-init.*keeps 0 of a sample"):
         sample_free_init(tiny_backbone, "a", sampler_config, FreeInitConfig(iterations=2))
     tiny_backbone.prediction_type = "v_prediction"
-    config = dict(tiny_backbone.make_scheduler().config)
-    from diffusers import DDIMScheduler
 
     tiny_backbone.make_scheduler = lambda: DDIMScheduler.from_config(config, rescale_betas_zero_snr=True)
     with pytest.raises(ConfigError, match="zero terminal SNR"):  # x_T would keep nothing of the sample

@@ -191,9 +191,9 @@ def test_rollout_over_every_remaining_step_is_the_sampler(tiny_backbone, sampler
     with torch.no_grad():
         cond = tiny_backbone.encode_prompt(["a fox"])
         uncond = tiny_backbone.encode_prompt([""])
-        frames = estimate_clean_frames(tiny_backbone, scheduler, x_T, 0, cond, uncond, sampler_config.cfg_scale,
+        frames = estimate_clean_frames(tiny_backbone, tiny_backbone.noise_schedule(scheduler), x_T, 0, cond, uncond, sampler_config.cfg_scale,
                                        [1, 2], calls=sampler_config.steps)
-        one_step = estimate_clean_frames(tiny_backbone, scheduler, x_T, 0, cond, uncond, sampler_config.cfg_scale,
+        one_step = estimate_clean_frames(tiny_backbone, tiny_backbone.noise_schedule(scheduler), x_T, 0, cond, uncond, sampler_config.cfg_scale,
                                          [1, 2], calls=1)
     expected = final[0, :, [1, 2]].permute(1, 0, 2, 3) / tiny_backbone.latent_scale(0)
     assert torch.allclose(frames, expected, atol=1e-4)
@@ -210,7 +210,7 @@ def test_rollout_of_one_call_is_the_tweedie_estimate(tiny_backbone, sampler_conf
         eps = tiny_backbone.predict(x_t, t, cond)
         a = float(scheduler.alphas_cumprod[int(t)])
         tweedie = (x_t - (1 - a) ** 0.5 * eps) / a**0.5 / tiny_backbone.latent_scale(t)
-        frames = estimate_clean_frames(tiny_backbone, scheduler, x_t, 2, cond, cond, 1.0, [3, 0], calls=1)
+        frames = estimate_clean_frames(tiny_backbone, tiny_backbone.noise_schedule(scheduler), x_t, 2, cond, cond, 1.0, [3, 0], calls=1)
     assert torch.allclose(frames, tweedie[0, :, [3, 0]].permute(1, 0, 2, 3), atol=1e-5)
 
 

@@ -15,7 +15,8 @@ from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler, UniPCMulti
 from mpcore.config import ConfigError, MotionPromptConfig, SamplerConfig
 from mpcore.interfaces import Backbone, TextTokens
 from mpcore.jobs.run import resolve_dtype
-from mpcore.motionprompt import estimate_clean_frames, noise_level
+from mpcore.motionprompt import estimate_clean_frames
+from mpcore.schedules import AlphaBarSchedule, FlowMatchSchedule
 from mpcore.sampling import SchedulerStep, initial_latents, sample
 
 SHAPE = (1, 2, 5, 4, 6)  # (B, C, F, h, w)
@@ -108,19 +109,23 @@ def test_flow_matching_clean_estimate_is_x0_at_every_step(step, calls):
     x_t = (1 - sigma) * x0 + sigma * eps  # rectified flow: x_t on the straight path
     frames = [3, 0, 4]
     cond = torch.zeros(1, 3, 4)
-    estimate = estimate_clean_frames(backbone, scheduler, x_t, step, cond, cond, 1.0, frames, calls=calls)
+    estimate = estimate_clean_frames(backbone, backbone.noise_schedule(scheduler), x_t, step, cond, cond, 1.0, frames, calls=calls)
     expected = x0[0][:, frames].permute(1, 0, 2, 3) / 0.5
     torch.testing.assert_close(estimate, expected, atol=1e-5, rtol=1e-5)
 
 
-def test_noise_level_reads_sigmas_for_flow_matching_and_alphas_cumprod_otherwise():
+def test_tweedie_level_reads_sigmas_for_flow_matching_and_alphas_cumprod_otherwise():
+    x0, eps = _x0_eps()
     flow = FlowMatchEulerDiscreteScheduler(shift=3.0)
     flow.set_timesteps(10)
-    assert noise_level(flow, 3, "flow_matching") == {"alpha_bar": None, "sigma": flow.sigmas[3]}
+    schedule = ExactBackbone(flow, "flow_matching", x0, eps).noise_schedule(flow)
+    assert isinstance(schedule, FlowMatchSchedule)
+    assert schedule.tweedie_level(3) == {"alpha_bar": None, "sigma": flow.sigmas[3]}
     ddim = DDIMScheduler()
     ddim.set_timesteps(10)
-    level = noise_level(ddim, 3, "epsilon")
-    assert level == {"alpha_bar": ddim.alphas_cumprod[int(ddim.timesteps[3])]}
+    schedule = ExactBackbone(ddim, "epsilon", x0, eps).noise_schedule(ddim)
+    assert isinstance(schedule, AlphaBarSchedule)
+    assert schedule.tweedie_level(3) == {"alpha_bar": ddim.alphas_cumprod[int(ddim.timesteps[3])]}
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
@@ -133,7 +138,7 @@ def test_ddim_rollout_estimate_is_x0(prediction_type):
     a = scheduler.alphas_cumprod[int(scheduler.timesteps[2])]
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
     cond = torch.zeros(1, 3, 4)
-    estimate = estimate_clean_frames(backbone, scheduler, x_t, 2, cond, cond, 1.0, [1, 2], calls=3)
+    estimate = estimate_clean_frames(backbone, backbone.noise_schedule(scheduler), x_t, 2, cond, cond, 1.0, [1, 2], calls=3)
     torch.testing.assert_close(estimate, x0[0][:, [1, 2]].permute(1, 0, 2, 3), atol=1e-4, rtol=1e-4)
 
 

@@ -144,6 +144,7 @@ def _check_diagnosable(backbone: Backbone, sampler: SamplerConfig, motion: Motio
     return num_pairs
 
 
+@torch.no_grad()
 def diagnose_steps(
     backbone: Backbone,
     clips: list[Clip],
@@ -159,7 +160,9 @@ def diagnose_steps(
 ) -> dict[str, Any]:
     """Measure, per checked step and estimate, the motion the estimate keeps and D's verdicts (module
     docstring). Clip k is sampled with seed ``seed + k`` and noised with a generator seeded likewise.
-    Returns a JSON-ready dict (``per_step[estimate][step]`` with means and raw values)."""
+    Returns a JSON-ready dict (``per_step[estimate][step]`` with means and raw values). Runs without
+    autograd: it only measures (the guided prompt's token is a parameter, so estimates would otherwise
+    build a graph each)."""
     from tqdm.auto import tqdm
 
     num_pairs = _check_diagnosable(backbone, sampler, motion, steps, pairs_per_clip)
@@ -176,6 +179,7 @@ def diagnose_steps(
         clip_sampler = dataclasses.replace(sampler, seed=seed + k)
         scheduler = backbone.make_scheduler()
         scheduler.set_timesteps(sampler.steps, device=backbone.device)
+        schedule = backbone.noise_schedule(scheduler)
         # the model's own trajectory first: sample() encodes the plain prompt, before any token exists
         recorder = TrajectoryRecorder(steps)
         final = sample(backbone, clip.caption, clip_sampler, recorder, progress=False).latents
@@ -207,11 +211,11 @@ def diagnose_steps(
         noise = torch.randn(latents0.shape, generator=noise_generator, device=backbone.device).to(backbone.dtype)
         for step in steps:
             t = scheduler.timesteps[step]
-            # the real clip on the sampler's trajectory: x_t = sqrt(a_t) x0 + sqrt(1 - a_t) eps
-            x_real = scheduler.add_noise(latents0 * backbone.latent_scale(t), noise, t.reshape(1))
+            # the real clip on the sampler's trajectory: noised to t as in training (the backbone's own rule)
+            x_real = schedule.diffuse(latents0 * backbone.latent_scale(0), noise, int(t)).to(latents0.dtype)
             for name, calls in estimates.items():
                 for kind, x_t in (("real", x_real), ("own", recorder.latents[step])):
-                    x0 = estimate_clean_frames(backbone, scheduler, x_t, step, cond, uncond, sampler.cfg_scale,
+                    x0 = estimate_clean_frames(backbone, schedule, x_t, step, cond, uncond, sampler.cfg_scale,
                                                frame_index, calls)
                     images = backbone.decode(x0.to(backbone.dtype)).float()
                     flow = pair_flow(flow_estimator, images, motion.flow_size)

@@ -13,7 +13,7 @@ from mpcore_kernels import subset_tweedie
 from mp_plugin_cogvideox.backbone import load
 from mp_plugin_cogvideox.tiny import TINY_TEXT_LENGTH, save_tiny, tiny_components
 from mpcore.config import SamplerConfig
-from mpcore.motionprompt import noise_level
+from mpcore.schedules import AlphaBarSchedule
 from mpcore.sampling import decode_video, sample
 
 PROMPT = "a dog running on the beach"
@@ -68,7 +68,7 @@ def test_the_v_estimate_is_the_schedulers_own_x0(variant):
         else:
             x0 = scheduler.step(v, None, t, None, x, generator=torch.Generator().manual_seed(1))[1]
         estimate = subset_tweedie(x, v, [0, 1, 2], prediction_type="v_prediction", latent_scale=1.0,
-                                  **noise_level(scheduler, index, "v_prediction"))  # (F, C, h, w)
+                                  **AlphaBarSchedule(_VPrediction(), scheduler).tweedie_level(index))  # (F, C, h, w)
         torch.testing.assert_close(estimate, x0[0].permute(1, 0, 2, 3).float(), rtol=1e-6, atol=1e-6)
     assert scheduler.alphas_cumprod[999] == 0  # zero terminal SNR: step 0's estimate is -v
 
@@ -84,3 +84,9 @@ def test_a_saved_folder_loads_to_the_same_output(tmp_path, variant):
     config = SamplerConfig(cfg_scale=6.0, **CONFIG)
     assert torch.equal(sample(loaded, PROMPT, config, progress=False).latents,
                        sample(memory, PROMPT, config, progress=False).latents)
+
+
+class _VPrediction:
+    """What AlphaBarSchedule reads of a backbone here: its prediction type."""
+
+    prediction_type = "v_prediction"

@@ -110,6 +110,7 @@ class FlowMo:
             raise ConfigError(f"FlowMo needs at least 3 latent frames; {sampler.frames} frames are {frames} latent "
                               f"frame(s) for backbone {backbone.name!r}: sample more frames")
         self.backbone, self.sampler, self.scheduler = backbone, sampler, scheduler
+        self.schedule = backbone.noise_schedule(scheduler)
         self.opt_range = self.config.resolved_opt_range(sampler.steps)
         self.frames = frames
         self.trace = []
@@ -120,7 +121,7 @@ class FlowMo:
     def loss(self, latents: torch.Tensor, step: int, cond: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor:
         """The loss at x_t = ``latents`` (summed over the batch), differentiable w.r.t. them."""
         b = latents.shape[0]
-        x0 = estimate_clean_frames(self.backbone, self.scheduler, latents, step, cond, uncond, self.sampler.cfg_scale,
+        x0 = estimate_clean_frames(self.backbone, self.schedule, latents, step, cond, uncond, self.sampler.cfg_scale,
                                    list(range(self.frames)))  # (B * F, C, h, w), float32
         x0 = x0.reshape(b, self.frames, *x0.shape[1:]).transpose(1, 2)  # (B, C, F, h, w)
         return temporal_variance_loss(x0, self.config.patch_size, self.config.top_fraction).sum()

@@ -10,7 +10,7 @@ import torch
 from mp_plugin_lvdm import configs, loading, tiny
 from mp_plugin_lvdm.clip import OpenCLIPTextTokens
 from mp_plugin_lvdm.model import LatentDiffusion, scale_settings
-from mp_plugin_lvdm.schedule import LVDMDDIMScheduler, make_scheduler
+from mp_plugin_lvdm.schedule import LVDMDDIMScheduler, ScaledAlphaBarSchedule, make_scheduler
 from mpcore.backbones import describe, freeze
 from mpcore.interfaces import Backbone
 
@@ -52,6 +52,10 @@ class LVDMBackbone(Backbone):
 
     def make_scheduler(self) -> LVDMDDIMScheduler:
         return make_scheduler(self.params, self.spacing, self.model.alphas_cumprod, self.scale_arr)
+
+    def noise_schedule(self, scheduler) -> ScaledAlphaBarSchedule:
+        """lvdm's schedule math with its scale schedule (the rollout's rescale, q_sample's scaling)."""
+        return ScaledAlphaBarSchedule(self, scheduler)
 
     def predict(self, latents: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return self.unet(latents, t, cond, fs=fs_for_batch(self.fs, latents.shape[0]))

@@ -24,6 +24,8 @@ from diffusers import DDIMScheduler
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from mpcore.schedules import AlphaBarSchedule
+
 
 def scheduler_config(params: dict[str, Any], spacing: str) -> dict[str, Any]:
     """diffusers DDIMScheduler settings of ``model.params`` with lvdm's timestep ``spacing``
@@ -55,11 +57,19 @@ class LVDMDDIMScheduler(DDIMScheduler):
         self.scale_arr = None if scale_arr is None else scale_arr.detach().to("cpu", torch.float32)
         self.last_prev_scale = last_prev_scale
 
+    def previous_timestep(self, timestep) -> int:
+        """The next timestep of the list (lvdm's ``a_prev = alphas_cumprod[ddim_timesteps[i - 1]]``), -1 after
+        the last; for step counts dividing 1000 this is diffusers' ``t - 1000 // steps``, for others
+        (trailing spacing, e.g. 6 steps: 999 -> 832, not 833) it is lvdm's own."""
+        timesteps = [int(t) for t in self.timesteps]
+        index = timesteps.index(int(timestep))
+        return timesteps[index + 1] if index + 1 < len(timesteps) else -1
+
     def scales(self, t: int) -> tuple[float, float]:
         """(s_t, s_prev) of the step at timestep ``t`` (1.0, 1.0 without a scale schedule)."""
         if self.scale_arr is None:
             return 1.0, 1.0
-        prev = t - self.config.num_train_timesteps // self.num_inference_steps
+        prev = self.previous_timestep(t)
         s_t = float(self.scale_arr[t])
         if prev >= 0:
             return s_t, float(self.scale_arr[prev])
@@ -68,7 +78,7 @@ class LVDMDDIMScheduler(DDIMScheduler):
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, eta: float = 0.0,
              use_clipped_model_output: bool = False, generator=None, variance_noise=None, return_dict: bool = True):
         t = int(timestep)
-        prev = t - self.config.num_train_timesteps // self.num_inference_steps
+        prev = self.previous_timestep(t)
         a_t = float(self.alphas_cumprod[t])
         a_prev = float(self.alphas_cumprod[prev]) if prev >= 0 else float(self.final_alpha_cumprod)
         if self.config.prediction_type == "v_prediction":
@@ -98,3 +108,33 @@ def make_scheduler(params: dict[str, Any], spacing: str, alphas_cumprod: torch.T
     last = "first" if params.get("use_scale") else "same"
     scheduler.set_lvdm(alphas_cumprod, scale, last)
     return scheduler
+
+
+class ScaledAlphaBarSchedule(AlphaBarSchedule):
+    """lvdm's noise-schedule math with its latent scale schedule (FACTS trap 1): the network's clean latent
+    at t is ``scale_arr[t]`` times the clean latent.
+
+    - transition t -> s: the x0 estimate is moved to s's space, ``x0 * s_s / s_t`` (``ddim.py``'s
+      ``pred_x0 / scale_t * scale_prev``), before ``sqrt(a_s) x0 + sqrt(1 - a_s) eps``;
+    - diffusion (training's ``q_sample``): ``sqrt(a_t) scale_arr[t] x0 + sqrt(1 - a_t) eps``, where the
+      sampler's final latents are in ``scale_arr[0]``'s space, so ``clean * s_t / s_0`` is noised;
+    - the scheduler's ``pred_original_sample`` is in the NEXT step's space (decode: divide by
+      ``scale_factor * s_prev``).
+    """
+
+    def scale(self, timestep) -> float:
+        arr = self.scheduler.scale_arr
+        return 1.0 if arr is None else float(arr[int(timestep)])
+
+    def clean_rescale(self, timestep: int, landing: int) -> float:
+        return self.scale(landing) / self.scale(timestep)
+
+    def predicted_original_scale(self, index: int) -> float:
+        s_t, s_prev = self.scheduler.scales(int(self.timesteps[index]))
+        return self.latent_scale(index) * s_prev / s_t
+
+    def signal_scale(self, timestep: int) -> float:
+        return super().signal_scale(timestep) * self.scale(timestep) / self.scale(0)
+
+    def diffuse(self, clean: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:
+        return super().diffuse(clean * (self.scale(timestep) / self.scale(0)), noise, timestep)

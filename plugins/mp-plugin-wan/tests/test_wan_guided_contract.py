@@ -1,0 +1,32 @@
+"""The guided-sampling contract (:func:`mpcore.testing.run_guided_contract`) on the tiny Wan, with the
+model folder's UniPC and with flow-matching Euler. UniPC is multistep: the rollout's moves are held against
+Euler on the same shifted sigmas (the deterministic single-step scheduler of that schedule); a guidance's
+change of x_t must survive UniPC's corrector (it kept 12% of it before the sampler told the scheduler)."""
+
+import pytest
+from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
+
+from mp_plugin_wan.backbone import load
+from mp_plugin_wan.tiny import TINY_SAMPLER_DEFAULTS
+from mpcore.config import SamplerConfig
+from mpcore.testing import run_guided_contract
+
+
+def flow_training_noising(clean, noise, t):
+    """Rectified flow's training noising at timestep t: sigma = t / 1000."""
+    sigma = t / 1000
+    return (1 - sigma) * clean + sigma * noise
+
+
+@pytest.mark.parametrize("scheduler", ["unipc", "euler"])
+def test_guided_contract_on_tiny_wan(scheduler):
+    backbone = load("tiny", seed=0)
+    assert backbone.scheduler_class is UniPCMultistepScheduler  # the folder's own
+    config = dict(backbone.scheduler_config)
+    if scheduler == "euler":
+        backbone.scheduler_class, backbone.scheduler_config = FlowMatchEulerDiscreteScheduler, {"shift": 3.0}
+    euler = FlowMatchEulerDiscreteScheduler.from_config({"shift": config.get("flow_shift", 3.0)})
+    sampler = SamplerConfig(**{**TINY_SAMPLER_DEFAULTS, "steps": 6, "seed": 2})
+    result = run_guided_contract(backbone, sampler, flow_training_noising,
+                                 scheduler_factory=lambda: FlowMatchEulerDiscreteScheduler.from_config(euler.config))
+    assert result["clean_estimate_error"] is None  # neither scheduler exposes pred_original_sample
