@@ -96,7 +96,7 @@ def check_free_init(backbone, scheduler) -> None:
     CogVideoX, DynamiCrafter 512/1024; flow matching, whose x_1 is pure noise: Wan)."""
     scheduler.set_timesteps(2, device=backbone.device)
     schedule = backbone.noise_schedule(scheduler)
-    signal = schedule.signal_scale(schedule.start_timestep())
+    signal = schedule.start_signal()
     if signal < MIN_SIGNAL:
         raise ConfigError(f"--free-init: backbone {backbone.name!r}'s noise schedule keeps {signal:.2g} of a sample at the "
                           f"start of sampling (timestep {schedule.start_timestep()}; zero terminal SNR, e.g. CogVideoX, "

@@ -59,6 +59,10 @@ class NoiseSchedule:
         """The timestep FreeInit diffuses a finished sample back to (the start of sampling)."""
         raise NotImplementedError
 
+    def start_signal(self) -> float:
+        """The fraction of a clean sample that x keeps at the start of sampling (0: pure noise)."""
+        raise NotImplementedError
+
     def describe(self) -> dict[str, Any]:
         return {"family": type(self).__name__, "scheduler": type(self.scheduler).__name__}
 
@@ -136,6 +140,9 @@ class AlphaBarSchedule(NoiseSchedule):
         """``num_train_timesteps - 1``, where diffusers' FreeInit (``AnimateDiffPipeline``) diffuses to."""
         return int(self.scheduler.config.num_train_timesteps) - 1
 
+    def start_signal(self) -> float:
+        return self.signal_scale(self.start_timestep())
+
     def diffuse(self, clean: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:
         """x_t of a clean latent at ``timestep`` as in training (q(x_t | x0), the scheduler's
         ``add_noise``). ``clean`` is in the convention of the sampler's final latents (what
@@ -168,12 +175,14 @@ class FlowMatchSchedule(NoiseSchedule):
         timesteps = sigmas * num_train_timesteps)."""
         return float(timestep) / self.scheduler.config.num_train_timesteps
 
-    def signal_scale(self, timestep: int) -> float:
-        return 1.0 - self.timestep_sigma(timestep)
-
     def start_timestep(self) -> int:
-        """The first sampling timestep (sigma_max = 1 for Wan's schedules: x_1 is pure noise)."""
-        return int(round(float(self.timesteps[0])))
+        """The first sampling timestep."""
+        return int(self.timesteps[0])
+
+    def start_signal(self) -> float:
+        """1 - sigmas[0]: 0 for Wan's schedules (sigma_max = 1, x_1 is pure noise; UniPC calls that level
+        timestep 999)."""
+        return 1.0 - self.sigma(0)
 
     def diffuse(self, clean: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:
         sigma = self.timestep_sigma(timestep)

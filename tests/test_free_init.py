@@ -90,6 +90,32 @@ def test_guided_passes_restart_the_token_and_record_each_pass(tiny_backbone, sam
     assert result.guidance["trace"] and torch.isfinite(result.latents).all()
 
 
+def test_each_guided_pass_is_a_fresh_guided_run_from_its_start(tiny_backbone, sampler_config, motion_config,
+                                                                flow_estimator, discriminator, monkeypatch):
+    """The token restarts from its init word every pass (README "FreeInit"): pass 2 of a guided FreeInit
+    run equals a NEW MotionPrompt sampling from pass 2's x_T. Carrying pass 1's optimized token over (or
+    its optimizer state) makes them differ."""
+    import mpcore.sampling as sampling
+    from mpcore.motionprompt import MotionPrompt
+
+    starts = []
+    real_sample = sampling.sample
+
+    def recording_sample(*args, latents=None, **kwargs):
+        starts.append(latents.clone())
+        return real_sample(*args, latents=latents, **kwargs)
+
+    monkeypatch.setattr(sampling, "sample", recording_sample)
+    guidance = MotionPrompt(motion_config, flow_estimator, discriminator)
+    result = sample_free_init(tiny_backbone, "a fox", sampler_config, FreeInitConfig(iterations=2), guidance,
+                              progress=False)
+    assert result.free_init["passes"][0]["guidance"]["final_cosine"][0] < 1.0  # pass 1 did move its token
+    fresh = real_sample(tiny_backbone, "a fox", sampler_config, MotionPrompt(motion_config, flow_estimator, discriminator),
+                        progress=False, latents=starts[1])
+    torch.testing.assert_close(result.latents, fresh.latents, rtol=0, atol=0)
+    assert result.guidance["final_cosine"] == fresh.guidance["final_cosine"]
+
+
 def test_invalid_settings_and_flow_matching_refused(tiny_backbone, sampler_config):
     with pytest.raises(ConfigError, match="free_init method"):
         sample_free_init(tiny_backbone, "a", sampler_config, FreeInitConfig(iterations=2, method="box"))

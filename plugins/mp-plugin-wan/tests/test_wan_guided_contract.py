@@ -30,3 +30,14 @@ def test_guided_contract_on_tiny_wan(scheduler):
     result = run_guided_contract(backbone, sampler, flow_training_noising,
                                  scheduler_factory=lambda: FlowMatchEulerDiscreteScheduler.from_config(euler.config))
     assert result["clean_estimate_error"] is None  # neither scheduler exposes pred_original_sample
+
+
+def test_free_init_is_refused_on_wan():
+    """Wan's x at the first step is pure noise (sigma 1, which UniPC calls timestep 999): FreeInit would keep
+    nothing of the sample, and says so before sampling."""
+    from mpcore.config import ConfigError
+    from mpcore.free_init import check_free_init
+
+    backbone = load("tiny", seed=0)
+    with pytest.raises(ConfigError, match="keeps .* of a sample at the start of sampling"):
+        check_free_init(backbone, backbone.make_scheduler())
