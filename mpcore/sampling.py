@@ -36,6 +36,14 @@ class StepCondition:
     uncond_output: torch.Tensor | None = None
     info: dict[str, Any] = field(default_factory=dict)
     latents: torch.Tensor | None = None
+    model_output: torch.Tensor | None = None
+    """The (CFG-combined) model output the scheduler steps with, if the guidance already has it: the
+    sampler then calls no model this step. FlowMo as published steps with the output predicted BEFORE its
+    update of x_t, applied to the updated x_t. None: the sampler predicts at (``latents``, t)."""
+    keep_scheduler_state: bool = False
+    """With moved ``latents``: True leaves a multistep scheduler's state as it is (UniPC's corrector then
+    rebuilds x_t from its previous step, as FlowMo's published loop lets it); False (default) makes the
+    scheduler continue from the moved x_t (:meth:`mpcore.schedules.NoiseSchedule.continue_from`)."""
 
 
 class Guidance(Protocol):
@@ -222,21 +230,24 @@ def sample(
     bar = tqdm(scheduler.timesteps, desc=description, disable=not progress, leave=False, unit="step")
     for step, t in enumerate(bar):
         # the step's condition: the plain prompt's, or the one the guidance returns
-        step_cond, uncond_output = cond, None
+        step_cond, uncond_output, model_output = cond, None, None
         if guidance is not None:
             step_condition = guidance.condition(step, t, latents, cond, uncond)
             if step_condition is not None:
                 step_cond, uncond_output = step_condition.cond, step_condition.uncond_output
+                model_output = step_condition.model_output
                 if step_condition.latents is not None:  # a guidance that moved x_t (e.g. FlowMo)
                     moved = step_condition.latents.detach().to(backbone.latent_dtype)
-                    if not torch.equal(moved, latents):
+                    if not step_condition.keep_scheduler_state and not torch.equal(moved, latents):
                         # the step continues from the moved x_t (a multistep corrector would rebuild the old one)
                         backbone.noise_schedule(scheduler).continue_from(moved)
                     latents = moved
                 if step_condition.info:
                     bar.set_postfix(step_condition.info, refresh=False)
         with torch.no_grad():
-            model_output = cfg_output(backbone, latents, t, step_cond, uncond, config.cfg_scale, uncond_output)
+            if model_output is None:
+                model_output = cfg_output(backbone, latents, t, step_cond, uncond, config.cfg_scale, uncond_output)
+            model_output = model_output.detach()
             # scheduler update x_t -> x_{t-1} (DDIM: eq. 12; eta > 0 draws the sigma_t noise from the same generator)
             # kept in the latent dtype, as the pipelines keep them (CogVideoX's rounds them back each step)
             latents = scheduler_step(model_output, step, t, latents).to(backbone.latent_dtype)

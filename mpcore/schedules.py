@@ -117,6 +117,12 @@ class AlphaBarSchedule(NoiseSchedule):
         """The Tweedie estimate x0_hat at step ``index`` (float32, latent scale NOT undone)."""
         return self.clean_and_noise(x_t, output, index)[0]
 
+    def velocity(self, x_t: torch.Tensor, output: torch.Tensor, index: int) -> torch.Tensor:
+        """The flow-matching velocity of the model output, eps_hat - x0_hat (float32): what a rectified-flow
+        model such as Wan predicts, expressed for this parametrization (FlowMo's loss tensor)."""
+        x0, eps = self.clean_and_noise(x_t, output, index)
+        return eps - x0
+
     def transition(self, x_t: torch.Tensor, output: torch.Tensor, index: int, next_index: int) -> torch.Tensor:
         """Deterministic DDIM from step ``index`` to the level of step ``next_index`` (eq. 12, sigma = 0):
         x_s = sqrt(a_s) x0 + sqrt(1 - a_s) eps, s the scheduler's landing timestep
@@ -164,6 +170,10 @@ class FlowMatchSchedule(NoiseSchedule):
     def clean_estimate(self, x_t: torch.Tensor, output: torch.Tensor, index: int) -> torch.Tensor:
         """x0_hat = x_t - sigma_t v (float32)."""
         return x_t.float() - self.sigma(index) * output.float()
+
+    def velocity(self, x_t: torch.Tensor, output: torch.Tensor, index: int) -> torch.Tensor:
+        """The model output itself, v = eps - x0 (float32)."""
+        return output.float()
 
     def transition(self, x_t: torch.Tensor, output: torch.Tensor, index: int, next_index: int) -> torch.Tensor:
         """The Euler step of the flow ODE from sigma_t to sigma_s: x_s = x_t + (sigma_s - sigma_t) v (the

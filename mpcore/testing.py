@@ -240,8 +240,8 @@ def check_rollout_gradient_reaches_every_call(backbone, config, prompt: str = "a
 class _ShiftOnce:
     """A guidance that adds ``delta`` to x_t at step ``at`` and records x_t entering step ``at + 1``."""
 
-    def __init__(self, at: int, delta: torch.Tensor | None):
-        self.at, self.delta, self.after = at, delta, None
+    def __init__(self, at: int, delta: torch.Tensor | None, keep_scheduler_state: bool = False):
+        self.at, self.delta, self.after, self.keep = at, delta, None, keep_scheduler_state
 
     def prepare(self, backbone, prompt, config, scheduler):
         pass
@@ -252,7 +252,7 @@ class _ShiftOnce:
         if step == self.at + 1:
             self.after = latents.detach().clone()
         if step == self.at and self.delta is not None:
-            return StepCondition(cond=cond, latents=latents + self.delta.to(latents.dtype))
+            return StepCondition(cond=cond, latents=latents + self.delta.to(latents.dtype), keep_scheduler_state=self.keep)
         return None
 
     def finish(self):
@@ -260,18 +260,20 @@ class _ShiftOnce:
 
 
 def measure_latent_change_survival(backbone, config, prompt: str = "a fox running", at: int = 1,
-                                   min_fraction: float = 0.5) -> float:
+                                   min_fraction: float = 0.5, keep_scheduler_state: bool = False) -> float:
     """How much of a guidance's change of x_t at step ``at`` (:attr:`~mpcore.sampling.StepCondition.latents`)
     the sampler carries into step ``at + 1``: <x'_{t+1} - x_{t+1}, delta> / <delta, delta> between the runs
     with and without the change (about 1 when the change survives; UniPC's corrector, left alone, keeps
     about 1-12% of it). Returns the fraction, asserted >= ``min_fraction`` (0.5; a stochastic step that
-    contracts its sample by design, CogVideoX's DPM-Solver SDE step, passes its own lower bound)."""
+    contracts its sample by design, CogVideoX's DPM-Solver SDE step, passes its own lower bound).
+    ``keep_scheduler_state=True`` measures what survives when the scheduler is NOT told (FlowMo's
+    published loop)."""
     from mpcore.sampling import sample
 
     delta = 0.05 * _random_latents(backbone, config, 70).float()
     runs = []
     for change in (None, delta):
-        guidance = _ShiftOnce(at, change)
+        guidance = _ShiftOnce(at, change, keep_scheduler_state)
         sample(backbone, prompt, config, guidance, progress=False)
         runs.append(guidance.after.float())
     fraction = float(((runs[1] - runs[0]) * delta).sum() / (delta * delta).sum())

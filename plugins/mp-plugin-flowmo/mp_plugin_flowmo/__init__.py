@@ -5,9 +5,9 @@ from __future__ import annotations
 from mpcore.hookspecs import hookimpl
 from mpcore.interfaces import GuidanceSpec
 
-from mp_plugin_flowmo.flowmo import FlowMo, FlowMoConfig, backbone_defaults, temporal_variance_loss
+from mp_plugin_flowmo.flowmo import FlowMo, FlowMoConfig, backbone_defaults, flowmo_loss
 
-__all__ = ["FlowMo", "FlowMoConfig", "backbone_defaults", "temporal_variance_loss", "register_guidances"]
+__all__ = ["FlowMo", "FlowMoConfig", "backbone_defaults", "flowmo_loss", "register_guidances"]
 
 
 def build(config: FlowMoConfig, backbone_spec=None, model=None) -> FlowMo:
@@ -20,8 +20,9 @@ def register_guidances(register):
     register(GuidanceSpec(
         name="flowmo",
         build=build,
-        description="FlowMo (Shaulov et al. 2025): gradient steps on x_t lowering the patch-wise temporal variance "
-                    "of the clean estimate's frame differences; no flow estimator, no discriminator",
+        description="FlowMo (Shaulov et al. 2025) as its authors' Wan code runs it: one Adam step on x_t in the first "
+                    "12 of 50 steps lowering the largest temporal variance of the velocity's frame differences; no "
+                    "flow estimator, no discriminator",
         config_class=FlowMoConfig,
         defaults_for=backbone_defaults,
     ))
