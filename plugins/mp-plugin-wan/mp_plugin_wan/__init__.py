@@ -45,12 +45,14 @@ motionprompt_defaults = defaults_by_model(WAN_MOTIONPROMPT_DEFAULTS)
 load = lazy_load("mp_plugin_wan.backbone")
 
 
-def check(model: str | None, max_sequence_length: int | None = None, **_) -> None:
-    """Cheap checks before any weights load: the text length, a local folder's components."""
+def check(model: str | None, max_sequence_length: int | None = None, flow_shift: float | None = None, **_) -> None:
+    """Cheap checks before any weights load: the text length, the flow shift, a local folder's components."""
     from mp_plugin_wan import loading
 
     if max_sequence_length is not None and max_sequence_length < 1:
         raise click.UsageError(f"--max-sequence-length must be >= 1, got {max_sequence_length}")
+    if flow_shift is not None and not flow_shift > 0:
+        raise click.UsageError(f"--flow-shift must be a number > 0 (the folder's is 3.0), got {flow_shift}")
     if model != "tiny":
         loading.check_source(model or loading.DEFAULT_MODEL)
 
@@ -88,6 +90,9 @@ def register_backbones(register):
                              help="[wan] text tokens the T5-family encoder sees (default: the pipeline's, 512 for wan)"),
                 click.Option(["--vae-tiling"], is_flag=True, default=None,
                              help="[wan] decode the final video with the VAE's spatial tiling (less memory)"),
+                click.Option(["--flow-shift"], type=float, default=None,
+                             help="[wan] the scheduler's sigma shift (default: the model folder's, 3.0; Wan's own "
+                                  "scripts and FlowMo's published run use 5.0)"),
             ],
         )
     )

@@ -233,10 +233,15 @@ def load(
     attention: str = "auto",
     max_sequence_length: int | None = None,
     vae_tiling: bool | None = None,
+    flow_shift: float | None = None,
 ) -> WanBackbone:
     """Load Wan 2.1 from a diffusers folder or hub id (default ``Wan-AI/Wan2.1-T2V-1.3B-Diffusers``);
-    ``model="tiny"`` builds the tiny random-init model from ``seed`` (offline)."""
+    ``model="tiny"`` builds the tiny random-init model from ``seed`` (offline). ``flow_shift``: the
+    scheduler's sigma shift instead of the folder's (3.0 in the diffusers folders; Wan's own scripts and
+    FlowMo's published run use 5.0 for text-to-video)."""
     device = torch.device(device)
+    if flow_shift is not None and not flow_shift > 0:
+        raise ValueError(f"--flow-shift must be a number > 0, got {flow_shift}")
     if attention not in ATTENTION_CHOICES:
         raise ValueError(f"--attention must be one of {', '.join(ATTENTION_CHOICES)}, got {attention!r}")
     if attention == "xformers":
@@ -250,6 +255,10 @@ def load(
     else:
         parts = loading.load_components(model, dtype)
         source = {"model": model}
+    if flow_shift is not None:  # UniPC names it flow_shift, flow-matching Euler shift
+        key = "flow_shift" if "flow_shift" in parts["scheduler_config"] else "shift"
+        parts["scheduler_config"] = {**parts["scheduler_config"], key: float(flow_shift)}
+        source["flow_shift"] = float(flow_shift)
     place(parts, device, dtype, offload)
     if vae_tiling:
         parts["vae"].enable_tiling()

@@ -41,3 +41,26 @@ def test_free_init_is_refused_on_wan():
     backbone = load("tiny", seed=0)
     with pytest.raises(ConfigError, match="keeps .* of a sample at the start of sampling"):
         check_free_init(backbone, backbone.make_scheduler())
+
+
+def test_flow_shift_5_gives_flowmos_published_timesteps():
+    """``--flow-shift 5`` samples on the schedule of Wan's own scripts: its first 12 of 50 timesteps are the
+    list FlowMo's published code guides at (text2video.py l.274-276); the folder's 3.0 gives others."""
+    published = [999, 995, 991, 987, 982, 978, 973, 968, 963, 957, 952, 946]
+    for shift, equal in ((5.0, True), (None, False)):
+        scheduler = load("tiny", seed=0, flow_shift=shift).make_scheduler()
+        scheduler.set_timesteps(50)
+        assert (scheduler.timesteps[:12].tolist() == published) is equal
+    with pytest.raises(ValueError, match="--flow-shift must be a number > 0"):
+        load("tiny", flow_shift=0.0)
+
+
+def test_flow_shift_is_refused_before_loading():
+    from click.testing import CliRunner
+
+    from mpcore.cli.main import build_cli
+
+    result = CliRunner().invoke(build_cli(), ["run", "--backbone", "wan", "--model", "/nonexistent/folder",
+                                              "--flow-shift", "-1", "--guidance", "none", "--prompt", "a",
+                                              "--out", "/tmp/x.mp4"])
+    assert result.exit_code == 2 and "--flow-shift must be a number > 0" in result.output
