@@ -73,6 +73,19 @@ def generate(prompts: Path, seeds: str, out: Path, guidance: str, extra: list[st
         "--out", str(out), "--guidance", guidance, "--no-progress", *extra)
 
 
+def seconds_per_video(folder: Path) -> dict:
+    """Each video's sampling time as its manifest records it (``timings``, model loading left out): the
+    median and range over the arm's videos, whenever they were generated (a resumed arm keeps its own)."""
+    values = []
+    for manifest in sorted(folder.glob("p*_s*.json")):
+        timings = json.loads(manifest.read_text()).get("timings") or {}
+        values += [v for k, v in timings.items() if k.endswith("_s") and not k.startswith("load")]
+    if not values:
+        return {"n": 0, "median": None, "min": None, "max": None}
+    return {"n": len(values), "median": round(float(np.median(values)), 2), "min": round(min(values), 2),
+            "max": round(max(values), 2)}
+
+
 def load_classifier(work: Path, clips: int, epochs: int) -> tuple[toy_metrics.CaptionClassifier, float]:
     """The fidelity classifier (cached in WORK) and its accuracy on held-out REAL clips."""
     path = work / f"classifier_{clips}x{epochs}.pt"
@@ -150,7 +163,10 @@ def markdown(summary: dict) -> str:
                 lines.append(f"- {label}: {row['mean_drop']:+.4g} [{row['ci'][0]:+.4g}, {row['ci'][1]:+.4g}] "
                              f"({row['n']} videos{source})")
     lines += ["", f"Fidelity classifier accuracy on real held-out clips: {summary['classifier_real_accuracy']:.3f}.",
-              f"Times: {json.dumps(summary['times'])}", ""]
+              f"Times: {json.dumps(summary['times'])}",
+              f"Seconds per video (manifests; median [min, max]): "
+              + ", ".join(f"{arm} {t['median']} [{t['min']}, {t['max']}]" for arm, t in
+                          (summary.get("seconds_per_video") or {}).items()), ""]
     return "\n".join(lines)
 
 
@@ -250,6 +266,7 @@ def main(n_prompts, seeds, overrides, steps, tag, work, out, classifier_clips, c
         "tag": tag, "prompts": n_prompts, "seeds": seeds, "n_pairs": len(pairs), "overrides": list(overrides),
         "steps": steps, "git": git, "classifier_real_accuracy": classifier_accuracy, "real_reference": reference,
         "comparison": comparison, "gate": guidance_gate, "times": times,
+        "seconds_per_video": {name: seconds_per_video(run_dir / name) for name, _, _ in arms},
         "flowmo_overrides": list(flowmo_overrides), "comparison_flowmo": comparison_flowmo,
         "per_video": {"baseline": baseline["videos"], "guided": guided["videos"], "flowmo": flowmo_videos,
                       "captions": captions},
