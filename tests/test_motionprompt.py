@@ -395,3 +395,24 @@ def test_the_gate_probe_measures_on_fixed_pairs_and_leaves_the_video_alone(tiny_
     assert all(len(e["probe"]["pairs"]) == 2 for e in optimized)
     # before and after the step's updates: the token moved in between, so the term differs
     assert all(e["probe"]["disc_before"] != e["probe"]["disc_after"] for e in optimized)
+
+
+def test_rollout_prompt_as_sampled_conditions_only_the_calls_past_the_range(tiny_backbone, sampler_config,
+                                                                            motion_config, flow_estimator, discriminator):
+    """6 steps, range [1, 3), a 3-call rollout from step 2 calls the model at steps 2, 3, 4 (rollout_indices):
+    'as_sampled' conditions the calls at 3 and 4 on the plain prompt, which changes the estimate; with a
+    range reaching past every call it gives exactly 'guided'."""
+    latents = torch.randn(1, 4, sampler_config.frames, 8, 8, generator=torch.Generator().manual_seed(2))
+    uncond = tiny_backbone.encode_prompt([""]).detach()
+
+    def disc_term(rollout_prompt, opt_range):
+        config = dataclasses.replace(motion_config, estimate="rollout", rollout_steps=3, opt_range=opt_range,
+                                     rollout_prompt=rollout_prompt)
+        guidance, _ = _prepared(tiny_backbone, config, flow_estimator, discriminator, sampler_config)
+        with torch.no_grad():
+            guidance.tokens += 0.5  # a token far from the plain prompt, so the two conditions differ
+            return float(guidance.objective(latents, 2, uncond, None, [(0, 1)]).disc)
+
+    assert rollout_indices(sampler_config.steps, 2, 3) == [2, 3, 4]
+    assert disc_term("as_sampled", (1, 3)) != pytest.approx(disc_term("guided", (1, 3)), rel=1e-6)
+    assert disc_term("as_sampled", (1, 6)) == disc_term("guided", (1, 6))
