@@ -40,11 +40,11 @@ def test_two_passes_equal_animatediff_pipeline_free_init(tiny_backbone, sampler_
     assert record["iterations"] == 2 and record["method"] == method and len(record["passes"]) == 2
 
 
-def test_second_start_keeps_low_frequencies_of_diffused_first_result(tiny_backbone, sampler_config, monkeypatch):
-    """x_T of pass 2 = the diffused pass-1 result inside the filter, fresh noise outside it."""
+@pytest.fixture
+def recorded_starts(monkeypatch):
+    """The x_T each FreeInit pass samples from, recorded; (starts, the unpatched ``sample``)."""
     import mpcore.sampling as sampling
 
-    free_init = FreeInitConfig(iterations=2, method="ideal", spatial_stop_frequency=0.5, temporal_stop_frequency=0.5)
     starts = []
     real_sample = sampling.sample
 
@@ -53,6 +53,14 @@ def test_second_start_keeps_low_frequencies_of_diffused_first_result(tiny_backbo
         return real_sample(*args, latents=latents, **kwargs)
 
     monkeypatch.setattr(sampling, "sample", recording_sample)
+    return starts, real_sample
+
+
+def test_second_start_keeps_low_frequencies_of_diffused_first_result(tiny_backbone, sampler_config, recorded_starts):
+    """x_T of pass 2 = the diffused pass-1 result inside the filter, fresh noise outside it."""
+    starts, real_sample = recorded_starts
+
+    free_init = FreeInitConfig(iterations=2, method="ideal", spatial_stop_frequency=0.5, temporal_stop_frequency=0.5)
     sample_free_init(tiny_backbone, "a fox", sampler_config, free_init, progress=False)
     first_result = real_sample(tiny_backbone, "a fox", sampler_config, progress=False, latents=starts[0]).latents
     scheduler = tiny_backbone.make_scheduler()
@@ -91,21 +99,13 @@ def test_guided_passes_restart_the_token_and_record_each_pass(tiny_backbone, sam
 
 
 def test_each_guided_pass_is_a_fresh_guided_run_from_its_start(tiny_backbone, sampler_config, motion_config,
-                                                                flow_estimator, discriminator, monkeypatch):
+                                                                flow_estimator, discriminator, recorded_starts):
     """The token restarts from its init word every pass (README "FreeInit"): pass 2 of a guided FreeInit
     run equals a NEW MotionPrompt sampling from pass 2's x_T. Carrying pass 1's optimized token over (or
     its optimizer state) makes them differ."""
-    import mpcore.sampling as sampling
     from mpcore.motionprompt import MotionPrompt
 
-    starts = []
-    real_sample = sampling.sample
-
-    def recording_sample(*args, latents=None, **kwargs):
-        starts.append(latents.clone())
-        return real_sample(*args, latents=latents, **kwargs)
-
-    monkeypatch.setattr(sampling, "sample", recording_sample)
+    starts, real_sample = recorded_starts
     guidance = MotionPrompt(motion_config, flow_estimator, discriminator)
     result = sample_free_init(tiny_backbone, "a fox", sampler_config, FreeInitConfig(iterations=2), guidance,
                               progress=False)
