@@ -92,8 +92,8 @@ def published_update(wan, x, t, cond, uncond, scale, lr=1e-3):
         loss = variance.mean(dim=0).max()
         (grad,) = torch.autograd.grad(loss, x_var)
     with torch.no_grad():
-        before = wan.predict(x, t, uncond).float() + scale * (wan.predict(x, t, cond).float()
-                                                              - wan.predict(x, t, uncond).float())
+        before_uncond = wan.predict(x, t, uncond).float()
+        before = before_uncond + scale * (wan.predict(x, t, cond).float() - before_uncond)
     return float(loss.detach()), x - lr * grad / (grad.abs() + 1e-8), before
 
 
