@@ -17,17 +17,24 @@ mp-plugin-flowmo guidance; ``--no-flowmo`` leaves it out). All go through ``mpco
 * fidelity: a small 3D CNN trained on REAL procedural clips reads shape, motion and background; its
   agreement with the caption (``fidelity``).
 
-Every measure gets the guided - baseline (and FlowMo - baseline) mean difference with a 95% paired bootstrap CI
+Every measure gets the arm - baseline mean difference with a 95% paired bootstrap CI
 (:func:`mpcore.analysis.compare.paired_comparison`). The same measures on the REAL clips of the same
 held-out scenes are the reference (what a perfect model would score), and the baseline's own
 direction agreement and fidelity say whether the samples are good enough to judge motion at all.
 
-    python benchmarks/bench_effect.py                       # 16 prompts x 2 seeds (~15 min on 2 cores)
-    python benchmarks/bench_effect.py -o lr=0.01 --tag lr0.01   # another guidance setting
-    python benchmarks/bench_effect.py --smoke               # tiny configuration (tests)
-    python benchmarks/bench_effect.py --prompts 8 --tag three_arms   # baseline / MotionPrompt / FlowMo
+Choosing and claiming are kept apart by ``benchmarks/effect_protocol.toml`` (issue 32). The
+development split (the default) takes any settings on the development prompts and seeds: its results
+are labelled as development results. ``--split confirmation`` runs the registered arms on fresh
+prompts and seeds with everything read from the protocol, checks every manifest against the arm's
+registered settings, and applies the protocol's decision rule.
 
-Writes ``<out>/bench_effect_<tag>.json`` and ``<out>/bench_effect_<tag>.md`` (atomically).
+    python benchmarks/bench_effect.py                       # development: 16 prompts x seeds 0-1
+    python benchmarks/bench_effect.py -o lr=0.01 --tag lr0.01   # another guidance setting (development)
+    python benchmarks/bench_effect.py --split confirmation      # the registered arms, 128 pairs (~2 h on 2 cores)
+    python benchmarks/bench_effect.py --smoke               # tiny configuration (tests)
+
+Writes ``<out>/bench_effect_<tag>.json`` and ``<out>/bench_effect_<tag>.md`` (atomically). Every
+``mpcore generate`` call resumes, so a killed run is continued by the same command.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import json
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import click
@@ -57,10 +65,12 @@ OBJECT_MEASURES = ("presence", "size_drift", "color_drift", "centroid_jerk", "fl
                    "direction_agreement", "fidelity", "fidelity_shape", "fidelity_motion", "fidelity_background")
 LOWER_IS_BETTER = {"flow_warp_error", *toy_metrics.LOWER_IS_BETTER}
 NEUTRAL = {"object_speed", "motion_smoothness_flowinterp"}
+PROTOCOL = ROOT / "benchmarks" / "effect_protocol.toml"
 
 
-def heldout_scenes(count: int) -> list[toyworld.Scene]:
-    return [toyworld.sample_scene(PROMPT_SEED + i, split="heldout") for i in range(count)]
+def heldout_scenes(count: int, prompt_seed: int = PROMPT_SEED) -> list[toyworld.Scene]:
+    """The first ``count`` held-out scenes drawn from ``prompt_seed`` (the development split's prompts)."""
+    return [toyworld.sample_scene(prompt_seed + i, split="heldout") for i in range(count)]
 
 
 def run(*args: str) -> None:
@@ -130,6 +140,104 @@ def real_reference(scenes: list[toyworld.Scene], classifier, flow, work: Path) -
     return toy_metrics.summarize(list(result["videos"].values()), list(OBJECT_MEASURES))
 
 
+def load_protocol(path: Path = PROTOCOL) -> dict:
+    """The committed effect protocol (``benchmarks/effect_protocol.toml``)."""
+    with open(path, "rb") as handle:
+        return tomllib.load(handle)
+
+
+def scene_combo(scene: toyworld.Scene) -> tuple[str, str, str]:
+    """The (colour, shape, motion) combination a scene's caption names."""
+    return scene.objects[0].color, scene.objects[0].shape, scene.motion
+
+
+def confirmation_scenes(protocol: dict, walk: int = 20000) -> list[toyworld.Scene]:
+    """The confirmation split's prompts as the protocol defines them: fresh held-out scenes (captions not
+    among the first ``exclude_development_prompts`` development scenes, no caption twice), first one scene
+    of every held-out combination, then a second scene of the combinations drawn next, in draw order."""
+    confirm, development = protocol["confirmation"], protocol["development"]
+    excluded = {s.caption for s in heldout_scenes(confirm["exclude_development_prompts"], development["prompt_seed"])}
+    combos = {(c, s, m) for c in toyworld.COLORS for s in toyworld.SHAPES for m in toyworld.MOTIONS
+              if toyworld.is_heldout_combo(c, s, m) and not (s == "circle" and m == "spinning")}
+    if confirm["prompts"] < len(combos):
+        raise ValueError(f"confirmation.prompts must be >= {len(combos)} (every held-out combination once), "
+                         f"got {confirm['prompts']}")
+    candidates, seen = [], set(excluded)
+    for offset in range(walk):
+        scene = toyworld.sample_scene(confirm["prompt_seed"] + offset, split="heldout")
+        if scene.caption not in seen:
+            seen.add(scene.caption)
+            candidates.append(scene)
+    first: dict[tuple, toyworld.Scene] = {}
+    for scene in candidates:
+        first.setdefault(scene_combo(scene), scene)
+    if set(first) != combos:
+        raise ValueError(f"{len(combos) - len(first)} held-out combination(s) not drawn in {walk} scenes")
+    chosen = set(id(s) for s in first.values())
+    second: dict[tuple, toyworld.Scene] = {}
+    for scene in candidates:
+        if len(first) + len(second) == confirm["prompts"]:
+            break
+        if id(scene) not in chosen and scene_combo(scene) not in second:
+            second[scene_combo(scene)] = scene
+    picked = list(first.values()) + list(second.values())
+    return sorted(picked, key=lambda s: s.seed)
+
+
+def registered_arm(protocol: dict, name: str) -> dict:
+    arms = {arm["name"]: arm for arm in protocol.get("arm", [])}
+    if name not in arms:
+        raise click.BadParameter(f"{name!r} is not a registered arm of {PROTOCOL.name}; registered: {', '.join(arms)}",
+                                 param_hint="--arm")
+    return arms[name]
+
+
+def check_registered_settings(folder: Path, arm: dict) -> int:
+    """Stop unless every manifest in ``folder`` records the arm's registered settings (and discriminator).
+    Returns the number of manifests checked."""
+    import hashlib
+
+    manifests = sorted(folder.glob("p*_s*.json"))
+    for path in manifests:
+        manifest = json.loads(path.read_text())
+        recorded = manifest.get("motionprompt") if arm["guidance"] == "motionprompt" else manifest.get("guidance_settings")
+        recorded = recorded or {}
+        changed = [f"{key}: registered {value!r}, recorded {recorded.get(key)!r}"
+                   for key, value in arm.get("settings", {}).items() if recorded.get(key) != value]
+        expected_sha = arm.get("discriminator_sha256")
+        if expected_sha:
+            source = Path((manifest.get("discriminator") or {}).get("path") or "")
+            actual = hashlib.sha256(source.read_bytes()).hexdigest() if source.is_file() else "missing"
+            if actual != expected_sha:
+                changed.append(f"discriminator {source}: sha256 {actual[:12]}, registered {expected_sha[:12]}")
+        if changed:
+            raise click.ClickException(
+                f"{path} was not generated with arm {arm['name']!r} as registered in {PROTOCOL.name} "
+                f"({'; '.join(changed)}). Register a new arm (never edit a registered one) and run it.")
+    return len(manifests)
+
+
+def decide(comparison: dict, decision: dict) -> dict:
+    """The protocol's decision rule on one arm's comparison with the baseline (see effect_protocol.toml)."""
+    improved, worse = [], []
+    for name, better in decision["measures"].items():
+        row = comparison["metrics"].get(name)
+        if row is None:
+            raise ValueError(f"decision measure {name!r} has no comparison (unavailable: "
+                             f"{comparison.get('unavailable', {}).get(name, 'not measured')})")
+        low, high = row["ci"]
+        if better not in ("lower", "higher"):
+            raise ValueError(f"decision.measures.{name} must be 'lower' or 'higher', got {better!r}")
+        better_side = high < 0 if better == "lower" else low > 0
+        worse_side = low > 0 if better == "lower" else high < 0
+        improved += [name] if better_side else []
+        worse += [name] if worse_side else []
+    fidelity_row = comparison["metrics"][decision["fidelity"]]
+    fidelity_worse = fidelity_row["ci"][1] < 0
+    confirmed = len(improved) >= decision["min_improved"] and not worse and not fidelity_worse
+    return {"improved": improved, "worse": worse, "fidelity_worse": fidelity_worse, "confirmed": confirmed}
+
+
 def comparison_table(summary: dict, comparison: dict, label: str) -> list[str]:
     """One markdown table: every measure, ``label`` (the guided arm) minus the baseline, paired CIs."""
     lines = [f"| measure | better | real clips | baseline | {label} | {label} - baseline [95% CI] | {label} better in |",
@@ -145,24 +253,38 @@ def comparison_table(summary: dict, comparison: dict, label: str) -> list[str]:
     return lines
 
 
+def gate_lines(gate: dict) -> list[str]:
+    lines = [f"Gate (discriminator term drop, guided runs' traces; {'passed' if gate['passed'] else 'NOT passed'}):"]
+    for name, label in (("over_iterations", "over the K iterations"), ("over_range", "over the range")):
+        row = gate[name]
+        if row["mean_drop"] is not None:
+            source = f", measured on {row['source']}" if row.get("source") else ""
+            lines.append(f"- {label}: {row['mean_drop']:+.4g} [{row['ci'][0]:+.4g}, {row['ci'][1]:+.4g}] "
+                         f"({row['n']} videos{source})")
+    return lines
+
+
 def markdown(summary: dict) -> str:
-    lines = [f"# bench_effect ({summary['tag']}): MotionPrompt on the bundled toy model", "",
-             f"{summary['n_pairs']} pairs ({summary['prompts']} held-out prompts x seeds {summary['seeds']}), "
-             f"guidance settings: {' '.join(summary['overrides']) or 'defaults'}; git {summary['git']}", ""]
-    lines += comparison_table(summary, summary["comparison"], "guided")
-    if summary.get("comparison_flowmo"):
-        lines += ["", f"## FlowMo on the same pairs (settings: {' '.join(summary['flowmo_overrides']) or 'defaults'})",
-                  ""] + comparison_table(summary, summary["comparison_flowmo"], "flowmo")
-    gate = summary.get("gate")
-    if gate:
-        lines += ["", f"Gate (discriminator term drop, guided runs' traces; {'passed' if gate['passed'] else 'NOT passed'}):"]
-        for name, label in (("over_iterations", "over the K iterations"), ("over_range", "over the range")):
-            row = gate[name]
-            if row["mean_drop"] is not None:
-                source = f", measured on {row['source']}" if row.get("source") else ""
-                lines.append(f"- {label}: {row['mean_drop']:+.4g} [{row['ci'][0]:+.4g}, {row['ci'][1]:+.4g}] "
-                             f"({row['n']} videos{source})")
-    lines += ["", f"Fidelity classifier accuracy on real held-out clips: {summary['classifier_real_accuracy']:.3f}.",
+    confirmation = summary["split"] == "confirmation"
+    label = ("CONFIRMATION split: settings, arms, measures and rule fixed in advance in benchmarks/effect_protocol.toml"
+             if confirmation else "DEVELOPMENT split: settings are chosen here; nothing here is a confirmed effect")
+    lines = [f"# bench_effect ({summary['tag']}): guidance on the bundled toy model", "", f"**{label}.**", "",
+             f"{summary['n_pairs']} pairs ({summary['prompts']} held-out prompts x seeds {summary['seeds']}); "
+             f"git {summary['git']}", ""]
+    for arm in summary["arms"]:
+        name = arm["name"]
+        lines += [f"## {name} ({arm['guidance']}; settings: {' '.join(arm['overrides']) or 'defaults'})", ""]
+        lines += comparison_table(summary, summary["comparisons"][name], name)
+        verdict = (summary.get("decisions") or {}).get(name)
+        if verdict:
+            lines += ["", f"Decision rule: **{'CONFIRMED' if verdict['confirmed'] else 'NOT confirmed'}**: "
+                          f"better on {', '.join(verdict['improved']) or 'no measure'}; "
+                          f"worse on {', '.join(verdict['worse']) or 'no measure'}; "
+                          f"fidelity {'worse' if verdict['fidelity_worse'] else 'not worse'}."]
+        if (summary.get("gates") or {}).get(name):
+            lines += [""] + gate_lines(summary["gates"][name])
+        lines.append("")
+    lines += [f"Fidelity classifier accuracy on real held-out clips: {summary['classifier_real_accuracy']:.3f}.",
               f"Times: {json.dumps(summary['times'])}",
               f"Seconds per video (manifests; median [min, max]): "
               + ", ".join(f"{arm} {t['median']} [{t['min']}, {t['max']}]" for arm, t in
@@ -177,12 +299,20 @@ def joined(evaluated_arm: dict, objects: dict, videos: list[str]) -> dict:
             "metrics": {**evaluated_arm["metrics"], **objects["metrics"]}, "unavailable": {}}
 
 
+FIXED_BY_PROTOCOL = ("n_prompts", "seeds", "overrides", "steps", "flowmo_overrides", "probe_pairs", "resamples", "flowmo")
+
+
 @click.command()
-@click.option("--prompts", "n_prompts", default=16, show_default=True, help="Held-out prompts.")
-@click.option("--seeds", default="0-1", show_default=True)
+@click.option("--split", type=click.Choice(["development", "confirmation"]), default="development", show_default=True,
+              help="development: any settings, on the development prompts and seeds (choosing). confirmation: the "
+                   "registered arms on the confirmation split, everything from benchmarks/effect_protocol.toml "
+                   "(claiming).")
+@click.option("--arm", "arm_names", multiple=True, help="Confirmation: the registered arm(s) to run (default: all).")
+@click.option("--prompts", "n_prompts", default=16, show_default=True, help="Held-out prompts (development).")
+@click.option("--seeds", default="0-1", show_default=True, help="Development seeds (the protocol allows 0-99).")
 @click.option("-o", "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="MotionPrompt setting (repeatable).")
 @click.option("--steps", type=int, default=None, help="DDIM steps (default: the toy model's).")
-@click.option("--tag", default="default", show_default=True, help="Names the result files.")
+@click.option("--tag", default=None, help="Names the result files (default: 'default', or 'confirmation').")
 @click.option("--work", type=click.Path(path_type=Path), default=Path("/tmp/mp_bench_effect"), show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=ROOT / "benchmarks" / "results", show_default=True)
 @click.option("--classifier-clips", default=2000, show_default=True)
@@ -192,44 +322,77 @@ def joined(evaluated_arm: dict, objects: dict, videos: list[str]) -> dict:
               help="The gate's probe (-o probe_pairs): held-out frame pairs scored before and after each step's "
                    "updates (the videos do not change; 0 = the gate from the iterations only).")
 @click.option("--flowmo/--no-flowmo", default=True, show_default=True,
-              help="Also sample each pair with FlowMo (--guidance flowmo) and compare it with the baseline.")
+              help="Development: also sample each pair with FlowMo (--guidance flowmo) and compare it with the baseline.")
 @click.option("--flowmo-set", "flowmo_overrides", multiple=True, metavar="KEY=VALUE", help="FlowMo setting (repeatable).")
 @click.option("--smoke", is_flag=True, help="2 prompts, 1 seed, 4 steps, a barely trained classifier (tests).")
-def main(n_prompts, seeds, overrides, steps, tag, work, out, classifier_clips, classifier_epochs, resamples, probe_pairs,
-         flowmo, flowmo_overrides, smoke):
+@click.pass_context
+def main(ctx, split, arm_names, n_prompts, seeds, overrides, steps, tag, work, out, classifier_clips, classifier_epochs,
+         resamples, probe_pairs, flowmo, flowmo_overrides, smoke):
     """Paired baseline vs MotionPrompt (and FlowMo) comparison on the bundled toy model."""
     from mp_plugin_tvl1 import load as load_tvl1
 
-    if smoke:
-        n_prompts, seeds, steps, classifier_clips, classifier_epochs, resamples = 2, "0", 4, 32, 1, 200
-        tag = tag if tag != "default" else "smoke"
+    protocol = load_protocol()
+    if split == "confirmation":
+        given = [name for name in FIXED_BY_PROTOCOL
+                 if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT]
+        if given or smoke:
+            raise click.UsageError(f"--split confirmation takes its settings from {PROTOCOL.name}; remove "
+                                   f"{', '.join(['--smoke'] * smoke + [f'--{n}' for n in given])}")
+        confirm = protocol["confirmation"]
+        scenes = confirmation_scenes(protocol)
+        seeds, steps, probe_pairs, resamples = confirm["seeds"], confirm["steps"], confirm["probe_pairs"], confirm["resamples"]
+        n_prompts = len(scenes)
+        registered = [registered_arm(protocol, name) for name in (arm_names or [a["name"] for a in protocol["arm"]])]
+        arms = [{"name": a["name"], "guidance": a["guidance"], "overrides": list(a["overrides"]), "registered": a}
+                for a in registered]
+        tag = tag or "confirmation"
+    else:
+        if arm_names:
+            raise click.UsageError("--arm names registered arms of the confirmation split; development arms are "
+                                   "set with -o and --flowmo-set")
+        if smoke:
+            n_prompts, seeds, steps, classifier_clips, classifier_epochs, resamples = 2, "0", 4, 32, 1, 200
+            tag = tag or "smoke"
+        check_development_seeds(seeds, protocol)
+        scenes = heldout_scenes(n_prompts, protocol["development"]["prompt_seed"])
+        arms = [{"name": "guided", "guidance": "motionprompt", "overrides": list(overrides), "registered": None}]
+        if flowmo:
+            arms.append({"name": "flowmo", "guidance": "flowmo", "overrides": list(flowmo_overrides), "registered": None})
+        tag = tag or "default"
     run_dir = work / tag
     run_dir.mkdir(parents=True, exist_ok=True)
     times = {}
-    scenes = heldout_scenes(n_prompts)
     prompts = run_dir / "prompts.txt"
     prompts.write_text("\n".join(s.caption for s in scenes) + "\n")
+    first_prompt = run_dir / "first_prompt.txt"
+    first_prompt.write_text(scenes[0].caption + "\n")
     extra = [f"--steps={steps}"] if steps else []
-    guided_extra = extra + [f"-o{o}" for o in overrides] + ([f"-oprobe_pairs={probe_pairs}"] if probe_pairs else [])
-    arms = [("baseline", "none", extra), ("guided", "motionprompt", guided_extra)]
-    if flowmo:
-        arms.append(("flowmo", "flowmo", extra + [f"-o{o}" for o in flowmo_overrides]))
-    for name, guidance, args in arms:
-        start = time.perf_counter()
-        generate(prompts, seeds, run_dir / name, guidance, args)
-        times[f"generate_{name}_s"] = round(time.perf_counter() - start, 1)
+
+    def arm_args(arm: dict) -> list[str]:
+        probe = [f"-oprobe_pairs={probe_pairs}"] if probe_pairs and arm["guidance"] == "motionprompt" else []
+        return extra + [f"-o{o}" for o in arm["overrides"]] + probe
 
     start = time.perf_counter()
-    eval_json = run_dir / "eval.json"
-    run(sys.executable, "-m", "mpcore", "eval", "--compare", str(run_dir / "baseline"), str(run_dir / "guided"),
-        "--metrics", ",".join(EVAL_METRICS), "--json", str(eval_json), "--out", str(run_dir / "comparison"),
-        "--resamples", str(resamples), "--no-progress")
-    evaluated = json.loads(eval_json.read_text())
-    if flowmo:
-        run(sys.executable, "-m", "mpcore", "eval", "--compare", str(run_dir / "baseline"), str(run_dir / "flowmo"),
-            "--metrics", ",".join(EVAL_METRICS), "--json", str(run_dir / "eval_flowmo.json"), "--out",
-            str(run_dir / "comparison_flowmo"), "--resamples", str(resamples), "--no-progress")
-        evaluated_flowmo = json.loads((run_dir / "eval_flowmo.json").read_text())
+    generate(prompts, seeds, run_dir / "baseline", "none", extra)
+    times["generate_baseline_s"] = round(time.perf_counter() - start, 1)
+    for arm in arms:
+        start = time.perf_counter()
+        if arm["registered"]:  # one video first: a registered arm whose settings drifted stops before the long run
+            generate(first_prompt, seeds.split("-")[0].split(",")[0], run_dir / arm["name"], arm["guidance"], arm_args(arm))
+            check_registered_settings(run_dir / arm["name"], arm["registered"])
+        generate(prompts, seeds, run_dir / arm["name"], arm["guidance"], arm_args(arm))
+        if arm["registered"]:
+            check_registered_settings(run_dir / arm["name"], arm["registered"])
+        times[f"generate_{arm['name']}_s"] = round(time.perf_counter() - start, 1)
+
+    start = time.perf_counter()
+    evaluated = {}
+    for arm in arms:
+        eval_json = run_dir / f"eval_{arm['name']}.json"
+        run(sys.executable, "-m", "mpcore", "eval", "--compare", str(run_dir / "baseline"), str(run_dir / arm["name"]),
+            "--metrics", ",".join(EVAL_METRICS), "--json", str(eval_json), "--out", str(run_dir / f"comparison_{arm['name']}"),
+            "--resamples", str(resamples), "--no-progress")
+        evaluated[arm["name"]] = json.loads(eval_json.read_text())
     times["eval_s"] = round(time.perf_counter() - start, 1)
 
     start = time.perf_counter()
@@ -237,44 +400,56 @@ def main(n_prompts, seeds, overrides, steps, tag, work, out, classifier_clips, c
     times["classifier_s"] = round(time.perf_counter() - start, 1)
     start = time.perf_counter()
     flow = load_tvl1(None, "cpu")
-    pairs = [tuple(p) for p in evaluated["pairs"]]
+    pairs = [tuple(p) for p in evaluated[arms[0]["name"]]["pairs"]]
     captions = [json.loads(Path(b).with_suffix(".json").read_text())["prompt"] for b, _ in pairs]
     base_objects = measure([Path(b) for b, _ in pairs], captions, classifier, flow)
-    guided_objects = measure([Path(g) for _, g in pairs], captions, classifier, flow)
-    comparison_flowmo, flowmo_videos = None, None
-    if flowmo:
-        flowmo_pairs = [tuple(p) for p in evaluated_flowmo["pairs"]]
-        flowmo_captions = [json.loads(Path(b).with_suffix(".json").read_text())["prompt"] for b, _ in flowmo_pairs]
-        flowmo_objects = measure([Path(f) for _, f in flowmo_pairs], flowmo_captions, classifier, flow)
-        flowmo_arm = joined(evaluated_flowmo["guided"], flowmo_objects, [f for _, f in flowmo_pairs])
-        flowmo_videos = flowmo_arm["videos"]
-        comparison_flowmo = paired_comparison(joined(evaluated_flowmo["baseline"], base_objects, [b for b, _ in flowmo_pairs]),
-                                              flowmo_arm, flowmo_pairs, seed=0, resamples=resamples)
+    baseline = joined(evaluated[arms[0]["name"]]["baseline"], base_objects, [b for b, _ in pairs])
+    comparisons, gates, decisions, per_video = {}, {}, {}, {"baseline": baseline["videos"], "captions": captions}
+    from mpcore.analysis.diagnose import gate
+
+    for arm in arms:
+        arm_pairs = [tuple(p) for p in evaluated[arm["name"]]["pairs"]]
+        if [b for b, _ in arm_pairs] != [b for b, _ in pairs]:
+            raise click.ClickException(f"arm {arm['name']} is not paired with every baseline video")
+        arm_captions = [json.loads(Path(b).with_suffix(".json").read_text())["prompt"] for b, _ in arm_pairs]
+        arm_objects = measure([Path(g) for _, g in arm_pairs], arm_captions, classifier, flow)
+        joined_arm = joined(evaluated[arm["name"]]["guided"], arm_objects, [g for _, g in arm_pairs])
+        per_video[arm["name"]] = joined_arm["videos"]
+        comparisons[arm["name"]] = paired_comparison(baseline, joined_arm, arm_pairs, seed=0, resamples=resamples)
+        if split == "confirmation":
+            decisions[arm["name"]] = decide(comparisons[arm["name"]], protocol["decision"])
+        if arm["guidance"] == "motionprompt":  # the gate: does the discriminator term fall over the K iterations and the range?
+            manifests = [json.loads(Path(g).with_suffix(".json").read_text()) for _, g in arm_pairs]
+            gates[arm["name"]] = gate([m["result"] for m in manifests if m.get("result")], seed=0, resamples=resamples)
     reference = real_reference(scenes, classifier, flow, run_dir)
     times["object_measures_s"] = round(time.perf_counter() - start, 1)
 
-    baseline = joined(evaluated["baseline"], base_objects, [b for b, _ in pairs])
-    guided = joined(evaluated["guided"], guided_objects, [g for _, g in pairs])
-    comparison = paired_comparison(baseline, guided, pairs, seed=0, resamples=resamples)
-    # the gate: does the discriminator term fall over the K iterations and over the range?
-    from mpcore.analysis.diagnose import gate
-
-    manifests = [json.loads(Path(g).with_suffix(".json").read_text()) for _, g in pairs]
-    guidance_gate = gate([m["result"] for m in manifests if m.get("result")], seed=0, resamples=resamples)
     git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     summary = {
-        "tag": tag, "prompts": n_prompts, "seeds": seeds, "n_pairs": len(pairs), "overrides": list(overrides),
-        "steps": steps, "git": git, "classifier_real_accuracy": classifier_accuracy, "real_reference": reference,
-        "comparison": comparison, "gate": guidance_gate, "times": times,
-        "seconds_per_video": {name: seconds_per_video(run_dir / name) for name, _, _ in arms},
-        "flowmo_overrides": list(flowmo_overrides), "comparison_flowmo": comparison_flowmo,
-        "per_video": {"baseline": baseline["videos"], "guided": guided["videos"], "flowmo": flowmo_videos,
-                      "captions": captions},
+        "tag": tag, "split": split, "prompts": n_prompts, "seeds": seeds, "n_pairs": len(pairs), "steps": steps,
+        "git": git, "classifier_real_accuracy": classifier_accuracy, "real_reference": reference,
+        "arms": [{k: v for k, v in arm.items() if k != "registered"} for arm in arms],
+        "comparisons": comparisons, "gates": gates, "decisions": decisions, "times": times,
+        "protocol": protocol if split == "confirmation" else {"development": protocol["development"]},
+        "seconds_per_video": {name: seconds_per_video(run_dir / name) for name in ["baseline"] + [a["name"] for a in arms]},
+        "per_video": per_video,
     }
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(json.dumps(summary, indent=1), out / f"bench_effect_{tag}.json")
     write_text_atomic(markdown(summary), out / f"bench_effect_{tag}.md")
     print(markdown(summary))
+
+
+def check_development_seeds(seeds: str, protocol: dict) -> None:
+    """Development runs stay on the development seeds: a confirmation seed used while choosing would no
+    longer be fresh."""
+    from mpcore.jobs.generate import parse_seeds
+
+    allowed = set(parse_seeds(protocol["development"]["seeds"]))
+    outside = sorted(set(parse_seeds(seeds)) - allowed)
+    if outside:
+        raise click.BadParameter(f"seeds {outside[:5]} are outside the development seeds "
+                                 f"{protocol['development']['seeds']} of {PROTOCOL.name}", param_hint="--seeds")
 
 
 if __name__ == "__main__":

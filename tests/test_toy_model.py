@@ -86,12 +86,14 @@ def test_effect_benchmark_smoke(tmp_path):
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     summary = json.loads((tmp_path / "out" / "bench_effect_smoke.json").read_text())
     assert summary["n_pairs"] == 2
-    metrics = summary["comparison"]["metrics"]
+    assert summary["split"] == "development" and [a["name"] for a in summary["arms"]] == ["guided", "flowmo"]
+    metrics = summary["comparisons"]["guided"]["metrics"]
     for name in ("flow_warp_error", "temporal_flickering", "presence", "fidelity", "color_drift"):
         assert name in metrics and metrics[name]["n"] >= 1
         low, high = metrics[name]["ci"]
         assert low <= metrics[name]["diff"] <= high
     assert summary["real_reference"]["presence"] == 1.0
-    assert set(summary["gate"]) == {"over_iterations", "over_range", "passed"}
-    assert summary["gate"]["over_iterations"]["n"] == 2  # both guided videos' traces were read
-    assert (tmp_path / "out" / "bench_effect_smoke.md").read_text().startswith("# bench_effect")
+    assert set(summary["gates"]["guided"]) == {"over_iterations", "over_range", "passed"}
+    assert summary["gates"]["guided"]["over_iterations"]["n"] == 2  # both guided videos' traces were read
+    assert "flowmo" not in summary["gates"] and summary["decisions"] == {}  # no rule applied to development
+    assert (tmp_path / "out" / "bench_effect_smoke.md").read_text().count("DEVELOPMENT split") == 1
