@@ -78,9 +78,9 @@ def run(*args: str) -> None:
     subprocess.run(list(args), check=True)
 
 
-def generate(prompts: Path, seeds: str, out: Path, guidance: str, extra: list[str]) -> None:
+def generate(prompts: Path, seeds: str, out: Path, guidance: str, extra: list[str], video_format: str = "mp4") -> None:
     run(sys.executable, "-m", "mpcore", "generate", "--model", "toy", "--prompts", str(prompts), "--seeds", seeds,
-        "--out", str(out), "--guidance", guidance, "--no-progress", *extra)
+        "--out", str(out), "--guidance", guidance, "--format", video_format, "--no-progress", *extra)
 
 
 def seconds_per_video(folder: Path) -> dict:
@@ -125,15 +125,15 @@ def measure(paths: list[Path], captions: list[str], classifier, flow) -> dict:
     return {"videos": videos, "metrics": {n: {"description": n} for n in OBJECT_MEASURES}, "unavailable": {}}
 
 
-def real_reference(scenes: list[toyworld.Scene], classifier, flow, work: Path) -> dict:
-    """The measures on the real clips of the held-out scenes (written through the same video codec)."""
+def real_reference(scenes: list[toyworld.Scene], classifier, flow, work: Path, video_format: str = "mp4") -> dict:
+    """The measures on the real clips of the held-out scenes (written in the generated videos' format)."""
     from mpcore.io.video import write_video
 
     folder = work / "real"
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, scene in enumerate(scenes):
-        path = folder / f"p{i:04d}.mp4"
+        path = folder / f"p{i:04d}{'.mp4' if video_format == 'mp4' else ''}"
         write_video(toyworld.render(scene).uint8(), path, fps=8)
         paths.append(path)
     result = measure(paths, [s.caption for s in scenes], classifier, flow)
@@ -269,7 +269,8 @@ def markdown(summary: dict) -> str:
     label = ("CONFIRMATION split: settings, arms, measures and rule fixed in advance in benchmarks/effect_protocol.toml"
              if confirmation else "DEVELOPMENT split: settings are chosen here; nothing here is a confirmed effect")
     lines = [f"# bench_effect ({summary['tag']}): guidance on the bundled toy model", "", f"**{label}.**", "",
-             f"{summary['n_pairs']} pairs ({summary['prompts']} held-out prompts x seeds {summary['seeds']}); "
+             f"{summary['n_pairs']} pairs ({summary['prompts']} held-out prompts x seeds {summary['seeds']}), videos "
+             f"measured as {summary.get('format', 'mp4')}; "
              f"git {summary['git']}", ""]
     for arm in summary["arms"]:
         name = arm["name"]
@@ -299,7 +300,8 @@ def joined(evaluated_arm: dict, objects: dict, videos: list[str]) -> dict:
             "metrics": {**evaluated_arm["metrics"], **objects["metrics"]}, "unavailable": {}}
 
 
-FIXED_BY_PROTOCOL = ("n_prompts", "seeds", "overrides", "steps", "flowmo_overrides", "probe_pairs", "resamples", "flowmo")
+FIXED_BY_PROTOCOL = ("n_prompts", "seeds", "overrides", "steps", "flowmo_overrides", "probe_pairs", "resamples", "flowmo",
+                     "video_format")
 
 
 @click.command()
@@ -324,10 +326,14 @@ FIXED_BY_PROTOCOL = ("n_prompts", "seeds", "overrides", "steps", "flowmo_overrid
 @click.option("--flowmo/--no-flowmo", default=True, show_default=True,
               help="Development: also sample each pair with FlowMo (--guidance flowmo) and compare it with the baseline.")
 @click.option("--flowmo-set", "flowmo_overrides", multiple=True, metavar="KEY=VALUE", help="FlowMo setting (repeatable).")
+@click.option("--format", "video_format", type=click.Choice(["frames", "mp4"]), default="frames", show_default=True,
+              help="Development: how videos are written and measured. 'frames' (lossless PNG) measures what the model "
+                   "made; the mp4 codec alone changes a toy video by ~2.5 grey levels, more than the guidance does "
+                   "(results/token_leverage_reach_three_arms.md). Confirmation: the protocol's.")
 @click.option("--smoke", is_flag=True, help="2 prompts, 1 seed, 4 steps, a barely trained classifier (tests).")
 @click.pass_context
 def main(ctx, split, arm_names, n_prompts, seeds, overrides, steps, tag, work, out, classifier_clips, classifier_epochs,
-         resamples, probe_pairs, flowmo, flowmo_overrides, smoke):
+         resamples, probe_pairs, flowmo, flowmo_overrides, video_format, smoke):
     """Paired baseline vs MotionPrompt (and FlowMo) comparison on the bundled toy model."""
     from mp_plugin_tvl1 import load as load_tvl1
 
@@ -341,6 +347,7 @@ def main(ctx, split, arm_names, n_prompts, seeds, overrides, steps, tag, work, o
         confirm = protocol["confirmation"]
         scenes = confirmation_scenes(protocol)
         seeds, steps, probe_pairs, resamples = confirm["seeds"], confirm["steps"], confirm["probe_pairs"], confirm["resamples"]
+        video_format = confirm.get("format", "mp4")
         n_prompts = len(scenes)
         registered = [registered_arm(protocol, name) for name in (arm_names or [a["name"] for a in protocol["arm"]])]
         arms = [{"name": a["name"], "guidance": a["guidance"], "overrides": list(a["overrides"]), "registered": a}
@@ -373,14 +380,14 @@ def main(ctx, split, arm_names, n_prompts, seeds, overrides, steps, tag, work, o
         return extra + [f"-o{o}" for o in arm["overrides"]] + probe
 
     start = time.perf_counter()
-    generate(prompts, seeds, run_dir / "baseline", "none", extra)
+    generate(prompts, seeds, run_dir / "baseline", "none", extra, video_format)
     times["generate_baseline_s"] = round(time.perf_counter() - start, 1)
     for arm in arms:
         start = time.perf_counter()
         if arm["registered"]:  # one video first: a registered arm whose settings drifted stops before the long run
-            generate(first_prompt, seeds.split("-")[0].split(",")[0], run_dir / arm["name"], arm["guidance"], arm_args(arm))
+            generate(first_prompt, seeds.split("-")[0].split(",")[0], run_dir / arm["name"], arm["guidance"], arm_args(arm), video_format)
             check_registered_settings(run_dir / arm["name"], arm["registered"])
-        generate(prompts, seeds, run_dir / arm["name"], arm["guidance"], arm_args(arm))
+        generate(prompts, seeds, run_dir / arm["name"], arm["guidance"], arm_args(arm), video_format)
         if arm["registered"]:
             check_registered_settings(run_dir / arm["name"], arm["registered"])
         times[f"generate_{arm['name']}_s"] = round(time.perf_counter() - start, 1)
@@ -421,12 +428,12 @@ def main(ctx, split, arm_names, n_prompts, seeds, overrides, steps, tag, work, o
         if arm["guidance"] == "motionprompt":  # the gate: does the discriminator term fall over the K iterations and the range?
             manifests = [json.loads(Path(g).with_suffix(".json").read_text()) for _, g in arm_pairs]
             gates[arm["name"]] = gate([m["result"] for m in manifests if m.get("result")], seed=0, resamples=resamples)
-    reference = real_reference(scenes, classifier, flow, run_dir)
+    reference = real_reference(scenes, classifier, flow, run_dir, video_format)
     times["object_measures_s"] = round(time.perf_counter() - start, 1)
 
     git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     summary = {
-        "tag": tag, "split": split, "prompts": n_prompts, "seeds": seeds, "n_pairs": len(pairs), "steps": steps,
+        "tag": tag, "split": split, "format": video_format, "prompts": n_prompts, "seeds": seeds, "n_pairs": len(pairs), "steps": steps,
         "git": git, "classifier_real_accuracy": classifier_accuracy, "real_reference": reference,
         "arms": [{k: v for k, v in arm.items() if k != "registered"} for arm in arms],
         "comparisons": comparisons, "gates": gates, "decisions": decisions, "times": times,

@@ -71,7 +71,6 @@ RANDOM_INIT = "random"
 ESTIMATES = ("tweedie", "rollout")
 ROLLOUT_PROMPTS = ("guided", "as_sampled")
 GUIDANCE_DECODERS = ("full", "tiny")
-MAX_ROLLOUT_STEPS = 8
 
 
 @dataclass
@@ -116,7 +115,10 @@ class MotionPromptConfig:
     the trajectory first (:func:`mpcore.motionprompt.estimate_clean_frames`)."""
     rollout_steps: int = 3
     """Model calls (CFG) of the 'rollout' estimate, N >= 1: N - 1 deterministic DDIM moves, each after a
-    model call, then the Tweedie estimate from the last call (N = 1 is the one-step Tweedie estimate)."""
+    model call, then the Tweedie estimate from the last call (N = 1 is the one-step Tweedie estimate).
+    N >= the steps left (``rollout_steps`` = ``steps``) is every remaining step: with
+    ``rollout_prompt='as_sampled'`` the discriminator then judges exactly the video the current token
+    would produce (the upper bound of the estimate; memory grows with N: ``checkpoint_denoiser=true``)."""
     rollout_prompt: str = "guided"
     """The condition of the rollout's calls at sampling steps past the optimization range: 'guided'
     (the guided prompt P + S with the current token, every call) or 'as_sampled' (the plain prompt P
@@ -174,10 +176,11 @@ class MotionPromptConfig:
         _require(self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "a finite number > 0")
         _require(self.estimate in ESTIMATES, "estimate", self.estimate, " | ".join(ESTIMATES))
         _require(
-            1 <= self.rollout_steps <= MAX_ROLLOUT_STEPS,
+            1 <= self.rollout_steps <= sampler.steps,
             "rollout_steps",
             self.rollout_steps,
-            f"an integer in [1, {MAX_ROLLOUT_STEPS}] (model calls with gradient per estimate)",
+            f"an integer in [1, {sampler.steps}] (model calls with gradient per estimate; the steps left from the "
+            "guided step is the exact video of the current token)",
         )
         _require(self.rollout_prompt in ROLLOUT_PROMPTS, "rollout_prompt", self.rollout_prompt,
                  " | ".join(ROLLOUT_PROMPTS))

@@ -1,0 +1,350 @@
+#!/usr/bin/env python
+"""What can the learned token do at all, and does the discriminator's verdict mean better motion? (issue 32, item 2)
+
+Two measurements on the development split of ``benchmarks/effect_protocol.toml`` (never the confirmation split):
+
+``agreement``: the bundled toy discriminator D scores every adjacent frame pair of finished videos (TV-L1 flow of
+the decoded uint8 frames, the estimator and size D was trained with). Per video: the mean logit (higher = "real").
+On the real clips of the development scenes vs the model's own videos (an AUC), and over the generated videos:
+the Spearman correlation of the logit with each discriminator-independent measure of ``bench_effect`` (does a
+higher logit go with lower jerk, warp error, drift?), across videos and across the pairs' differences
+(guided - baseline), read from a ``bench_effect`` result JSON and its videos.
+
+``reach``: how far the finished video moves under token changes of the size MotionPrompt's updates take. The toy
+model samples each (prompt, seed) with the plain prompt, with the guided prompt whose token stays at its init
+word, and with the token at init + r u over the optimization range (u a random unit direction, r = the median
+token drift of a guided bench_effect run times 1, 4, 16, 64, 256). Per video: the mean absolute pixel change
+(0-255) of the final video from the init-token video, against the same prompt's seed-to-seed change and the change
+the optimized token made (the guided run's videos; a codec floor is measured too), and the change of D's logit.
+
+    python benchmarks/bench_token_leverage.py agreement --result benchmarks/results/bench_effect_three_arms.json
+    python benchmarks/bench_token_leverage.py reach --result benchmarks/results/bench_effect_three_arms.json
+
+Writes ``results/token_leverage_<command>[_<tag>].{json,md}`` atomically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from mpcore.io.files import write_text_atomic  # noqa: E402
+from mpcore.motionprompt import MotionPrompt  # noqa: E402
+from mpcore.sampling import StepCondition  # noqa: E402
+
+TOY_DISCRIMINATOR = ROOT / "plugins" / "mp-plugin-animatediff" / "mp_plugin_animatediff" / "toy" / "discriminator.safetensors"
+MEASURES = {"flow_warp_error": "lower", "temporal_flickering": "higher", "presence": "higher", "size_drift": "lower",
+            "color_drift": "lower", "centroid_jerk": "lower", "flow_spread": "lower", "direction_agreement": "higher"}
+
+
+def git_sha() -> str:
+    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+
+
+def load_scorers(discriminator: Path = TOY_DISCRIMINATOR):
+    """The toy discriminator and the flow estimator it was trained with (``trained_on``: tvl1_fast, 32 px)."""
+    from mpcore import plugins
+
+    disc = plugins.get("discriminator", "vit").spec.load(str(discriminator), "cpu")
+    flow = plugins.get("flow", "tvl1_fast").spec.load(None, "cpu", seed=0)
+    return disc, flow
+
+
+@torch.no_grad()
+def video_logits(frames: np.ndarray, disc, flow) -> np.ndarray:
+    """D's logit of every adjacent frame pair (f, f + 1) of a uint8 (F, H, W, 3) video."""
+    images = torch.from_numpy(np.asarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    flows = flow(images[:-1], images[1:]).float()
+    return disc(flows).float().numpy()
+
+
+def spearman(a, b) -> dict[str, Any]:
+    """Spearman's rho with a 95% bootstrap CI (pairs resampled), over the finite pairs."""
+    from scipy import stats
+
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    keep = np.isfinite(a) & np.isfinite(b)
+    a, b = a[keep], b[keep]
+    if len(a) < 5 or np.ptp(a) == 0 or np.ptp(b) == 0:  # too few, or a constant side: no rank correlation
+        return {"n": int(len(a)), "rho": None, "ci": None}
+    rho = float(stats.spearmanr(a, b).statistic)
+    rng = np.random.default_rng(0)
+    boot = []
+    for _ in range(2000):
+        index = rng.integers(0, len(a), len(a))
+        value = stats.spearmanr(a[index], b[index]).statistic
+        if np.isfinite(value):
+            boot.append(value)
+    return {"n": int(len(a)), "rho": rho, "ci": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]}
+
+
+def auc(positive, negative) -> float:
+    from mpcore.analysis.diagnose import roc_auc
+
+    return float(roc_auc(list(positive), list(negative)))
+
+
+def by_item(videos: dict[str, dict]) -> dict[str, tuple[str, dict]]:
+    """per_video rows keyed by item name (p0000_s0000), with their path."""
+    return {Path(path).stem: (path, row) for path, row in videos.items()}
+
+
+def arms_of(result: dict) -> tuple[dict, dict]:
+    """(baseline, guided) per_video rows of a bench_effect result, old ('guided') or new (first arm) layout."""
+    per_video = result["per_video"]
+    guided_name = "guided" if "guided" in per_video else result["arms"][0]["name"]
+    return by_item(per_video["baseline"]), by_item(per_video[guided_name])
+
+
+@click.group()
+def main():
+    """Token leverage and discriminator agreement on the toy model (development split only)."""
+
+
+@main.command("agreement")
+@click.option("--result", "result_path", type=click.Path(exists=True, path_type=Path), required=True,
+              help="A bench_effect result JSON on the development split (its videos must still exist).")
+@click.option("--real", "n_real", default=64, show_default=True, help="Real clips of the development scenes.")
+@click.option("--tag", default="", help="Names the result files.")
+@click.option("--out", type=click.Path(path_type=Path), default=ROOT / "benchmarks" / "results", show_default=True)
+def agreement(result_path, n_real, tag, out):
+    """D's verdict vs the discriminator-independent measures, on real and generated videos."""
+    from bench_effect import heldout_scenes, load_protocol
+
+    from mpcore.io.video import read_video
+    from mpcore.toy import world as toyworld
+
+    result = json.loads(result_path.read_text())
+    if result.get("split", "development") != "development":
+        raise click.UsageError(f"{result_path} is a {result['split']} run: choices are made on development runs only")
+    disc, flow = load_scorers()
+    protocol = load_protocol()
+    real = [video_logits(toyworld.render(s).uint8(), disc, flow).mean()
+            for s in heldout_scenes(n_real, protocol["development"]["prompt_seed"])]
+    baseline, guided = arms_of(result)
+    items = sorted(set(baseline) & set(guided))
+    logit = {arm: {i: float(video_logits(read_video(rows[i][0]), disc, flow).mean()) for i in items}
+             for arm, rows in (("baseline", baseline), ("guided", guided))}
+    summary: dict[str, Any] = {
+        "result": str(result_path.relative_to(ROOT) if result_path.is_relative_to(ROOT) else result_path),
+        "git": git_sha(), "n_real": n_real, "n_pairs": len(items),
+        "logit_mean": {"real": float(np.mean(real)), "baseline": float(np.mean(list(logit["baseline"].values()))),
+                       "guided": float(np.mean(list(logit["guided"].values())))},
+        "auc_real_vs_baseline": auc(real, logit["baseline"].values()),
+    }
+    diffs = np.array([logit["guided"][i] - logit["baseline"][i] for i in items])
+    rng = np.random.default_rng(0)
+    boot = [diffs[rng.integers(0, len(diffs), len(diffs))].mean() for _ in range(10000)]
+    summary["guided_minus_baseline_logit"] = {"mean": float(diffs.mean()),
+                                              "ci": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
+                                              "higher_in": int((diffs > 0).sum())}
+    across, paired = {}, {}
+    for name, better in MEASURES.items():
+        values = {arm: [rows[i][1].get(name) for i in items] for arm, rows in (("baseline", baseline), ("guided", guided))}
+        values = {arm: [np.nan if v is None else float(v) for v in vs] for arm, vs in values.items()}
+        # across videos: every generated video (both arms) is one point
+        across[name] = {"better": better, **spearman(list(logit["baseline"].values()) + list(logit["guided"].values()),
+                                                     values["baseline"] + values["guided"])}
+        paired[name] = {"better": better, **spearman(diffs, np.array(values["guided"]) - np.array(values["baseline"]))}
+    summary["across_videos"], summary["paired_differences"] = across, paired
+    write(summary, out, "agreement", tag, agreement_markdown(summary))
+
+
+def agreement_markdown(s: dict) -> str:
+    lines = ["# Does the toy discriminator's verdict mean better motion? (development split)", "",
+             f"From `{s['result']}` ({s['n_pairs']} pairs) and {s['n_real']} real clips; git {s['git']}. "
+             "Mean logit of D over a video's 7 adjacent frame pairs (TV-L1 flow of the decoded frames).", "",
+             f"- mean logit: real clips {s['logit_mean']['real']:+.2f}, baseline {s['logit_mean']['baseline']:+.2f}, "
+             f"guided {s['logit_mean']['guided']:+.2f}; AUC real vs baseline {s['auc_real_vs_baseline']:.3f}",
+             f"- guided - baseline logit per pair: {s['guided_minus_baseline_logit']['mean']:+.3f} "
+             f"[{s['guided_minus_baseline_logit']['ci'][0]:+.3f}, {s['guided_minus_baseline_logit']['ci'][1]:+.3f}], "
+             f"higher in {s['guided_minus_baseline_logit']['higher_in']}/{s['n_pairs']}", "",
+             "Spearman rho of the logit with each measure. If D's verdict meant better motion, rho would be negative "
+             "for lower-is-better measures and positive for higher-is-better ones.", "",
+             "| measure | better | across generated videos: rho [95% CI] (n) | across pairs, guided - baseline: rho [95% CI] (n) |",
+             "|---|---|---|---|"]
+
+    def cell(row):
+        if row["rho"] is None:
+            return f"- ({row['n']})"
+        return f"{row['rho']:+.3f} [{row['ci'][0]:+.3f}, {row['ci'][1]:+.3f}] ({row['n']})"
+
+    for name, row in s["across_videos"].items():
+        lines.append(f"| {name} | {row['better']} | {cell(row)} | {cell(s['paired_differences'][name])} |")
+    return "\n".join(lines) + "\n"
+
+
+class FixedTokenOffset(MotionPrompt):
+    """The guided prompt with its token held at init + ``offset`` over the optimization range, no optimization:
+    what the finished video would be for a token moved by ``offset``."""
+
+    def __init__(self, config, offset: torch.Tensor | None):
+        super().__init__(config, None, None)
+        self.offset = offset
+
+    def condition(self, step, t, latents, cond, uncond) -> StepCondition | None:
+        if not self.in_range(step):
+            return None
+        with torch.no_grad():
+            self.tokens.copy_(self.init_embeddings + (0 if self.offset is None else self.offset))
+        return StepCondition(cond=self.commit_tokens())
+
+
+def toy_models(steps: int | None):
+    from mpcore.cli.common import backbone_options
+    from mpcore.jobs import run as runner
+
+    options = dict(backbone=None, model="toy", negative_prompt=None, frames=None, height=None, width=None, steps=steps,
+                   cfg=None, seed=None, eta=None, guidance="motionprompt", flow=None, flow_weights=None, flow_options=(),
+                   discriminator=None, discriminator_type=None, overrides=(), compare=False, fps=8, device="cpu",
+                   dtype="auto", offload=False, attention="auto", progress=False)
+    owners = {name: allowed for name, (_, allowed) in backbone_options().items()}
+    setup = runner.prepare(options, owners)
+    return setup, runner.load(setup)
+
+
+def uint8_video(backbone, latents) -> np.ndarray:
+    from mpcore.sampling import decode_video
+
+    frames = decode_video(backbone, latents)  # (F, 3, H, W) in [-1, 1]
+    return ((frames.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+@main.command("reach")
+@click.option("--result", "result_path", type=click.Path(exists=True, path_type=Path), required=True,
+              help="A bench_effect development result: its guided videos, manifests (token drift) and baseline mp4s.")
+@click.option("--prompts", "n_prompts", default=8, show_default=True)
+@click.option("--seeds", default="0,1", show_default=True)
+@click.option("--multiples", default="1,4,16,64,256", show_default=True, help="r as multiples of the median drift.")
+@click.option("--directions", default=2, show_default=True, help="Random directions per multiple.")
+@click.option("--tag", default="", help="Names the result files.")
+@click.option("--out", type=click.Path(path_type=Path), default=ROOT / "benchmarks" / "results", show_default=True)
+def reach(result_path, n_prompts, seeds, multiples, directions, tag, out):
+    """How far the finished video moves when the token moves (see the module docstring)."""
+    from bench_effect import heldout_scenes, load_protocol
+
+    from mpcore.io.video import read_video
+    from mpcore.sampling import sample
+
+    result = json.loads(result_path.read_text())
+    if result.get("split", "development") != "development":
+        raise click.UsageError(f"{result_path} is a {result['split']} run: choices are made on development runs only")
+    baseline_rows, guided_rows = arms_of(result)
+    drifts = [json.loads(Path(path).with_suffix(".json").read_text())["result"]["token_drift_l2"][0]
+              for path, _ in guided_rows.values()]
+    drift = float(np.median(drifts))
+    seed_list = [int(s) for s in seeds.split(",")]
+    factors = [float(m) for m in multiples.split(",")]
+    setup, models = toy_models(result.get("steps"))
+    disc, flow = load_scorers()
+    motion = setup.motion
+    protocol = load_protocol()
+    captions = [s.caption for s in heldout_scenes(n_prompts, protocol["development"]["prompt_seed"])]
+    table = models.backbone.text.embedding_table().detach().float()
+    word_norm = float(table.norm(dim=-1).median())
+    rows = []
+    for p, caption in enumerate(captions):
+        plain_by_seed = {}
+        for seed in seed_list:
+            item = f"p{p:04d}_s{seed:04d}"
+            sampler = dataclasses.replace(setup.sampler, seed=seed)
+
+            def run(offset):
+                if offset == "optimized":  # MotionPrompt itself, today's default settings
+                    guidance = MotionPrompt(motion, models.flow_estimator, models.discriminator)
+                else:
+                    guidance = None if offset == "plain" else FixedTokenOffset(motion, offset)
+                result = sample(models.backbone, caption, sampler, guidance, progress=False)
+                video = uint8_video(models.backbone, result.latents)
+                return (video, result.guidance) if offset == "optimized" else video
+
+            plain = run("plain")
+            plain_by_seed[seed] = plain
+            init = run(None)
+            row: dict[str, Any] = {"item": item, "prompt": caption, "seed": seed}
+            row["suffix_change"] = mae(init, plain)
+            optimized, finished = run("optimized")
+            row["optimized_change_raw"] = mae(optimized, plain)
+            row["optimized_drift_raw"] = finished["token_drift_l2"][0]
+            row["optimized_logit_change"] = float(video_logits(optimized, disc, flow).mean() - video_logits(plain, disc, flow).mean())
+            if item in baseline_rows:  # codec floor: the same plain video through the mp4 codec
+                row["codec_floor"] = mae(read_video(baseline_rows[item][0]), plain)
+            if item in guided_rows:  # what the optimized token did (both through the codec)
+                row["optimized_change_mp4"] = mae(read_video(guided_rows[item][0]), read_video(baseline_rows[item][0]))
+                row["optimized_drift"] = json.loads(Path(guided_rows[item][0]).with_suffix(".json").read_text())[
+                    "result"]["token_drift_l2"][0]
+            init_logit = float(video_logits(init, disc, flow).mean())
+            generator = torch.Generator().manual_seed(1000 * p + seed)
+            for factor in factors:
+                changes, logit_changes = [], []
+                for _ in range(directions):
+                    direction = torch.randn(table.shape[1], generator=generator)
+                    offset = (factor * drift) * direction / direction.norm()
+                    moved = run(offset.unsqueeze(0))
+                    changes.append(mae(moved, init))
+                    logit_changes.append(float(video_logits(moved, disc, flow).mean()) - init_logit)
+                row[f"change_x{factor:g}"] = float(np.mean(changes))
+                row[f"abs_logit_change_x{factor:g}"] = float(np.mean(np.abs(logit_changes)))
+            rows.append(row)
+            print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
+        if len(seed_list) > 1:
+            seed_change = mae(plain_by_seed[seed_list[0]], plain_by_seed[seed_list[1]])
+            for row in rows[-len(seed_list):]:
+                row["seed_to_seed_change"] = seed_change
+    summary = {"result": str(result_path.relative_to(ROOT) if result_path.is_relative_to(ROOT) else result_path),
+               "git": git_sha(), "median_drift": drift, "word_embedding_norm_median": word_norm,
+               "opt_range": list(motion.resolved_opt_range(setup.sampler.steps)), "multiples": factors,
+               "directions": directions, "rows": rows,
+               "means": {k: float(np.mean([r[k] for r in rows if k in r])) for k in rows[0] if k.endswith(
+                   ("change", "floor", "drift", "_raw", "_mp4")) or k.startswith(("change_", "abs_logit"))}}
+    write(summary, out, "reach", tag, reach_markdown(summary))
+
+
+def mae(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean absolute difference of two uint8 videos, grey levels 0-255."""
+    return float(np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).mean())
+
+
+def reach_markdown(s: dict) -> str:
+    m = s["means"]
+    lines = ["# How far can the token move the finished video? (development split)", "",
+             f"{len(s['rows'])} videos (from `{s['result']}`), optimization range {s['opt_range']}; git {s['git']}. "
+             f"Median token drift of the guided run: {s['median_drift']:.4g} (L2; a word embedding's norm: "
+             f"{s['word_embedding_norm_median']:.3g}). Mean absolute change of the final video, grey levels 0-255.", "",
+             "| what changed | mean change |", "|---|---|",
+             f"| mp4 codec alone (floor) | {m.get('codec_floor', float('nan')):.3f} |",
+             f"| the optimized token (guided run vs baseline, both mp4) | {m.get('optimized_change_mp4', float('nan')):.3f} |",
+             f"| the optimized token (MotionPrompt's default here vs plain, no codec; median drift "
+             f"{np.median([r['optimized_drift_raw'] for r in s['rows']]):.3g}) | {m['optimized_change_raw']:.3f} "
+             f"(logit change {m['optimized_logit_change']:+.3f}) |",
+             f"| appending the token at its init word (guided prompt vs plain) | {m['suffix_change']:.3f} |",
+             f"| another seed, same prompt | {m.get('seed_to_seed_change', float('nan')):.3f} |"]
+    for factor in s["multiples"]:
+        lines.append(f"| token moved {factor:g} x median drift, random direction | {m[f'change_x{factor:g}']:.3f} "
+                     f"(abs logit change {m[f'abs_logit_change_x{factor:g}']:.3f}) |")
+    return "\n".join(lines) + "\n"
+
+
+def write(summary: dict, out: Path, command: str, tag: str, text: str) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"token_leverage_{command}" + (f"_{tag}" if tag else "")
+    write_text_atomic(json.dumps(summary, indent=1), out / f"{name}.json")
+    write_text_atomic(text, out / f"{name}.md")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
