@@ -203,13 +203,13 @@ class FixedTokenOffset(MotionPrompt):
         return StepCondition(cond=self.commit_tokens())
 
 
-def toy_models(steps: int | None):
+def toy_models(steps: int | None, overrides: tuple[str, ...] = ()):
     from mpcore.cli.common import backbone_options
     from mpcore.jobs import run as runner
 
     options = dict(backbone=None, model="toy", negative_prompt=None, frames=None, height=None, width=None, steps=steps,
                    cfg=None, seed=None, eta=None, guidance="motionprompt", flow=None, flow_weights=None, flow_options=(),
-                   discriminator=None, discriminator_type=None, overrides=(), compare=False, fps=8, device="cpu",
+                   discriminator=None, discriminator_type=None, overrides=tuple(overrides), compare=False, fps=8, device="cpu",
                    dtype="auto", offload=False, attention="auto", progress=False)
     owners = {name: allowed for name, (_, allowed) in backbone_options().items()}
     setup = runner.prepare(options, owners)
@@ -230,9 +230,11 @@ def uint8_video(backbone, latents) -> np.ndarray:
 @click.option("--seeds", default="0,1", show_default=True)
 @click.option("--multiples", default="1,4,16,64,256", show_default=True, help="r as multiples of the median drift.")
 @click.option("--directions", default=2, show_default=True, help="Random directions per multiple.")
+@click.option("-o", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="MotionPrompt setting of the token and the optimized run (e.g. placement=start, num_tokens=3).")
 @click.option("--tag", default="", help="Names the result files.")
 @click.option("--out", type=click.Path(path_type=Path), default=ROOT / "benchmarks" / "results", show_default=True)
-def reach(result_path, n_prompts, seeds, multiples, directions, tag, out):
+def reach(result_path, n_prompts, seeds, multiples, directions, overrides, tag, out):
     """How far the finished video moves when the token moves (see the module docstring)."""
     from bench_effect import heldout_scenes, load_protocol
 
@@ -248,7 +250,7 @@ def reach(result_path, n_prompts, seeds, multiples, directions, tag, out):
     drift = float(np.median(drifts))
     seed_list = [int(s) for s in seeds.split(",")]
     factors = [float(m) for m in multiples.split(",")]
-    setup, models = toy_models(result.get("steps"))
+    setup, models = toy_models(result.get("steps"), overrides)
     disc, flow = load_scorers()
     motion = setup.motion
     protocol = load_protocol()
@@ -291,9 +293,10 @@ def reach(result_path, n_prompts, seeds, multiples, directions, tag, out):
             for factor in factors:
                 changes, logit_changes = [], []
                 for _ in range(directions):
-                    direction = torch.randn(table.shape[1], generator=generator)
-                    offset = (factor * drift) * direction / direction.norm()
-                    moved = run(offset.unsqueeze(0))
+                    # one random direction in the space of all tokens' rows, of norm r per token
+                    direction = torch.randn(motion.num_tokens, table.shape[1], generator=generator)
+                    offset = (factor * drift) * direction / direction.norm(dim=-1, keepdim=True)
+                    moved = run(offset)
                     changes.append(mae(moved, init))
                     logit_changes.append(float(video_logits(moved, disc, flow).mean()) - init_logit)
                 row[f"change_x{factor:g}"] = float(np.mean(changes))
@@ -305,7 +308,7 @@ def reach(result_path, n_prompts, seeds, multiples, directions, tag, out):
             for row in rows[-len(seed_list):]:
                 row["seed_to_seed_change"] = seed_change
     summary = {"result": str(result_path.relative_to(ROOT) if result_path.is_relative_to(ROOT) else result_path),
-               "git": git_sha(), "median_drift": drift, "word_embedding_norm_median": word_norm,
+               "git": git_sha(), "overrides": list(overrides), "median_drift": drift, "word_embedding_norm_median": word_norm,
                "opt_range": list(motion.resolved_opt_range(setup.sampler.steps)), "multiples": factors,
                "directions": directions, "rows": rows,
                "means": {k: float(np.mean([r[k] for r in rows if k in r])) for k in rows[0] if k.endswith(
@@ -321,7 +324,8 @@ def mae(a: np.ndarray, b: np.ndarray) -> float:
 def reach_markdown(s: dict) -> str:
     m = s["means"]
     lines = ["# How far can the token move the finished video? (development split)", "",
-             f"{len(s['rows'])} videos (from `{s['result']}`), optimization range {s['opt_range']}; git {s['git']}. "
+             f"{len(s['rows'])} videos (from `{s['result']}`), optimization range {s['opt_range']}, settings: "
+             f"{' '.join(s['overrides']) or 'defaults'}; git {s['git']}. "
              f"Median token drift of the guided run: {s['median_drift']:.4g} (L2; a word embedding's norm: "
              f"{s['word_embedding_norm_median']:.3g}). Mean absolute change of the final video, grey levels 0-255.", "",
              "| what changed | mean change |", "|---|---|",

@@ -35,14 +35,15 @@ VIT = {"patch_size": 4, "embed_dim": 64, "depth": 4, "num_heads": 4}
 TOY_FOLDER = ROOT / "plugins" / "mp-plugin-animatediff" / "mp_plugin_animatediff" / "toy"
 
 
-def write_real(work: Path, split: str, count: int) -> Path:
-    """``count`` real clips as mp4 + a prompt file of their captions (one per line, same order)."""
+def write_real(work: Path, split: str, count: int, video_format: str = "mp4") -> Path:
+    """``count`` real clips (mp4, or lossless PNG-frame folders) + a prompt file of their captions (one per
+    line, same order)."""
     folder = work / f"real_{split}"
     folder.mkdir(parents=True, exist_ok=True)
     captions = []
     for i in range(count):
         clip = toyworld.make_clip(REAL_SEEDS[split] + i, split="train")
-        path = folder / f"real_{i:05d}.mp4"
+        path = folder / (f"real_{i:05d}.mp4" if video_format == "mp4" else f"real_{i:05d}")
         if not path.exists():
             write_video(clip.uint8(), path, fps=8)
         captions.append(clip.caption)
@@ -68,6 +69,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--fake-train-seeds", default="0",
+                        help="seeds of the fakes: the first train-clips / (number of seeds) captions x these seeds")
+    parser.add_argument("--fake-test-seeds", default="1")
+    parser.add_argument("--format", choices=("mp4", "frames"), default="mp4",
+                        help="how real and fake videos are written: mp4 (the shipped discriminator's) or lossless PNG "
+                             "frames (what guidance decodes)")
     parser.add_argument("--install", action="store_true", help="copy the result into the plugin's toy folder")
     args = parser.parse_args()
     work = args.work
@@ -75,14 +82,19 @@ def main() -> None:
     times = {}
 
     start = time.perf_counter()
-    prompts = {split: write_real(work, split, n) for split, n in (("train", args.train_clips), ("test", args.test_clips))}
+    prompts = {split: write_real(work, split, n, args.format)
+               for split, n in (("train", args.train_clips), ("test", args.test_clips))}
     times["write_real_s"] = time.perf_counter() - start
-    toy = ["--model", "toy", "--guidance", "none", "--no-progress"]
-    # fakes: seed 0 for training; the held-out test set uses other captions AND another seed
-    times["generate_fake_train_s"], _ = mpcore("generate", *toy, "--prompts", str(prompts["train"]), "--seeds", "0",
-                                               "--out", str(work / "fake_train"))
-    times["generate_fake_test_s"], _ = mpcore("generate", *toy, "--prompts", str(prompts["test"]), "--seeds", "1",
-                                              "--out", str(work / "fake_test"))
+    toy = ["--model", "toy", "--guidance", "none", "--format", args.format, "--no-progress"]
+    # fakes: as many as real clips, the first captions at each seed; the held-out test set uses other captions AND
+    # other seeds
+    for split, seeds in (("train", args.fake_train_seeds), ("test", args.fake_test_seeds)):
+        count = len(seeds.split(","))
+        captions = prompts[split].read_text().splitlines()[:len(prompts[split].read_text().splitlines()) // count]
+        fake_prompts = work / f"prompts_fake_{split}.txt"
+        fake_prompts.write_text("\n".join(captions) + "\n")
+        times[f"generate_fake_{split}_s"], _ = mpcore("generate", *toy, "--prompts", str(fake_prompts), "--seeds", seeds,
+                                                      "--out", str(work / f"fake_{split}"))
     extract = ["--estimator", "tvl1_fast", "--size", "32", "--gap", "1-2", "--pairs-per-video", str(args.pairs_per_video),
                "--overwrite", "--no-progress"]
     for split in ("train", "test"):
