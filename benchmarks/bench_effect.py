@@ -192,6 +192,18 @@ def registered_arm(protocol: dict, name: str) -> dict:
     return arms[name]
 
 
+def confirmation_round(protocol: dict, number: int | None) -> dict:
+    """The protocol's confirmation round ``number`` (default: the latest registered)."""
+    rounds = {r["number"]: r for r in protocol.get("round", [])}
+    if not rounds:
+        raise click.ClickException(f"{PROTOCOL.name} registers no confirmation round")
+    number = max(rounds) if number is None else number
+    if number not in rounds:
+        raise click.BadParameter(f"round {number} is not registered; registered rounds: "
+                                 f"{', '.join(map(str, sorted(rounds)))}", param_hint="--round")
+    return rounds[number]
+
+
 def check_registered_settings(folder: Path, arm: dict) -> int:
     """Stop unless every manifest in ``folder`` records the arm's registered settings (and discriminator).
     Returns the number of manifests checked."""
@@ -266,7 +278,8 @@ def gate_lines(gate: dict) -> list[str]:
 
 def markdown(summary: dict) -> str:
     confirmation = summary["split"] == "confirmation"
-    label = ("CONFIRMATION split: settings, arms, measures and rule fixed in advance in benchmarks/effect_protocol.toml"
+    label = (f"CONFIRMATION split, round {summary.get('round')}: settings, arms, measures and rule fixed in advance in "
+             "benchmarks/effect_protocol.toml"
              if confirmation else "DEVELOPMENT split: settings are chosen here; nothing here is a confirmed effect")
     lines = [f"# bench_effect ({summary['tag']}): guidance on the bundled toy model", "", f"**{label}.**", "",
              f"{summary['n_pairs']} pairs ({summary['prompts']} held-out prompts x seeds {summary['seeds']}), videos "
@@ -309,7 +322,10 @@ FIXED_BY_PROTOCOL = ("n_prompts", "seeds", "overrides", "steps", "flowmo_overrid
               help="development: any settings, on the development prompts and seeds (choosing). confirmation: the "
                    "registered arms on the confirmation split, everything from benchmarks/effect_protocol.toml "
                    "(claiming).")
-@click.option("--arm", "arm_names", multiple=True, help="Confirmation: the registered arm(s) to run (default: all).")
+@click.option("--round", "round_number", type=int, default=None,
+              help="Confirmation: the registered round to run (default: the latest).")
+@click.option("--arm", "arm_names", multiple=True,
+              help="Confirmation: the round's arm(s) to run (default: all of the round's).")
 @click.option("--prompts", "n_prompts", default=16, show_default=True, help="Held-out prompts (development).")
 @click.option("--seeds", default="0-1", show_default=True, help="Development seeds (the protocol allows 0-99).")
 @click.option("-o", "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="MotionPrompt setting (repeatable).")
@@ -332,7 +348,7 @@ FIXED_BY_PROTOCOL = ("n_prompts", "seeds", "overrides", "steps", "flowmo_overrid
                    "(results/token_leverage_reach_three_arms.md). Confirmation: the protocol's.")
 @click.option("--smoke", is_flag=True, help="2 prompts, 1 seed, 4 steps, a barely trained classifier (tests).")
 @click.pass_context
-def main(ctx, split, arm_names, n_prompts, seeds, overrides, steps, tag, work, out, classifier_clips, classifier_epochs,
+def main(ctx, split, round_number, arm_names, n_prompts, seeds, overrides, steps, tag, work, out, classifier_clips, classifier_epochs,
          resamples, probe_pairs, flowmo, flowmo_overrides, video_format, smoke):
     """Paired baseline vs MotionPrompt (and FlowMo) comparison on the bundled toy model."""
     from mp_plugin_tvl1 import load as load_tvl1
@@ -347,15 +363,20 @@ def main(ctx, split, arm_names, n_prompts, seeds, overrides, steps, tag, work, o
         confirm = protocol["confirmation"]
         scenes = confirmation_scenes(protocol)
         seeds, steps, probe_pairs, resamples = confirm["seeds"], confirm["steps"], confirm["probe_pairs"], confirm["resamples"]
-        video_format = confirm.get("format", "mp4")
+        chosen_round = confirmation_round(protocol, round_number)
+        video_format = chosen_round["format"]
         n_prompts = len(scenes)
-        registered = [registered_arm(protocol, name) for name in (arm_names or [a["name"] for a in protocol["arm"]])]
+        outside = [name for name in arm_names if name not in chosen_round["arms"]]
+        if outside:
+            raise click.BadParameter(f"{', '.join(outside)} not in round {chosen_round['number']}'s arms: "
+                                     f"{', '.join(chosen_round['arms'])}", param_hint="--arm")
+        registered = [registered_arm(protocol, name) for name in (arm_names or chosen_round["arms"])]
         arms = [{"name": a["name"], "guidance": a["guidance"], "overrides": list(a["overrides"]), "registered": a}
                 for a in registered]
-        tag = tag or "confirmation"
+        tag = tag or ("confirmation" if chosen_round["number"] == 1 else f"confirmation_round{chosen_round['number']}")
     else:
-        if arm_names:
-            raise click.UsageError("--arm names registered arms of the confirmation split; development arms are "
+        if arm_names or round_number is not None:
+            raise click.UsageError("--arm and --round name registered arms of the confirmation split; development arms are "
                                    "set with -o and --flowmo-set")
         if smoke:
             n_prompts, seeds, steps, classifier_clips, classifier_epochs, resamples = 2, "0", 4, 32, 1, 200
@@ -433,7 +454,8 @@ def main(ctx, split, arm_names, n_prompts, seeds, overrides, steps, tag, work, o
 
     git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     summary = {
-        "tag": tag, "split": split, "format": video_format, "prompts": n_prompts, "seeds": seeds, "n_pairs": len(pairs), "steps": steps,
+        "tag": tag, "split": split, "round": chosen_round["number"] if split == "confirmation" else None,
+        "format": video_format, "prompts": n_prompts, "seeds": seeds, "n_pairs": len(pairs), "steps": steps,
         "git": git, "classifier_real_accuracy": classifier_accuracy, "real_reference": reference,
         "arms": [{k: v for k, v in arm.items() if k != "registered"} for arm in arms],
         "comparisons": comparisons, "gates": gates, "decisions": decisions, "times": times,

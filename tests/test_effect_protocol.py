@@ -134,5 +134,24 @@ def test_development_refuses_confirmation_seeds_and_registered_arms(tmp_path):
     result = CliRunner().invoke(bench_effect.main, ["--seeds", "1000-1001", "--work", str(tmp_path)])
     assert result.exit_code == 2 and "outside the development seeds" in result.output
     result = CliRunner().invoke(bench_effect.main, ["--arm", "motionprompt", "--work", str(tmp_path)])
-    assert result.exit_code == 2 and "--arm names registered arms" in result.output
+    assert result.exit_code == 2 and "--arm and --round name registered arms" in result.output
+    assert not any(tmp_path.iterdir())
+
+
+def test_rounds_register_known_arms_and_a_measured_format(protocol):
+    arms = {arm["name"] for arm in protocol["arm"]}
+    numbers = [r["number"] for r in protocol["round"]]
+    assert numbers == sorted(set(numbers))
+    for chosen in protocol["round"]:
+        assert set(chosen["arms"]) <= arms and chosen["format"] in ("mp4", "frames") and chosen["registered"]
+    assert bench_effect.confirmation_round(protocol, None)["number"] == max(numbers)
+    assert bench_effect.confirmation_round(protocol, 1)["arms"] == ["motionprompt", "flowmo"]
+    with pytest.raises(click.BadParameter, match="registered rounds"):
+        bench_effect.confirmation_round(protocol, 99)
+
+
+def test_confirmation_refuses_an_arm_outside_its_round(tmp_path):
+    result = CliRunner().invoke(bench_effect.main, ["--split", "confirmation", "--round", "1", "--arm",
+                                                    "motionprompt_exact_start", "--work", str(tmp_path)])
+    assert result.exit_code == 2 and "not in round 1's arms" in result.output
     assert not any(tmp_path.iterdir())
