@@ -416,3 +416,35 @@ def test_rollout_prompt_as_sampled_conditions_only_the_calls_past_the_range(tiny
     assert rollout_indices(sampler_config.steps, 2, 3) == [2, 3, 4]
     assert disc_term("as_sampled", (1, 3)) != pytest.approx(disc_term("guided", (1, 3)), rel=1e-6)
     assert disc_term("as_sampled", (1, 6)) == disc_term("guided", (1, 6))
+
+
+def test_rollout_through_every_remaining_step_is_the_video_the_token_gives(tiny_backbone, sampler_config, motion_config,
+                                                                           flow_estimator, discriminator):
+    """rollout_steps = steps with rollout_prompt='as_sampled' (issue 32's upper bound): from the last optimized
+    step, with the condition the sampler then steps with, the estimate IS the finished video's latents: no
+    approximation left between what the discriminator judges and what is sampled."""
+    config = dataclasses.replace(motion_config, estimate="rollout", rollout_steps=sampler_config.steps,
+                                 rollout_prompt="as_sampled", opt_range=(1, 3))
+
+    class Recording(MotionPrompt):
+        def condition(self, step, t, latents, cond, uncond):
+            result = super().condition(step, t, latents, cond, uncond)
+            if step == 2:  # the last optimized step: x_t and the condition the sampler steps with
+                self.seen = (latents.clone(), result.cond.clone(), uncond, result.uncond_output)
+            return result
+
+    guidance = Recording(config, flow_estimator, discriminator)
+    final = sample(tiny_backbone, "a fox", sampler_config, guidance, progress=False).latents
+    latents, cond, uncond, uncond_output = guidance.seen
+    frames = list(range(sampler_config.frames))
+    with torch.no_grad():
+        x0 = estimate_clean_frames(tiny_backbone, guidance.schedule, latents, 2, cond, uncond, sampler_config.cfg_scale,
+                                   frames, calls=sampler_config.steps, uncond_output=uncond_output,
+                                   plain_cond=guidance.plain_condition(), plain_from=3)
+        guided_throughout = estimate_clean_frames(tiny_backbone, guidance.schedule, latents, 2, cond, uncond,
+                                                  sampler_config.cfg_scale, frames, calls=sampler_config.steps,
+                                                  uncond_output=uncond_output)
+    finished = (final[0].permute(1, 0, 2, 3) / tiny_backbone.latent_scale(0)).float()
+    torch.testing.assert_close(x0, finished, rtol=1e-4, atol=1e-4)
+    # the plain prompt past the range is what makes it exact: the guided prompt there gives another video
+    assert (guided_throughout - finished).abs().max() > 1e-3
