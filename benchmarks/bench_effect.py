@@ -44,6 +44,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -348,11 +349,9 @@ FIXED_BY_PROTOCOL = ("n_prompts", "seeds", "overrides", "steps", "flowmo_overrid
                    "(results/token_leverage_reach_three_arms.md). Confirmation: the protocol's.")
 @click.option("--smoke", is_flag=True, help="2 prompts, 1 seed, 4 steps, a barely trained classifier (tests).")
 @click.pass_context
-def main(ctx, split, round_number, arm_names, n_prompts, seeds, overrides, steps, tag, work, out, classifier_clips, classifier_epochs,
-         resamples, probe_pairs, flowmo, flowmo_overrides, video_format, smoke):
+def main(ctx, split, round_number, arm_names, n_prompts, seeds, overrides, steps, tag, work, out, classifier_clips,
+         classifier_epochs, resamples, probe_pairs, flowmo, flowmo_overrides, video_format, smoke):
     """Paired baseline vs MotionPrompt (and FlowMo) comparison on the bundled toy model."""
-    from mp_plugin_tvl1 import load as load_tvl1
-
     protocol = load_protocol()
     if split == "confirmation":
         given = [name for name in FIXED_BY_PROTOCOL
@@ -360,20 +359,7 @@ def main(ctx, split, round_number, arm_names, n_prompts, seeds, overrides, steps
         if given or smoke:
             raise click.UsageError(f"--split confirmation takes its settings from {PROTOCOL.name}; remove "
                                    f"{', '.join(['--smoke'] * smoke + [f'--{n}' for n in given])}")
-        confirm = protocol["confirmation"]
-        scenes = confirmation_scenes(protocol)
-        seeds, steps, probe_pairs, resamples = confirm["seeds"], confirm["steps"], confirm["probe_pairs"], confirm["resamples"]
-        chosen_round = confirmation_round(protocol, round_number)
-        video_format = chosen_round["format"]
-        n_prompts = len(scenes)
-        outside = [name for name in arm_names if name not in chosen_round["arms"]]
-        if outside:
-            raise click.BadParameter(f"{', '.join(outside)} not in round {chosen_round['number']}'s arms: "
-                                     f"{', '.join(chosen_round['arms'])}", param_hint="--arm")
-        registered = [registered_arm(protocol, name) for name in (arm_names or chosen_round["arms"])]
-        arms = [{"name": a["name"], "guidance": a["guidance"], "overrides": list(a["overrides"]), "registered": a}
-                for a in registered]
-        tag = tag or ("confirmation" if chosen_round["number"] == 1 else f"confirmation_round{chosen_round['number']}")
+        plan = confirmation_plan(protocol, round_number, arm_names, tag)
     else:
         if arm_names or round_number is not None:
             raise click.UsageError("--arm and --round name registered arms of the confirmation split; development arms are "
@@ -382,91 +368,146 @@ def main(ctx, split, round_number, arm_names, n_prompts, seeds, overrides, steps
             n_prompts, seeds, steps, classifier_clips, classifier_epochs, resamples = 2, "0", 4, 32, 1, 200
             tag = tag or "smoke"
         check_development_seeds(seeds, protocol)
-        scenes = heldout_scenes(n_prompts, protocol["development"]["prompt_seed"])
         arms = [{"name": "guided", "guidance": "motionprompt", "overrides": list(overrides), "registered": None}]
         if flowmo:
             arms.append({"name": "flowmo", "guidance": "flowmo", "overrides": list(flowmo_overrides), "registered": None})
-        tag = tag or "default"
-    run_dir = work / tag
+        plan = Plan("development", None, heldout_scenes(n_prompts, protocol["development"]["prompt_seed"]), seeds, steps,
+                    probe_pairs, resamples, video_format, arms, tag or "default")
+    run_dir = work / plan.tag
     run_dir.mkdir(parents=True, exist_ok=True)
-    times = {}
-    prompts = run_dir / "prompts.txt"
-    prompts.write_text("\n".join(s.caption for s in scenes) + "\n")
-    first_prompt = run_dir / "first_prompt.txt"
-    first_prompt.write_text(scenes[0].caption + "\n")
-    extra = [f"--steps={steps}"] if steps else []
-
-    def arm_args(arm: dict) -> list[str]:
-        probe = [f"-oprobe_pairs={probe_pairs}"] if probe_pairs and arm["guidance"] == "motionprompt" else []
-        return extra + [f"-o{o}" for o in arm["overrides"]] + probe
-
+    times = generate_arms(plan, run_dir)
     start = time.perf_counter()
-    generate(prompts, seeds, run_dir / "baseline", "none", extra, video_format)
-    times["generate_baseline_s"] = round(time.perf_counter() - start, 1)
-    for arm in arms:
-        start = time.perf_counter()
-        if arm["registered"]:  # one video first: a registered arm whose settings drifted stops before the long run
-            generate(first_prompt, seeds.split("-")[0].split(",")[0], run_dir / arm["name"], arm["guidance"], arm_args(arm), video_format)
-            check_registered_settings(run_dir / arm["name"], arm["registered"])
-        generate(prompts, seeds, run_dir / arm["name"], arm["guidance"], arm_args(arm), video_format)
-        if arm["registered"]:
-            check_registered_settings(run_dir / arm["name"], arm["registered"])
-        times[f"generate_{arm['name']}_s"] = round(time.perf_counter() - start, 1)
-
-    start = time.perf_counter()
-    evaluated = {}
-    for arm in arms:
-        eval_json = run_dir / f"eval_{arm['name']}.json"
-        run(sys.executable, "-m", "mpcore", "eval", "--compare", str(run_dir / "baseline"), str(run_dir / arm["name"]),
-            "--metrics", ",".join(EVAL_METRICS), "--json", str(eval_json), "--out", str(run_dir / f"comparison_{arm['name']}"),
-            "--resamples", str(resamples), "--no-progress")
-        evaluated[arm["name"]] = json.loads(eval_json.read_text())
+    evaluated = {arm["name"]: evaluate_arm(plan, run_dir, arm["name"]) for arm in plan.arms}
     times["eval_s"] = round(time.perf_counter() - start, 1)
-
     start = time.perf_counter()
     classifier, classifier_accuracy = load_classifier(work, classifier_clips, classifier_epochs)
     times["classifier_s"] = round(time.perf_counter() - start, 1)
     start = time.perf_counter()
-    flow = load_tvl1(None, "cpu")
-    pairs = [tuple(p) for p in evaluated[arms[0]["name"]]["pairs"]]
-    captions = [json.loads(Path(b).with_suffix(".json").read_text())["prompt"] for b, _ in pairs]
-    base_objects = measure([Path(b) for b, _ in pairs], captions, classifier, flow)
-    baseline = joined(evaluated[arms[0]["name"]]["baseline"], base_objects, [b for b, _ in pairs])
-    comparisons, gates, decisions, per_video = {}, {}, {}, {"baseline": baseline["videos"], "captions": captions}
+    summary = compare_arms(plan, protocol, evaluated, classifier, run_dir)
+    times["object_measures_s"] = round(time.perf_counter() - start, 1)
+    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    summary = {
+        "tag": plan.tag, "split": plan.split, "round": plan.round, "format": plan.video_format,
+        "prompts": len(plan.scenes), "seeds": plan.seeds, "steps": plan.steps, "git": git,
+        "classifier_real_accuracy": classifier_accuracy, **summary, "times": times,
+        "arms": [{k: v for k, v in arm.items() if k != "registered"} for arm in plan.arms],
+        "protocol": protocol if plan.split == "confirmation" else {"development": protocol["development"]},
+        "seconds_per_video": {name: seconds_per_video(run_dir / name) for name in ["baseline", *plan.arm_names()]},
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(json.dumps(summary, indent=1), out / f"bench_effect_{plan.tag}.json")
+    write_text_atomic(markdown(summary), out / f"bench_effect_{plan.tag}.md")
+    print(markdown(summary))
+
+
+@dataclass
+class Plan:
+    """What one bench_effect run samples and measures."""
+
+    split: str
+    round: int | None
+    scenes: list[toyworld.Scene]
+    seeds: str
+    steps: int | None
+    probe_pairs: int
+    resamples: int
+    video_format: str
+    arms: list[dict]  # name, guidance, overrides, registered (the protocol's arm, or None)
+    tag: str
+
+    def arm_names(self) -> list[str]:
+        return [arm["name"] for arm in self.arms]
+
+    def step_args(self) -> list[str]:
+        return [f"--steps={self.steps}"] if self.steps else []
+
+    def arm_args(self, arm: dict) -> list[str]:
+        probe = [f"-oprobe_pairs={self.probe_pairs}"] if self.probe_pairs and arm["guidance"] == "motionprompt" else []
+        return self.step_args() + [f"-o{o}" for o in arm["overrides"]] + probe
+
+
+def confirmation_plan(protocol: dict, round_number: int | None, arm_names: tuple[str, ...], tag: str | None) -> Plan:
+    """The confirmation split as the protocol fixes it, for a registered round (and a subset of its arms)."""
+    confirm = protocol["confirmation"]
+    chosen_round = confirmation_round(protocol, round_number)
+    outside = [name for name in arm_names if name not in chosen_round["arms"]]
+    if outside:
+        raise click.BadParameter(f"{', '.join(outside)} not in round {chosen_round['number']}'s arms: "
+                                 f"{', '.join(chosen_round['arms'])}", param_hint="--arm")
+    registered = [registered_arm(protocol, name) for name in (arm_names or chosen_round["arms"])]
+    arms = [{"name": a["name"], "guidance": a["guidance"], "overrides": list(a["overrides"]), "registered": a}
+            for a in registered]
+    number = chosen_round["number"]
+    return Plan("confirmation", number, confirmation_scenes(protocol), confirm["seeds"], confirm["steps"],
+                confirm["probe_pairs"], confirm["resamples"], chosen_round["format"], arms,
+                tag or ("confirmation" if number == 1 else f"confirmation_round{number}"))
+
+
+def generate_arms(plan: Plan, run_dir: Path) -> dict:
+    """The baseline and every arm through ``mpcore generate`` (each resumes); a registered arm's first video is
+    checked against the protocol before the rest is sampled. Returns the times."""
+    times = {}
+    prompts = run_dir / "prompts.txt"
+    prompts.write_text("\n".join(s.caption for s in plan.scenes) + "\n")
+    first_prompt = run_dir / "first_prompt.txt"
+    first_prompt.write_text(plan.scenes[0].caption + "\n")
+    start = time.perf_counter()
+    generate(prompts, plan.seeds, run_dir / "baseline", "none", plan.step_args(), plan.video_format)
+    times["generate_baseline_s"] = round(time.perf_counter() - start, 1)
+    for arm in plan.arms:
+        start = time.perf_counter()
+        folder = run_dir / arm["name"]
+        if arm["registered"]:  # one video first: a registered arm whose settings drifted stops before the long run
+            first_seed = plan.seeds.split("-")[0].split(",")[0]
+            generate(first_prompt, first_seed, folder, arm["guidance"], plan.arm_args(arm), plan.video_format)
+            check_registered_settings(folder, arm["registered"])
+        generate(prompts, plan.seeds, folder, arm["guidance"], plan.arm_args(arm), plan.video_format)
+        if arm["registered"]:
+            check_registered_settings(folder, arm["registered"])
+        times[f"generate_{arm['name']}_s"] = round(time.perf_counter() - start, 1)
+    return times
+
+
+def evaluate_arm(plan: Plan, run_dir: Path, name: str) -> dict:
+    """``mpcore eval --compare`` of the baseline and one arm (the temporal metrics, per video and paired)."""
+    eval_json = run_dir / f"eval_{name}.json"
+    run(sys.executable, "-m", "mpcore", "eval", "--compare", str(run_dir / "baseline"), str(run_dir / name),
+        "--metrics", ",".join(EVAL_METRICS), "--json", str(eval_json), "--out", str(run_dir / f"comparison_{name}"),
+        "--resamples", str(plan.resamples), "--no-progress")
+    return json.loads(eval_json.read_text())
+
+
+def compare_arms(plan: Plan, protocol: dict, evaluated: dict, classifier, run_dir: Path) -> dict:
+    """Object measures and fidelity of every video, each arm's paired comparison with the baseline, the
+    decision rule (confirmation), the gate (MotionPrompt arms) and the real clips' reference."""
+    from mp_plugin_tvl1 import load as load_tvl1
+
     from mpcore.analysis.diagnose import gate
 
-    for arm in arms:
+    flow = load_tvl1(None, "cpu")
+    first = evaluated[plan.arms[0]["name"]]
+    pairs = [tuple(p) for p in first["pairs"]]
+    captions = [json.loads(Path(b).with_suffix(".json").read_text())["prompt"] for b, _ in pairs]
+    base_objects = measure([Path(b) for b, _ in pairs], captions, classifier, flow)
+    baseline = joined(first["baseline"], base_objects, [b for b, _ in pairs])
+    comparisons, gates, decisions, per_video = {}, {}, {}, {"baseline": baseline["videos"], "captions": captions}
+    for arm in plan.arms:
         arm_pairs = [tuple(p) for p in evaluated[arm["name"]]["pairs"]]
         if [b for b, _ in arm_pairs] != [b for b, _ in pairs]:
             raise click.ClickException(f"arm {arm['name']} is not paired with every baseline video")
-        arm_captions = [json.loads(Path(b).with_suffix(".json").read_text())["prompt"] for b, _ in arm_pairs]
-        arm_objects = measure([Path(g) for _, g in arm_pairs], arm_captions, classifier, flow)
+        arm_objects = measure([Path(g) for _, g in arm_pairs], captions, classifier, flow)
         joined_arm = joined(evaluated[arm["name"]]["guided"], arm_objects, [g for _, g in arm_pairs])
         per_video[arm["name"]] = joined_arm["videos"]
-        comparisons[arm["name"]] = paired_comparison(baseline, joined_arm, arm_pairs, seed=0, resamples=resamples)
-        if split == "confirmation":
+        comparisons[arm["name"]] = paired_comparison(baseline, joined_arm, arm_pairs, seed=0, resamples=plan.resamples)
+        if plan.split == "confirmation":
             decisions[arm["name"]] = decide(comparisons[arm["name"]], protocol["decision"])
         if arm["guidance"] == "motionprompt":  # the gate: does the discriminator term fall over the K iterations and the range?
             manifests = [json.loads(Path(g).with_suffix(".json").read_text()) for _, g in arm_pairs]
-            gates[arm["name"]] = gate([m["result"] for m in manifests if m.get("result")], seed=0, resamples=resamples)
-    reference = real_reference(scenes, classifier, flow, run_dir, video_format)
-    times["object_measures_s"] = round(time.perf_counter() - start, 1)
-
-    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    summary = {
-        "tag": tag, "split": split, "round": chosen_round["number"] if split == "confirmation" else None,
-        "format": video_format, "prompts": n_prompts, "seeds": seeds, "n_pairs": len(pairs), "steps": steps,
-        "git": git, "classifier_real_accuracy": classifier_accuracy, "real_reference": reference,
-        "arms": [{k: v for k, v in arm.items() if k != "registered"} for arm in arms],
-        "comparisons": comparisons, "gates": gates, "decisions": decisions, "times": times,
-        "protocol": protocol if split == "confirmation" else {"development": protocol["development"]},
-        "seconds_per_video": {name: seconds_per_video(run_dir / name) for name in ["baseline"] + [a["name"] for a in arms]},
-        "per_video": per_video,
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(json.dumps(summary, indent=1), out / f"bench_effect_{tag}.json")
-    write_text_atomic(markdown(summary), out / f"bench_effect_{tag}.md")
-    print(markdown(summary))
+            gates[arm["name"]] = gate([m["result"] for m in manifests if m.get("result")], seed=0,
+                                      resamples=plan.resamples)
+    reference = real_reference(plan.scenes, classifier, flow, run_dir, plan.video_format)
+    return {"n_pairs": len(pairs), "real_reference": reference, "comparisons": comparisons, "gates": gates,
+            "decisions": decisions, "per_video": per_video}
 
 
 def check_development_seeds(seeds: str, protocol: dict) -> None:
