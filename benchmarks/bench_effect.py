@@ -205,6 +205,25 @@ def confirmation_round(protocol: dict, number: int | None) -> dict:
     return rounds[number]
 
 
+def round_seeds(protocol: dict, chosen_round: dict) -> str:
+    """The seeds of a confirmation round: the split's, or (a round registered after earlier rounds' results were
+    read) its own, which must be fresh: no development seed, none of the split's or of an earlier round's."""
+    from mpcore.jobs.generate import parse_seeds
+
+    own = chosen_round.get("seeds")
+    if own is None:
+        return protocol["confirmation"]["seeds"]
+    used = set(parse_seeds(protocol["development"]["seeds"])) | set(parse_seeds(protocol["confirmation"]["seeds"]))
+    for earlier in protocol["round"]:
+        if earlier["number"] < chosen_round["number"] and "seeds" in earlier:
+            used |= set(parse_seeds(earlier["seeds"]))
+    reused = sorted(set(parse_seeds(own)) & used)
+    if reused:
+        raise click.ClickException(f"round {chosen_round['number']}'s seeds {reused[:5]} were used before (development, "
+                                   f"the split or an earlier round): a later round needs fresh seeds")
+    return own
+
+
 def check_registered_settings(folder: Path, arm: dict) -> int:
     """Stop unless every manifest in ``folder`` records the arm's registered settings (and discriminator).
     Returns the number of manifests checked."""
@@ -438,7 +457,8 @@ def confirmation_plan(protocol: dict, round_number: int | None, arm_names: tuple
     arms = [{"name": a["name"], "guidance": a["guidance"], "overrides": list(a["overrides"]), "registered": a}
             for a in registered]
     number = chosen_round["number"]
-    return Plan("confirmation", number, confirmation_scenes(protocol), confirm["seeds"], confirm["steps"],
+    seeds = round_seeds(protocol, chosen_round)
+    return Plan("confirmation", number, confirmation_scenes(protocol), seeds, confirm["steps"],
                 confirm["probe_pairs"], confirm["resamples"], chosen_round["format"], arms,
                 tag or ("confirmation" if number == 1 else f"confirmation_round{number}"))
 

@@ -84,6 +84,8 @@ def test_confirmation_seeds_and_development_seeds_do_not_overlap(protocol):
     confirmation = set(parse_seeds(protocol["confirmation"]["seeds"]))
     assert not development & confirmation
     assert len(confirmation) * protocol["confirmation"]["prompts"] >= 128
+    for chosen in protocol["round"]:  # every registered round's seeds pass the freshness check
+        assert len(parse_seeds(bench_effect.round_seeds(protocol, chosen))) * protocol["confirmation"]["prompts"] >= 128
     bench_effect.check_development_seeds("0-1", protocol)
     with pytest.raises(click.BadParameter, match="outside the development seeds"):
         bench_effect.check_development_seeds("1000", protocol)
@@ -155,3 +157,17 @@ def test_confirmation_refuses_an_arm_outside_its_round(tmp_path):
                                                     "motionprompt_exact_start", "--work", str(tmp_path)])
     assert result.exit_code == 2 and "not in round 1's arms" in result.output
     assert not any(tmp_path.iterdir())
+
+
+def test_a_later_round_brings_fresh_seeds_or_shares_the_splits(protocol):
+    later = copy.deepcopy(protocol)
+    later["round"].append({"number": 8, "registered": "x", "format": "frames", "arms": ["motionprompt"],
+                           "seeds": "1002-1003"})
+    assert bench_effect.round_seeds(later, later["round"][-1]) == "1002-1003"
+    assert bench_effect.round_seeds(later, later["round"][0]) == protocol["confirmation"]["seeds"]
+    for stale in ("1001-1002", "5,1002", "1002"):  # the split's seed, a development seed, an earlier round's
+        again = copy.deepcopy(later)
+        again["round"].append({"number": 9, "registered": "x", "format": "frames", "arms": ["motionprompt"],
+                               "seeds": stale})
+        with pytest.raises(click.ClickException, match="fresh seeds"):
+            bench_effect.round_seeds(again, again["round"][-1])
