@@ -116,7 +116,7 @@ class MotionPromptConfig:
     rollout_steps: int = 3
     """Model calls (CFG) of the 'rollout' estimate, N >= 1: N - 1 deterministic DDIM moves, each after a
     model call, then the Tweedie estimate from the last call (N = 1 is the one-step Tweedie estimate).
-    N >= the steps left (``rollout_steps`` = ``steps``) is every remaining step: with
+    N is capped at the steps left, so N >= them (e.g. ``rollout_steps`` = ``steps``) is every remaining step: with
     ``rollout_prompt='as_sampled'`` the discriminator then judges exactly the video the current token
     would produce (the upper bound of the estimate; memory grows with N: ``checkpoint_denoiser=true``)."""
     rollout_prompt: str = "guided"
@@ -176,11 +176,11 @@ class MotionPromptConfig:
         _require(self.lr > 0 and math.isfinite(self.lr), "lr", self.lr, "a finite number > 0")
         _require(self.estimate in ESTIMATES, "estimate", self.estimate, " | ".join(ESTIMATES))
         _require(
-            1 <= self.rollout_steps <= sampler.steps,
+            self.rollout_steps >= 1,
             "rollout_steps",
             self.rollout_steps,
-            f"an integer in [1, {sampler.steps}] (model calls with gradient per estimate; the steps left from the "
-            "guided step is the exact video of the current token)",
+            "an integer >= 1 (model calls with gradient per estimate, at most the steps left: more means every "
+            "remaining step, the exact video of the current token)",
         )
         _require(self.rollout_prompt in ROLLOUT_PROMPTS, "rollout_prompt", self.rollout_prompt,
                  " | ".join(ROLLOUT_PROMPTS))

@@ -45,6 +45,7 @@ def test_sampler_validation(field, value, fragment):
         ("lr", 0.0, "> 0"),
         ("optimizer", "lbfgs", "adam | adamw | sgd"),
         ("flow_size", 4, ">= 8"),
+        ("rollout_steps", 0, ">= 1"),
     ],
 )
 def test_motionprompt_validation(field, value, fragment):
@@ -52,6 +53,12 @@ def test_motionprompt_validation(field, value, fragment):
     with pytest.raises(ConfigError) as error:
         config.validate(SamplerConfig())
     assert f"{field}=" in str(error.value) and fragment in str(error.value)
+
+
+def test_rollout_steps_beyond_the_steps_left_mean_every_remaining_step():
+    """Calls are capped at the steps left (the exact video of the current token), so any count >= 1 is valid,
+    even above the step count (a tiny run of 2 steps with the toy default of 3 calls)."""
+    MotionPromptConfig(estimate="rollout", rollout_steps=1000).validate(SamplerConfig(steps=2))
 
 
 def test_paper_defaults_are_valid_at_50_steps():
