@@ -174,12 +174,12 @@ def confirmation_scenes(protocol: dict, walk: int = 20000) -> list[toyworld.Scen
         first.setdefault(scene_combo(scene), scene)
     if set(first) != combos:
         raise ValueError(f"{len(combos) - len(first)} held-out combination(s) not drawn in {walk} scenes")
-    chosen = set(id(s) for s in first.values())
+    chosen = {s.seed for s in first.values()}
     second: dict[tuple, toyworld.Scene] = {}
     for scene in candidates:
         if len(first) + len(second) == confirm["prompts"]:
             break
-        if id(scene) not in chosen and scene_combo(scene) not in second:
+        if scene.seed not in chosen and scene_combo(scene) not in second:
             second[scene_combo(scene)] = scene
     picked = list(first.values()) + list(second.values())
     return sorted(picked, key=lambda s: s.seed)
@@ -230,6 +230,7 @@ def check_registered_settings(folder: Path, arm: dict) -> int:
     import hashlib
 
     manifests = sorted(folder.glob("p*_s*.json"))
+    hashes: dict[Path, str] = {}  # one discriminator file for a whole arm: hashed once
     for path in manifests:
         manifest = json.loads(path.read_text())
         recorded = manifest.get("motionprompt") if arm["guidance"] == "motionprompt" else manifest.get("guidance_settings")
@@ -239,7 +240,9 @@ def check_registered_settings(folder: Path, arm: dict) -> int:
         expected_sha = arm.get("discriminator_sha256")
         if expected_sha:
             source = Path((manifest.get("discriminator") or {}).get("path") or "")
-            actual = hashlib.sha256(source.read_bytes()).hexdigest() if source.is_file() else "missing"
+            if source not in hashes:
+                hashes[source] = hashlib.sha256(source.read_bytes()).hexdigest() if source.is_file() else "missing"
+            actual = hashes[source]
             if actual != expected_sha:
                 changed.append(f"discriminator {source}: sha256 {actual[:12]}, registered {expected_sha[:12]}")
         if changed:

@@ -40,9 +40,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from mpcore.analysis.compare import bootstrap_ci  # noqa: E402
+from mpcore.analysis.diagnose import roc_auc  # noqa: E402
 from mpcore.io.files import write_text_atomic  # noqa: E402
 from mpcore.motionprompt import MotionPrompt  # noqa: E402
 from mpcore.sampling import StepCondition  # noqa: E402
+from mpcore.toy.metrics import to_unit_frames  # noqa: E402
 
 TOY_DISCRIMINATOR = ROOT / "plugins" / "mp-plugin-animatediff" / "mp_plugin_animatediff" / "toy" / "discriminator.safetensors"
 MEASURES = {"flow_warp_error": "lower", "temporal_flickering": "higher", "presence": "higher", "size_drift": "lower",
@@ -66,7 +69,7 @@ def load_scorers(discriminator: Path = TOY_DISCRIMINATOR):
 @torch.no_grad()
 def video_logits(frames: np.ndarray, disc, flow) -> np.ndarray:
     """D's logit of every adjacent frame pair (f, f + 1) of a uint8 (F, H, W, 3) video."""
-    images = torch.from_numpy(np.asarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    images = to_unit_frames(frames) * 2.0 - 1.0
     flows = flow(images[:-1], images[1:]).float()
     return disc(flows).float().numpy()
 
@@ -89,12 +92,6 @@ def spearman(a, b) -> dict[str, Any]:
         if np.isfinite(value):
             boot.append(value)
     return {"n": int(len(a)), "rho": rho, "ci": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))]}
-
-
-def auc(positive, negative) -> float:
-    from mpcore.analysis.diagnose import roc_auc
-
-    return float(roc_auc(list(positive), list(negative)))
 
 
 def by_item(videos: dict[str, dict]) -> dict[str, tuple[str, dict]]:
@@ -143,13 +140,10 @@ def agreement(result_path, n_real, tag, out):
         "git": git_sha(), "n_real": n_real, "n_pairs": len(items),
         "logit_mean": {"real": float(np.mean(real)), "baseline": float(np.mean(list(logit["baseline"].values()))),
                        "guided": float(np.mean(list(logit["guided"].values())))},
-        "auc_real_vs_baseline": auc(real, logit["baseline"].values()),
+        "auc_real_vs_baseline": float(roc_auc(real, list(logit["baseline"].values()))),
     }
     diffs = np.array([logit["guided"][i] - logit["baseline"][i] for i in items])
-    rng = np.random.default_rng(0)
-    boot = [diffs[rng.integers(0, len(diffs), len(diffs))].mean() for _ in range(10000)]
-    summary["guided_minus_baseline_logit"] = {"mean": float(diffs.mean()),
-                                              "ci": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
+    summary["guided_minus_baseline_logit"] = {"mean": float(diffs.mean()), "ci": list(bootstrap_ci(diffs)),
                                               "higher_in": int((diffs > 0).sum())}
     across, paired = {}, {}
     for name, better in MEASURES.items():
@@ -204,23 +198,24 @@ class FixedTokenOffset(MotionPrompt):
 
 
 def toy_models(steps: int | None, overrides: tuple[str, ...] = ()):
+    """The toy model, its flow estimator and discriminator, loaded as ``mpcore run`` loads them."""
+    from bench_tiny_decoder import run_options
+
     from mpcore.cli.common import backbone_options
     from mpcore.jobs import run as runner
 
-    options = dict(backbone=None, model="toy", negative_prompt=None, frames=None, height=None, width=None, steps=steps,
-                   cfg=None, seed=None, eta=None, guidance="motionprompt", flow=None, flow_weights=None, flow_options=(),
-                   discriminator=None, discriminator_type=None, overrides=tuple(overrides), compare=False, fps=8, device="cpu",
-                   dtype="auto", offload=False, attention="auto", progress=False)
+    args = dict(backbone=None, model="toy", steps=steps, flow=None, flow_weights=None, discriminator=None,
+                device="cpu", backbone_option=())
     owners = {name: allowed for name, (_, allowed) in backbone_options().items()}
-    setup = runner.prepare(options, owners)
+    setup = runner.prepare(run_options(args, list(overrides)), owners)
     return setup, runner.load(setup)
 
 
 def uint8_video(backbone, latents) -> np.ndarray:
+    from mpcore.io.video import to_uint8_frames
     from mpcore.sampling import decode_video
 
-    frames = decode_video(backbone, latents)  # (F, 3, H, W) in [-1, 1]
-    return ((frames.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return to_uint8_frames(decode_video(backbone, latents))
 
 
 @main.command("reach")
@@ -238,71 +233,31 @@ def reach(result_path, n_prompts, seeds, multiples, directions, overrides, tag, 
     """How far the finished video moves when the token moves (see the module docstring)."""
     from bench_effect import heldout_scenes, load_protocol
 
-    from mpcore.io.video import read_video
-    from mpcore.sampling import sample
-
     result = json.loads(result_path.read_text())
     if result.get("split", "development") != "development":
         raise click.UsageError(f"{result_path} is a {result['split']} run: choices are made on development runs only")
     baseline_rows, guided_rows = arms_of(result)
-    drifts = [json.loads(Path(path).with_suffix(".json").read_text())["result"]["token_drift_l2"][0]
-              for path, _ in guided_rows.values()]
-    drift = float(np.median(drifts))
+    # the token drift of each guided video of the result (its manifest), and their median: the unit of r
+    drift_by_item = {item: json.loads(Path(path).with_suffix(".json").read_text())["result"]["token_drift_l2"][0]
+                     for item, (path, _) in guided_rows.items()}
+    drift = float(np.median(list(drift_by_item.values())))
     seed_list = [int(s) for s in seeds.split(",")]
     factors = [float(m) for m in multiples.split(",")]
     setup, models = toy_models(result.get("steps"), overrides)
-    disc, flow = load_scorers()
-    motion = setup.motion
-    protocol = load_protocol()
-    captions = [s.caption for s in heldout_scenes(n_prompts, protocol["development"]["prompt_seed"])]
+    scorers = load_scorers()
+    captions = [s.caption for s in heldout_scenes(n_prompts, load_protocol()["development"]["prompt_seed"])]
     table = models.backbone.text.embedding_table().detach().float()
-    word_norm = float(table.norm(dim=-1).median())
     rows, previous_plain = [], {}
     for p, caption in enumerate(captions):
         plain_by_seed = {}
         for seed in seed_list:
             item = f"p{p:04d}_s{seed:04d}"
-            sampler = dataclasses.replace(setup.sampler, seed=seed)
-
-            def run(offset):
-                if offset == "optimized":  # MotionPrompt itself, today's default settings
-                    guidance = MotionPrompt(motion, models.flow_estimator, models.discriminator)
-                else:
-                    guidance = None if offset == "plain" else FixedTokenOffset(motion, offset)
-                result = sample(models.backbone, caption, sampler, guidance, progress=False)
-                video = uint8_video(models.backbone, result.latents)
-                return (video, result.guidance) if offset == "optimized" else video
-
-            plain = run("plain")
-            plain_by_seed[seed] = plain
-            init = run(None)
-            row: dict[str, Any] = {"item": item, "prompt": caption, "seed": seed}
-            row["suffix_change"] = mae(init, plain)
+            row, plain_by_seed[seed] = reach_row(setup, models, scorers, caption, seed, p, drift, factors, directions,
+                                                 table.shape[1])
+            row = {"item": item, **row}
             if seed in previous_plain:  # the whole text's leverage: the previous prompt, same seed (same x_T)
-                row["other_prompt_change"] = mae(plain, previous_plain[seed])
-            optimized, finished = run("optimized")
-            row["optimized_change_raw"] = mae(optimized, plain)
-            row["optimized_drift_raw"] = finished["token_drift_l2"][0]
-            row["optimized_logit_change"] = float(video_logits(optimized, disc, flow).mean() - video_logits(plain, disc, flow).mean())
-            if item in baseline_rows:  # codec floor: the same plain video through the mp4 codec
-                row["codec_floor"] = mae(read_video(baseline_rows[item][0]), plain)
-            if item in guided_rows:  # what the optimized token did (both through the codec)
-                row["optimized_change_mp4"] = mae(read_video(guided_rows[item][0]), read_video(baseline_rows[item][0]))
-                row["optimized_drift"] = json.loads(Path(guided_rows[item][0]).with_suffix(".json").read_text())[
-                    "result"]["token_drift_l2"][0]
-            init_logit = float(video_logits(init, disc, flow).mean())
-            generator = torch.Generator().manual_seed(1000 * p + seed)
-            for factor in factors:
-                changes, logit_changes = [], []
-                for _ in range(directions):
-                    # one random direction in the space of all tokens' rows, of norm r per token
-                    direction = torch.randn(motion.num_tokens, table.shape[1], generator=generator)
-                    offset = (factor * drift) * direction / direction.norm(dim=-1, keepdim=True)
-                    moved = run(offset)
-                    changes.append(mae(moved, init))
-                    logit_changes.append(float(video_logits(moved, disc, flow).mean()) - init_logit)
-                row[f"change_x{factor:g}"] = float(np.mean(changes))
-                row[f"abs_logit_change_x{factor:g}"] = float(np.mean(np.abs(logit_changes)))
+                row["other_prompt_change"] = mae(plain_by_seed[seed], previous_plain[seed])
+            row.update(codec_rows(item, plain_by_seed[seed], baseline_rows, guided_rows, drift_by_item))
             rows.append(row)
             print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
         previous_plain = plain_by_seed
@@ -311,12 +266,68 @@ def reach(result_path, n_prompts, seeds, multiples, directions, overrides, tag, 
             for row in rows[-len(seed_list):]:
                 row["seed_to_seed_change"] = seed_change
     summary = {"result": str(result_path.relative_to(ROOT) if result_path.is_relative_to(ROOT) else result_path),
-               "git": git_sha(), "overrides": list(overrides), "median_drift": drift, "word_embedding_norm_median": word_norm,
-               "opt_range": list(motion.resolved_opt_range(setup.sampler.steps)), "multiples": factors,
+               "git": git_sha(), "overrides": list(overrides), "median_drift": drift,
+               "word_embedding_norm_median": float(table.norm(dim=-1).median()),
+               "opt_range": list(setup.motion.resolved_opt_range(setup.sampler.steps)), "multiples": factors,
                "directions": directions, "rows": rows,
                "means": {k: float(np.mean([r[k] for r in rows if k in r])) for k in rows[-1] if k.endswith(
                    ("change", "floor", "drift", "_raw", "_mp4")) or k.startswith(("change_", "abs_logit"))}}
     write(summary, out, "reach", tag, reach_markdown(summary))
+
+
+def reach_row(setup, models, scorers, caption: str, seed: int, prompt_index: int, drift: float, factors: list[float],
+              directions: int, width: int) -> tuple[dict[str, Any], np.ndarray]:
+    """One (prompt, seed): the plain video, the token at its init, MotionPrompt with the given settings, and the
+    token moved r = factor x drift in random directions; the changes in grey levels and of D's mean logit.
+    Returns (the row, the plain video)."""
+    from mpcore.sampling import sample
+
+    disc, flow = scorers
+    motion = setup.motion
+    sampler = dataclasses.replace(setup.sampler, seed=seed)
+
+    def video_of(guidance) -> tuple[np.ndarray, dict | None]:
+        result = sample(models.backbone, caption, sampler, guidance, progress=False)
+        return uint8_video(models.backbone, result.latents), result.guidance
+
+    def mean_logit(video: np.ndarray) -> float:
+        return float(video_logits(video, disc, flow).mean())
+
+    plain, _ = video_of(None)
+    init, _ = video_of(FixedTokenOffset(motion, None))
+    optimized, finished = video_of(MotionPrompt(motion, models.flow_estimator, models.discriminator))
+    row: dict[str, Any] = {"prompt": caption, "seed": seed, "suffix_change": mae(init, plain),
+                           "optimized_change_raw": mae(optimized, plain),
+                           "optimized_drift_raw": finished["token_drift_l2"][0],
+                           "optimized_logit_change": mean_logit(optimized) - mean_logit(plain)}
+    init_logit = mean_logit(init)
+    generator = torch.Generator().manual_seed(1000 * prompt_index + seed)
+    for factor in factors:
+        changes, logit_changes = [], []
+        for _ in range(directions):
+            # one random direction in the space of all tokens' rows, of norm r per token
+            direction = torch.randn(motion.num_tokens, width, generator=generator)
+            moved, _ = video_of(FixedTokenOffset(motion, (factor * drift) * direction / direction.norm(dim=-1, keepdim=True)))
+            changes.append(mae(moved, init))
+            logit_changes.append(mean_logit(moved) - init_logit)
+        row[f"change_x{factor:g}"] = float(np.mean(changes))
+        row[f"abs_logit_change_x{factor:g}"] = float(np.mean(np.abs(logit_changes)))
+    return row, plain
+
+
+def codec_rows(item: str, plain: np.ndarray, baseline_rows: dict, guided_rows: dict, drift_by_item: dict) -> dict:
+    """What the result file's own (mp4) videos of ``item`` say: the codec floor (its baseline mp4 vs the plain
+    video decoded here) and the change its guided run made (both mp4)."""
+    from mpcore.io.video import read_video
+
+    row = {}
+    if item in baseline_rows:
+        baseline = read_video(baseline_rows[item][0])
+        row["codec_floor"] = mae(baseline, plain)
+        if item in guided_rows:
+            row["optimized_change_mp4"] = mae(read_video(guided_rows[item][0]), baseline)
+            row["optimized_drift"] = drift_by_item[item]
+    return row
 
 
 def mae(a: np.ndarray, b: np.ndarray) -> float:

@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from mpcore.toy import world as toyworld  # noqa: E402
 from mpcore.io.video import write_video  # noqa: E402
+from mpcore.jobs.generate import parse_seeds  # noqa: E402
 
 REAL_SEEDS = {"train": 3_000_000, "test": 3_500_000}  # disjoint from train_toy.py's 1_000_000+
 # the tiny preset's ViT, wider and deeper, with 4x4 patches: 64 tokens of a 32x32 flow
@@ -89,8 +90,8 @@ def main() -> None:
     # fakes: as many as real clips, the first captions at each seed; the held-out test set uses other captions AND
     # other seeds
     for split, seeds in (("train", args.fake_train_seeds), ("test", args.fake_test_seeds)):
-        count = len(seeds.split(","))
-        captions = prompts[split].read_text().splitlines()[:len(prompts[split].read_text().splitlines()) // count]
+        real_captions = prompts[split].read_text().splitlines()
+        captions = real_captions[:len(real_captions) // len(parse_seeds(seeds))]
         fake_prompts = work / f"prompts_fake_{split}.txt"
         fake_prompts.write_text("\n".join(captions) + "\n")
         times[f"generate_fake_{split}_s"], _ = mpcore("generate", *toy, "--prompts", str(fake_prompts), "--seeds", seeds,
