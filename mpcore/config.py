@@ -1,7 +1,9 @@
 """Configuration of the sampler and of MotionPrompt guidance.
 
-Two dataclasses hold every knob: :class:`SamplerConfig` (the DDIM loop) and
-:class:`MotionPromptConfig` (the learnable-token guidance), with generic defaults. The core knows
+Dataclasses hold every knob: :class:`SamplerConfig` (the DDIM loop), :class:`MotionPromptConfig` (the
+learnable-token guidance) and :class:`FreeInitConfig` (FreeInit's noise re-initialization), with generic
+defaults; :data:`SCHEDULERS` names the update rules ``--scheduler`` may pick. No torch here: the
+command line validates settings before loading any model. The core knows
 no backbone: each backbone plugin declares the paper's MotionPrompt settings for its backbone
 (``BackboneSpec.motionprompt_defaults``; ``spec.defaults_for(model)`` gives them).
 
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
+import typing
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -60,6 +64,40 @@ class SamplerConfig:
             )
         _require(0.0 <= self.eta <= 1.0, "eta", self.eta, "[0, 1] (0 = deterministic DDIM)")
         _require(self.seed >= 0, "seed", self.seed, "an integer >= 0")
+
+
+SCHEDULERS = ("ddim", "ddpm")
+"""``--scheduler``: the update rules an SD-family backbone (DDIM with ``alphas_cumprod``, epsilon or v)
+can sample with on its own betas (:func:`mpcore.sampling.scheduler_factory`)."""
+
+FREE_INIT_METHODS = ("butterworth", "gaussian", "ideal")
+"""FreeInit's low-pass filters (:func:`mpcore.free_init.low_pass_filter`)."""
+
+
+@dataclass
+class FreeInitConfig:
+    """FreeInit's settings (:func:`mpcore.free_init.sample_free_init`); the defaults are diffusers'
+    ``enable_free_init`` (the official repo's).
+
+    ``iterations`` counts sampling passes: 1 is plain sampling, N > 1 re-initializes N - 1 times."""
+
+    iterations: int = 1
+    method: str = "butterworth"
+    order: int = 4
+    spatial_stop_frequency: float = 0.25
+    temporal_stop_frequency: float = 0.25
+
+    def validate(self) -> None:
+        _require(self.iterations >= 1, "free_init iterations", self.iterations, "an integer >= 1 (1 = off)")
+        _require(self.method in FREE_INIT_METHODS, "free_init method", self.method, " | ".join(FREE_INIT_METHODS))
+        _require(self.order >= 1, "free_init order", self.order, "an integer >= 1")
+        for name in ("spatial_stop_frequency", "temporal_stop_frequency"):
+            value = getattr(self, name)
+            _require(0 < value <= 1, f"free_init {name}", value, "in (0, 1]")
+
+    @property
+    def enabled(self) -> bool:
+        return self.iterations > 1
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -249,44 +287,71 @@ def parse_override(text: str) -> tuple[str, str]:
 
 
 def apply_overrides(config: Any, overrides: list[str] | dict[str, str]) -> Any:
-    """Return a copy of a config dataclass with ``key=value`` strings applied, typed by the field."""
+    """Return a copy of a config dataclass with ``key=value`` strings applied, each parsed by its
+    field's type annotation (:func:`parse_typed`), for any config dataclass (MotionPrompt's, FlowMo's,
+    a third-party guidance's)."""
     items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides)
-    by_name = {f.name: f for f in fields(config)}
+    names = {f.name for f in fields(config)}
+    hints = typing.get_type_hints(type(config))
     changes: dict[str, Any] = {}
     for key, raw in items:
-        if key not in by_name:
+        if key not in names:
             raise ConfigError(
-                f"unknown setting {key!r} for {type(config).__name__}; known: {', '.join(sorted(by_name))}"
+                f"unknown setting {key!r} for {type(config).__name__}; known: {', '.join(sorted(names))}"
             )
-        changes[key] = _parse_value(key, raw, by_name[key].default)
+        changes[key] = parse_typed(key, raw, hints[key])
     return dataclasses.replace(config, **changes)
 
 
-def _parse_value(key: str, raw: str, default: Any) -> Any:
-    if isinstance(raw, str) and raw.lower() == "none" and (default is None or key in ("opt_range", "flow_size")):
-        return None
-    try:
-        if isinstance(default, bool):
-            if raw.lower() in ("1", "true", "yes", "on"):
-                return True
-            if raw.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-        if key == "opt_range" or key == "paper_opt_range":
-            parts = [int(p) for p in raw.replace(":", ",").split(",")]
-            if len(parts) != 2:
-                raise ValueError(raw)
-            return tuple(parts)
-        if key == "init_words":
-            return tuple(w.strip() for w in raw.split(",") if w.strip())
-        if isinstance(default, int) or key == "flow_size":
-            return int(raw)
-        if isinstance(default, float):
-            return float(raw)
-        return raw
-    except ValueError:
-        kind = "true|false" if isinstance(default, bool) else ("start,stop" if "range" in key else type(default).__name__)
-        raise ConfigError(f"invalid config: {key}={raw!r}; expected {kind}") from None
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def parse_typed(key: str, raw: str, annotation: Any) -> Any:
+    """The value of ``-o key=raw`` for a field annotated ``annotation``: bool (true|false|1|0|yes|no|on|off),
+    int, float, str, ``Literal[...]``, ``X | None`` (``none`` gives None), ``tuple[X, ...]`` and fixed
+    ``tuple[X, Y]`` (items separated by ``,`` or ``:``, e.g. ``opt_range=4,15``)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if type(None) in args and raw.strip().lower() == "none":
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in options:
+            try:
+                return parse_typed(key, raw, option)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"invalid config: {key}={raw!r}; expected one of "
+                          f"{', '.join(_type_name(a) for a in args)}")
+    if origin is typing.Literal:
+        if raw not in [str(a) for a in args]:
+            raise ConfigError(f"invalid config: {key}={raw!r}; allowed: {' | '.join(map(str, args))}")
+        return next(a for a in args if str(a) == raw)
+    if origin is tuple:
+        parts = [p.strip() for p in raw.replace(":", ",").split(",") if p.strip()]
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(parse_typed(key, p, args[0]) for p in parts)
+        if len(parts) != len(args):
+            raise ConfigError(f"invalid config: {key}={raw!r}; expected {len(args)} values separated by ',' "
+                              f"({_type_name(annotation)}), e.g. {key}={','.join('1' for _ in args)}")
+        return tuple(parse_typed(key, p, a) for p, a in zip(parts, args))
+    if annotation is bool:
+        if raw.lower() in TRUE_WORDS:
+            return True
+        if raw.lower() in FALSE_WORDS:
+            return False
+        raise ConfigError(f"invalid config: {key}={raw!r}; expected true|false")
+    if annotation in (int, float, str):
+        try:
+            return annotation(raw)
+        except ValueError:
+            raise ConfigError(f"invalid config: {key}={raw!r}; expected {annotation.__name__}") from None
+    raise ConfigError(f"invalid config: {key}: its type {_type_name(annotation)} cannot be set with -o")
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -296,8 +361,11 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 __all__ = [
     "ConfigError",
+    "FREE_INIT_METHODS",
+    "FreeInitConfig",
     "MotionPromptConfig",
     "PAPER_STEPS",
+    "SCHEDULERS",
     "SamplerConfig",
     "apply_overrides",
     "scale_opt_range",
