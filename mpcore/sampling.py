@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 from tqdm.auto import tqdm
 
-from mpcore.config import ConfigError, SamplerConfig
+from mpcore.config import SCHEDULERS, ConfigError, SamplerConfig
 from mpcore.interfaces import Backbone
 
 
@@ -158,22 +158,22 @@ class SchedulerStep:
         return self.scheduler.step(model_output, t, latents, **self.kwargs).prev_sample
 
 
-SCHEDULERS = ("ddim", "ddpm")
-"""``--scheduler``: the update rules an SD-family backbone (DDIM with ``alphas_cumprod``, epsilon or v)
-can sample with on its own betas."""
-
-
-def use_scheduler(backbone: Backbone, name: str) -> None:
-    """Make ``backbone`` sample with DDIM or ancestral DDPM (Ho et al. 2020, Alg. 2; diffusers'
+def scheduler_factory(backbone: Backbone, name: str | None) -> Callable[[], Any]:
+    """A zero-argument function giving a new scheduler for ``backbone`` to sample with (``sample``'s
+    ``make_scheduler``): None = the backbone's own (``backbone.make_scheduler``); 'ddim' or 'ddpm'
+    (:data:`mpcore.config.SCHEDULERS`) = DDIM or ancestral DDPM (Ho et al. 2020, Alg. 2; diffusers'
     ``DDPMScheduler``) on the same betas, timestep spacing and prediction type as its own DDIM.
 
-    Only for backbones whose own scheduler is diffusers' ``DDIMScheduler`` (the SD family); a backbone
-    may define ``make_ddpm_scheduler()`` where its reference script's DDPM differs (LaVie's takes no
-    steps offset). 'ddim' keeps the backbone's own scheduler object untouched. The ancestral noise
-    comes from the sampler's seeded generator (:class:`SchedulerStep`); MotionPrompt's clean estimate
-    reads ``alphas_cumprod[t]`` and does not depend on the update rule."""
+    Named schedulers are only for backbones whose own scheduler is diffusers' ``DDIMScheduler`` (the SD
+    family; :class:`ConfigError` otherwise); a backbone may define ``make_ddpm_scheduler()`` where its
+    reference script's DDPM differs (LaVie's takes no steps offset), which then wins. 'ddim' is the
+    backbone's own scheduler, unchanged. The ancestral noise comes from the sampler's seeded generator
+    (:class:`SchedulerStep`); MotionPrompt's clean estimate reads ``alphas_cumprod[t]`` and does not
+    depend on the update rule. Nothing on ``backbone`` changes."""
     from diffusers import DDIMScheduler, DDPMScheduler
 
+    if name is None:
+        return backbone.make_scheduler
     if name not in SCHEDULERS:
         raise ConfigError(f"--scheduler {name!r}: allowed: {', '.join(SCHEDULERS)}")
     own = backbone.make_scheduler()
@@ -182,16 +182,13 @@ def use_scheduler(backbone: Backbone, name: str) -> None:
                           f"{type(own).__name__} ({backbone.prediction_type}); --scheduler swaps diffusers' "
                           "DDIMScheduler of SD-family backbones only. Leave out --scheduler for this backbone.")
     if name == "ddim":
-        return
+        return backbone.make_scheduler
     custom = getattr(backbone, "make_ddpm_scheduler", None)
-    if custom is None:
-        accepted = set(inspect.signature(DDPMScheduler.__init__).parameters)
-        ddpm_config = {k: v for k, v in own.config.items() if k in accepted}
-
-        def custom():
-            return DDPMScheduler(**ddpm_config)
-
-    backbone.make_scheduler = custom  # this instance samples with DDPM from now on
+    if custom is not None:
+        return custom
+    accepted = set(inspect.signature(DDPMScheduler.__init__).parameters)
+    ddpm_config = {k: v for k, v in own.config.items() if k in accepted}
+    return lambda: DDPMScheduler(**ddpm_config)
 
 
 def sample(
@@ -202,14 +199,18 @@ def sample(
     progress: bool = True,
     description: str = "sampling",
     latents: torch.Tensor | None = None,
+    make_scheduler: Callable[[], Any] | None = None,
 ) -> SampleResult:
     """Sample one video for ``prompt``; ``guidance`` (e.g. MotionPrompt) may change each step's condition.
 
     ``latents``: the initial noise x_T (B, C, F, h, w) as diffusers pipelines take it (already
     multiplied by the scheduler's ``init_noise_sigma``); default: drawn from ``config.seed``. The
     seed still drives everything else (eta noise, MotionPrompt's frame pairs).
+
+    ``make_scheduler``: gives the new scheduler that takes the steps (e.g. :func:`scheduler_factory`);
+    None = the backbone's own, ``backbone.make_scheduler``.
     """
-    scheduler = backbone.make_scheduler()
+    scheduler = (make_scheduler or backbone.make_scheduler)()
     scheduler.set_timesteps(config.steps, device=backbone.device)
     if hasattr(scheduler, "set_begin_index"):  # multistep schedulers: the first step is index 0 (as WanPipeline)
         scheduler.set_begin_index(0)

@@ -1,5 +1,6 @@
 """FreeInit (Wu et al. 2023): one pass is plain sampling; more passes are AnimateDiffPipeline's FreeInit;
-the re-initialized x_T keeps the diffused sample's low frequencies; guided passes and the CLI run."""
+our low-pass filter and frequency mix equal diffusers' (private) ones; the re-initialized x_T keeps the
+diffused sample's low frequencies; another scheduler is passed through; guided passes and the CLI run."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import json
 import pytest
 import torch
 
-from mpcore.config import ConfigError, SamplerConfig
-from mpcore.free_init import (FreeInitConfig, diffuse_to_start, low_pass_filter, mix_frequencies, sample_free_init)
-from mpcore.sampling import sample
+from mpcore.config import ConfigError, FreeInitConfig, SamplerConfig
+from mpcore.free_init import diffuse_to_start, low_pass_filter, mix_frequencies, sample_free_init
+from mpcore.sampling import sample, scheduler_factory
 
 
 def test_one_pass_is_plain_sampling_bitwise(tiny_backbone, sampler_config):
@@ -38,6 +39,68 @@ def test_two_passes_equal_animatediff_pipeline_free_init(tiny_backbone, sampler_
     assert not torch.allclose(ours.latents, plain)  # the second pass really started elsewhere
     record = ours.free_init
     assert record["iterations"] == 2 and record["method"] == method and len(record["passes"]) == 2
+
+
+ODD_SHAPES = [(1, 4, 5, 7, 9), (2, 3, 4, 6, 6), (1, 2, 3, 5, 4)]
+STOP_FREQUENCIES = [(0.25, 0.25), (0.5, 0.25), (0.25, 0.6), (0.9, 0.15), (1.0, 1.0)]  # (D_s, D_t)
+
+
+def diffusers_filter(shape, config: FreeInitConfig) -> torch.Tensor:
+    """The reference: diffusers' private ``FreeInitMixin._get_free_init_freq_filter`` (it reads nothing of the
+    pipeline), with the filter shape AnimateDiffPipeline gives it."""
+    from diffusers.pipelines.free_init_utils import FreeInitMixin
+
+    return FreeInitMixin._get_free_init_freq_filter(
+        None, shape=(1, *shape[1:]), device="cpu", filter_type=config.method, order=config.order,
+        spatial_stop_frequency=config.spatial_stop_frequency, temporal_stop_frequency=config.temporal_stop_frequency)
+
+
+@pytest.mark.parametrize("shape", ODD_SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("method,order", [("butterworth", 1), ("butterworth", 4), ("butterworth", 7),
+                                          ("gaussian", 4), ("ideal", 4)])
+def test_low_pass_filter_and_mix_equal_diffusers(shape, method, order):
+    """Ours against diffusers' FreeInitMixin functions at odd shapes (off-centre grids on odd axes), stop
+    frequencies with D_s != D_t (the temporal scaling D_s/D_t matters) and several orders; the mix on random
+    latents with our filter and with a random, asymmetric one (fftshift vs ifftshift matter)."""
+    from diffusers.pipelines.free_init_utils import FreeInitMixin
+
+    generator = torch.Generator().manual_seed(sum(shape) + order)
+    x, noise = torch.randn(shape, generator=generator), torch.randn(shape, generator=generator)
+    for d_s, d_t in STOP_FREQUENCIES:
+        config = FreeInitConfig(method=method, order=order, spatial_stop_frequency=d_s, temporal_stop_frequency=d_t)
+        ours, theirs = low_pass_filter(shape, config, "cpu"), diffusers_filter(shape, config)
+        assert ours.dtype == theirs.dtype == torch.float32 and ours.shape == theirs.shape == (1, *shape[1:])
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-6)
+        if method != "ideal":  # a smooth filter passes part of most frequencies
+            assert 0 < theirs.min() < theirs.max() <= 1
+        torch.testing.assert_close(mix_frequencies(x, noise, ours), FreeInitMixin._apply_freq_filter(None, x, noise, theirs),
+                                   rtol=0, atol=1e-6)
+    if method == "butterworth" and order == 4:  # the cases above discriminate: D_t and the centre matter
+        config = FreeInitConfig(spatial_stop_frequency=0.5, temporal_stop_frequency=0.25)
+        same_d = FreeInitConfig(spatial_stop_frequency=0.5, temporal_stop_frequency=0.5)
+        assert (diffusers_filter(shape, config) - diffusers_filter(shape, same_d)).abs().max() > 1e-2
+        flipped = torch.flip(diffusers_filter(shape, config), dims=(-3, -2, -1))
+        assert (flipped - diffusers_filter(shape, config)).abs().max() > 1e-3  # an off-centre grid: not symmetric
+    random_filter = torch.rand((1, *shape[1:]), generator=generator)
+    torch.testing.assert_close(mix_frequencies(x, noise, random_filter),
+                               FreeInitMixin._apply_freq_filter(None, x, noise, random_filter), rtol=0, atol=1e-6)
+
+
+def test_a_scheduler_factory_is_used_by_every_pass(tiny_backbone, sampler_config):
+    """``make_scheduler`` reaches every pass: one pass with DDPM is ``sample`` with DDPM; two passes with 'ddim'
+    are the backbone's own; two with DDPM differ from them; the backbone itself is left as it was."""
+    ddpm = scheduler_factory(tiny_backbone, "ddpm")
+    once = sample_free_init(tiny_backbone, "a fox", sampler_config, FreeInitConfig(iterations=1), progress=False,
+                            make_scheduler=ddpm)
+    assert torch.equal(once.latents, sample(tiny_backbone, "a fox", sampler_config, progress=False,
+                                            make_scheduler=ddpm).latents)
+    twice = FreeInitConfig(iterations=2)
+    own = sample_free_init(tiny_backbone, "a fox", sampler_config, twice, progress=False).latents
+    ddim = sample_free_init(tiny_backbone, "a fox", sampler_config, twice, progress=False,
+                            make_scheduler=scheduler_factory(tiny_backbone, "ddim")).latents
+    with_ddpm = sample_free_init(tiny_backbone, "a fox", sampler_config, twice, progress=False, make_scheduler=ddpm)
+    assert torch.equal(ddim, own) and not torch.allclose(with_ddpm.latents, own)
+    assert len(with_ddpm.free_init["passes"]) == 2 and "make_scheduler" not in vars(tiny_backbone)
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""The unguided loop is diffusers' AnimateDiff loop; the Tweedie forms are the textbook ones."""
+"""The unguided loop is diffusers' AnimateDiff loop; the Tweedie forms are the textbook ones; another
+update rule (``scheduler_factory``) is passed to the loop, never patched onto the backbone."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from diffusers import AnimateDiffPipeline
 from mpcore.config import SamplerConfig
 from mpcore_kernels import subset_tweedie_reference
 
-from mpcore.sampling import decode_video, sample
+from mpcore.sampling import decode_video, sample, scheduler_factory
 
 
 def pipeline_latents(backbone, prompt, config: SamplerConfig):
@@ -67,6 +68,33 @@ def test_same_seed_same_video_other_seed_differs(tiny_backbone, sampler_config):
     video = decode_video(tiny_backbone, first)
     assert video.shape == (sampler_config.frames, 3, sampler_config.height, sampler_config.width)
     assert video.min() >= -1 and video.max() <= 1
+
+
+def test_scheduler_factory_changes_nothing_on_the_backbone(tiny_backbone, sampler_config):
+    """``use_scheduler`` rebound ``backbone.make_scheduler`` on the instance, so every later sampling of that
+    backbone (a baseline, another video) silently used DDPM. ``scheduler_factory`` only returns a factory:
+    'ddpm' (diffusers' DDPMScheduler on the backbone's DDIM config) changes the video at eta = 0, 'ddim' and
+    None are the backbone's own, bitwise."""
+    from diffusers import DDIMScheduler, DDPMScheduler
+
+    plain = sample(tiny_backbone, "a fox", sampler_config, progress=False).latents
+    own_method = tiny_backbone.make_scheduler
+    ddpm = scheduler_factory(tiny_backbone, "ddpm")
+    assert "make_scheduler" not in vars(tiny_backbone) and tiny_backbone.make_scheduler == own_method
+    assert type(ddpm()) is DDPMScheduler and type(tiny_backbone.make_scheduler()) is DDIMScheduler
+    assert ddpm().config.num_train_timesteps == tiny_backbone.make_scheduler().config.num_train_timesteps
+    assert ddpm().config.steps_offset == tiny_backbone.make_scheduler().config.steps_offset
+
+    assert sampler_config.eta == 0.0
+    with_ddpm = sample(tiny_backbone, "a fox", sampler_config, progress=False, make_scheduler=ddpm).latents
+    assert torch.isfinite(with_ddpm).all() and not torch.allclose(with_ddpm, plain)
+    for name in ("ddim", None):
+        factory = scheduler_factory(tiny_backbone, name)
+        assert type(factory()) is DDIMScheduler and factory().config == tiny_backbone.make_scheduler().config
+        assert torch.equal(sample(tiny_backbone, "a fox", sampler_config, progress=False, make_scheduler=factory).latents,
+                           plain)
+    assert torch.equal(sample(tiny_backbone, "a fox", sampler_config, progress=False).latents, plain)  # still DDIM
+    assert "make_scheduler" not in vars(tiny_backbone)
 
 
 def test_tweedie_forms_match_hand_computation():

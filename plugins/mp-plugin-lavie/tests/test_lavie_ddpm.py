@@ -1,4 +1,5 @@
-"""--scheduler ddpm: LaVie's own ancestral DDPM sampler on its linear betas (FACTS.md §6); ddim unchanged."""
+"""--scheduler ddpm: LaVie's own ancestral DDPM sampler on its linear betas (FACTS.md §6), through
+:func:`mpcore.sampling.scheduler_factory`; ddim unchanged."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from click.testing import CliRunner
 from diffusers import DDPMScheduler
 
 from mpcore.config import ConfigError, SamplerConfig
-from mpcore.sampling import cfg_output, initial_latents, sample, use_scheduler
+from mpcore.sampling import cfg_output, initial_latents, sample, scheduler_factory
 
 
 def ddpm_reference_loop(backbone, prompt: str, config: SamplerConfig) -> torch.Tensor:
@@ -30,42 +31,50 @@ def ddpm_reference_loop(backbone, prompt: str, config: SamplerConfig) -> torch.T
 
 def test_ddpm_steps_equal_ddpm_scheduler_loop_and_lavie_timesteps(tiny_lavie, sampler_config):
     plain_ddim = sample(tiny_lavie, "a fox", sampler_config, progress=False).latents
-    use_scheduler(tiny_lavie, "ddpm")
-    scheduler = tiny_lavie.make_scheduler()
+    ddpm = scheduler_factory(tiny_lavie, "ddpm")
+    scheduler = ddpm()
     assert isinstance(scheduler, DDPMScheduler)
+    assert scheduler.config == tiny_lavie.make_ddpm_scheduler().config  # LaVie's own DDPM wins over the generic one
     scheduler.set_timesteps(50)
     assert scheduler.timesteps[:2].tolist() == [980, 960] and scheduler.timesteps[-1].item() == 0  # FACTS §6
-    ours = sample(tiny_lavie, "a fox", sampler_config, progress=False).latents
+    ours = sample(tiny_lavie, "a fox", sampler_config, progress=False, make_scheduler=ddpm).latents
     assert torch.equal(ours, ddpm_reference_loop(tiny_lavie, "a fox", sampler_config))
-    assert torch.equal(ours, sample(tiny_lavie, "a fox", sampler_config, progress=False).latents)  # same seed
+    assert torch.equal(ours, sample(tiny_lavie, "a fox", sampler_config, progress=False, make_scheduler=ddpm).latents)
     other = SamplerConfig(**{**sampler_config.__dict__, "seed": 4})
-    assert not torch.allclose(ours, sample(tiny_lavie, "a fox", other, progress=False).latents)
+    assert not torch.allclose(ours, sample(tiny_lavie, "a fox", other, progress=False, make_scheduler=ddpm).latents)
     assert not torch.allclose(ours, plain_ddim)  # really another update rule
+    # the backbone itself still samples with its DDIM: the factory changed nothing on it
+    assert torch.equal(sample(tiny_lavie, "a fox", sampler_config, progress=False).latents, plain_ddim)
 
 
 def test_ddim_stays_bitwise_the_backbone_own(tiny_lavie, sampler_config):
     before = sample(tiny_lavie, "a fox", sampler_config, progress=False).latents
-    use_scheduler(tiny_lavie, "ddim")
-    assert torch.equal(sample(tiny_lavie, "a fox", sampler_config, progress=False).latents, before)
+    ddim = scheduler_factory(tiny_lavie, "ddim")
+    assert type(ddim()) is type(tiny_lavie.make_scheduler())
+    assert ddim().config == tiny_lavie.make_scheduler().config
+    assert torch.equal(sample(tiny_lavie, "a fox", sampler_config, progress=False, make_scheduler=ddim).latents, before)
 
 
 def test_ddpm_refuses_eta_and_other_schedulers(tiny_lavie, sampler_config):
-    use_scheduler(tiny_lavie, "ddpm")
+    ddpm = scheduler_factory(tiny_lavie, "ddpm")
     with pytest.raises(ConfigError, match="no eta"):
-        sample(tiny_lavie, "a", SamplerConfig(**{**sampler_config.__dict__, "eta": 0.5}), progress=False)
+        sample(tiny_lavie, "a", SamplerConfig(**{**sampler_config.__dict__, "eta": 0.5}), progress=False,
+               make_scheduler=ddpm)
+    with pytest.raises(ConfigError, match="allowed: ddim, ddpm"):
+        scheduler_factory(tiny_lavie, "euler")
     from diffusers import UniPCMultistepScheduler
 
     tiny_lavie.make_scheduler = lambda: UniPCMultistepScheduler()
-    with pytest.raises(ConfigError, match="SD-family"):
-        use_scheduler(tiny_lavie, "ddpm")
+    for name in ("ddpm", "ddim"):
+        with pytest.raises(ConfigError, match="SD-family"):
+            scheduler_factory(tiny_lavie, name)
 
 
 def test_guided_ddpm_moves_the_token(tiny_lavie, sampler_config, motion_config, flow_estimator, discriminator):
     from mpcore.motionprompt import MotionPrompt
 
-    use_scheduler(tiny_lavie, "ddpm")
     result = sample(tiny_lavie, "a fox", sampler_config, MotionPrompt(motion_config, flow_estimator, discriminator),
-                    progress=False)
+                    progress=False, make_scheduler=scheduler_factory(tiny_lavie, "ddpm"))
     assert result.guidance["final_cosine"][0] < 1.0 and torch.isfinite(result.latents).all()
 
 
