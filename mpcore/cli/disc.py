@@ -4,7 +4,10 @@
   (Nam et al., CVPR 2025): BCE real vs generated flow, SGD lr 5e-4 momentum 0.9, batch 32, 20 epochs,
   the best-validation-loss epoch kept (:mod:`mpcore.disc.train`);
 * ``mpcore disc eval --disc disc.safetensors --real CACHE --fake CACHE`` -- accuracy, per-class
-  accuracy, ROC-AUC and mean logits on (held-out) caches.
+  accuracy, ROC-AUC and mean logits on (held-out) caches;
+* ``mpcore disc recipe --real-videos DIR --prompts FILE --out DIR`` -- the whole recipe (generate, flows
+  of both classes, train, evaluate on held-out videos) as one resumable command
+  (:func:`mpcore.jobs.recipe.train_discriminator_recipe`).
 
 Every cheap check (unknown plugin, invalid settings, unreadable caches, unwritable or existing
 outputs, incompatible checkpoint) runs before any model is built. Progress goes to stderr, results
@@ -189,3 +192,123 @@ def eval_command(disc_path, real, fake, disc_type, as_json, batch_size, device, 
         click.echo(json.dumps(json_safe(result), indent=2))
     else:
         click.echo(format_eval(result))
+
+
+def _backbone_option_values(backbone: str, items: tuple[str, ...]) -> dict[str, Any]:
+    """``--backbone-option KEY=VALUE`` -> {key: value}, each value converted by the backbone's own option type
+    (an option the backbone does not have is left for the recipe to refuse, naming the known ones)."""
+    values = {}
+    for item in items:
+        try:
+            key, value = parse_override(item)
+        except ConfigError:
+            raise click.BadParameter(f"invalid option {item!r}: expected KEY=VALUE",
+                                     param_hint="--backbone-option") from None
+        values[key.replace("-", "_")] = value
+    try:
+        declared = {option.name: option for option in plugins.get("backbone", backbone).spec.options}
+    except plugins.UnknownPluginError:
+        return values  # the recipe reports the unknown backbone
+    return {key: declared[key].type(value) if key in declared else value for key, value in values.items()}
+
+
+def recipe_options(command):
+    """The options of ``disc recipe``: what to generate, the flows of both classes, the training, how it runs."""
+    O = click.option
+    for option in reversed([
+        O("--real-videos", required=True, type=click.Path(path_type=Path),
+          help="Folder of real videos: video files and/or frame folders (DAVIS: JPEGImages/480p/<clip>/), recursive."),
+        O("--prompts", required=True,
+          help="Prompt file of the generated videos: .txt (one per line) or VBench .json; 'example' = mpcore's list."),
+        O("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+          help="Recipe folder: recipe.json, videos/, flows/, disc/discriminator.safetensors, eval.json."),
+        # ---- generate
+        O("--backbone", default="animatediff", show_default=True, help="Backbone plugin whose videos are the fakes."),
+        O("--model", default=None, help="Its weights: hub id, folder or file ('tiny': the random test model)."),
+        O("--seeds", default="0", show_default=True, help="Seeds of each prompt: 0,1,2 or 0-3."),
+        O("--frames", type=int, default=None, help="Frames per generated video (default: the backbone's)."),
+        O("--height", type=int, default=None, help="Frame height of the generated videos."),
+        O("--width", type=int, default=None, help="Frame width of the generated videos."),
+        O("--steps", type=int, default=None, help="Sampling steps of the generated videos."),
+        O("--cfg", type=float, default=None, help="Classifier-free guidance scale."),
+        O("--negative-prompt", default=None, help="Negative prompt."),
+        O("--format", "video_format", type=click.Choice(["mp4", "gif", "frames"]), default="mp4", show_default=True,
+          help="Format of the generated videos (frames: lossless PNG)."),
+        O("--backbone-option", "backbone_options", multiple=True, metavar="KEY=VALUE",
+          help="An option the backbone plugin adds to `mpcore generate` (repeatable)."),
+        # ---- flows of both classes
+        O("--estimator", "-e", default="raft", show_default=True, help="Flow estimator plugin of both classes."),
+        O("--flow-weights", default=None, help="Its weights: path, plugin-specific name, or 'random'."),
+        O("--flow-option", "flow_options", multiple=True, metavar="KEY=VALUE", help="Flow estimator option (repeatable)."),
+        O("--size", default="224", show_default=True, help="Frames resized to SxS (or HxW) before the flow."),
+        O("--gap", default="1", show_default=True, help="Frame gap of a pair: N, or MIN-MAX drawn per pair."),
+        O("--pairs-per-video", type=click.IntRange(min=1), default=4, show_default=True, help="Frame pairs per video."),
+        O("--test-fraction", type=float, default=0.2, show_default=True,
+          help="Prompts and real videos held out for the evaluation (0: evaluate on the training flows)."),
+        # ---- training
+        O("--type", "disc_type", default="vit", show_default=True, help="Discriminator plugin."),
+        O("--arch", "arch", multiple=True, metavar="KEY=VALUE", help="Architecture option (repeatable), as `disc train`."),
+        O("--pretrained/--no-pretrained", default=True, show_default=True, help="Start from pretrained image weights."),
+        O("--epochs", type=int, default=20, show_default=True, help="Epochs (paper: ~20)."),
+        O("--batch-size", type=int, default=32, show_default=True, help="Batch size (paper: 32)."),
+        O("--lr", type=float, default=5e-4, show_default=True, help="SGD learning rate (paper: 5e-4)."),
+        O("--momentum", type=float, default=0.9, show_default=True, help="SGD momentum (paper: 0.9)."),
+        O("--weight-decay", type=float, default=0.0, show_default=True, help="SGD weight decay."),
+        O("--val-fraction", type=float, default=0.2, show_default=True, help="Training videos held out for validation."),
+        O("--balance/--no-balance", default=True, show_default=True, help="Weight the classes equally in the loss."),
+        O("--seed", type=int, default=0, show_default=True, help="Seed of the held-out split, pairs, init and data order."),
+        # ---- how it runs (free to change on a resume)
+        O("--device", default=None, help="torch device (default: cuda if available, else cpu)."),
+        O("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto", show_default=True,
+          help="Weight dtype of the backbone."),
+        O("--offload", is_flag=True, help="Model CPU offload of the backbone."),
+        O("--flow-batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Frame pairs per flow call."),
+        O("--num-workers", type=click.IntRange(min=0), default=0, show_default=True, help="DataLoader workers in training."),
+        O("--progress/--no-progress", default=True, help="Show progress bars."),
+        O("--json", "as_json", is_flag=True, help="Print only the result as JSON."),
+    ]):
+        command = option(command)
+    return command
+
+
+@disc.command("recipe")
+@recipe_options
+def recipe_command(real_videos, prompts, out, backbone, model, seeds, frames, height, width, steps, cfg, negative_prompt,
+                   video_format, backbone_options, estimator, flow_weights, flow_options, size, gap, pairs_per_video,
+                   test_fraction, disc_type, arch, pretrained, epochs, batch_size, lr, momentum, weight_decay, val_fraction,
+                   balance, seed, device, dtype, offload, flow_batch_size, num_workers, progress, as_json):
+    """Train a backbone's discriminator from a prompt list and real videos, in one resumable command.
+
+    Runs what `mpcore generate` (--guidance none), `mpcore flows extract` (real and generated videos, with
+    one estimator, --size and --gap), `mpcore disc train` and `mpcore disc eval` (on held-out prompts and
+    real videos) do, into --out. Run the same command again to resume: finished stages are skipped. Other
+    settings on an existing --out are refused, naming what differs."""
+    from mpcore.cli.common import as_click_error
+    from mpcore.cli.flows import _parse_options, parse_gap, parse_size
+    from mpcore.jobs.generate import parse_seeds
+    from mpcore.jobs.recipe import RecipeSettings, recipe_errors, train_discriminator_recipe
+
+    try:
+        settings = RecipeSettings(
+            real_videos=real_videos, prompts=prompts, out=out, backbone=backbone, model=model,
+            seeds=tuple(parse_seeds(seeds)), frames=frames, height=height, width=width, steps=steps, cfg=cfg,
+            negative_prompt=negative_prompt, video_format=video_format,
+            backbone_options=_backbone_option_values(backbone, backbone_options), estimator=estimator,
+            flow_weights=flow_weights, flow_options=_parse_options(flow_options), flow_size=parse_size(size),
+            gap=parse_gap(gap), pairs_per_video=pairs_per_video, test_fraction=test_fraction, disc_type=disc_type,
+            arch=_arch_options(arch), pretrained=pretrained, epochs=epochs, batch_size=batch_size, lr=lr,
+            momentum=momentum, weight_decay=weight_decay, val_fraction=val_fraction, balance=balance, seed=seed,
+            device=device, dtype=dtype, offload=offload, flow_batch_size=flow_batch_size, num_workers=num_workers)
+        result = train_discriminator_recipe(settings, progress=progress, echo=echo)
+    except recipe_errors() as error:
+        raise as_click_error(error) from None
+    if as_json:
+        from mpcore.io.manifest import json_safe
+
+        click.echo(json.dumps(json_safe(result), indent=2))
+        return
+    metrics = result["metrics"]
+    click.echo(format_eval(metrics))
+    auc = "-" if metrics.get("auc") is None else f"{metrics['auc']:.4f}"
+    where = "held-out" if metrics.get("held_out") else "training (test_fraction 0)"
+    click.echo(f"discriminator {result['discriminator']}; eval ROC-AUC {auc} on {where} flows ({result['eval']})")
