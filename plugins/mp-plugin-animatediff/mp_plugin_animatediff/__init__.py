@@ -27,6 +27,14 @@ motionprompt_defaults = defaults_by_model(PAPER_MOTIONPROMPT_DEFAULTS,
 load = lazy_load("mp_plugin_animatediff.backbone")
 
 
+def wrap(pipeline, **options):
+    """``BackboneSpec.wrap``: :func:`mp_plugin_animatediff.backbone.wrap` (what it changes on the pipeline,
+    which scheduler it samples with), imported on first use."""
+    from mp_plugin_animatediff.backbone import wrap as wrap_pipeline
+
+    return wrap_pipeline(pipeline, **options)
+
+
 def default_discriminator(model: str | None) -> str | None:
     """The toy model ships with its own trained discriminator."""
     from mp_plugin_animatediff.toy import TOY_MODEL, toy_paths
@@ -76,6 +84,8 @@ def register_backbones(register):
             sampler_defaults=sampler_defaults,
             default_discriminator=default_discriminator,
             default_guidance_decoder=default_guidance_decoder,
+            wrap=wrap,
+            wraps=("AnimateDiffPipeline",),
             options=[
                 click.Option(
                     ["--motion-adapter"],

@@ -150,3 +150,26 @@ def load(
     source["attention"] = attention_used
     source["offload"] = offload
     return AnimateDiffBackbone(pipe, scheduler_config, device, dtype, source, is_random_init=(model == "tiny"))
+
+
+def wrap(pipeline: AnimateDiffPipeline) -> AnimateDiffBackbone:
+    """The AnimateDiff backbone around an ``AnimateDiffPipeline`` you already have (:func:`mpcore.wrap_pipeline`):
+    its UNet (a ``UNetMotionModel``), VAE, CLIP text encoder and tokenizer, the same objects, on the device
+    ``pipeline(...)`` computes on (``pipeline._execution_device``: the UNet's, or the GPU of a model-offloaded
+    pipeline) in the UNet's dtype.
+
+    What it changes on ``pipeline``: the UNet, VAE and text encoder are put in eval mode with
+    ``requires_grad_(False)`` (:func:`mpcore.backbones.freeze`), and the text encoder's input embedding gets a
+    forward hook (:class:`mpcore.text.HFTextTokens`) that only acts inside mpcore's own prompt encodes; a guidance
+    that learns tokens adds them to the tokenizer and embedding table (:func:`mpcore.wrap_pipeline`). Nothing is
+    moved, cast, dropped (unlike :func:`load`, the ``motion_adapter`` copy stays) or re-configured (attention
+    processors, progress bar, ``pipeline.scheduler``). Modules built fresh (in training mode, unlike
+    ``from_pretrained``'s) then decode with other float rounding: diffusers' ``ResnetBlock2D`` makes its shortcut
+    input contiguous only in training mode.
+
+    Scheduler: DDIM (the paper's sampler) on the pipeline scheduler's config read as a ``DDIMScheduler``
+    (``DDIMScheduler.from_config(pipeline.scheduler.config)``, as :func:`mp_plugin_animatediff.loading.load_pipeline`
+    reads a model folder's), whatever scheduler class the pipeline holds; a fresh one per video."""
+    scheduler_config = dict(DDIMScheduler.from_config(pipeline.scheduler.config).config)
+    source = {"model": getattr(pipeline.config, "_name_or_path", None) or None, "wrapped": type(pipeline).__name__}
+    return AnimateDiffBackbone(pipeline, scheduler_config, pipeline._execution_device, pipeline.unet.dtype, source)
