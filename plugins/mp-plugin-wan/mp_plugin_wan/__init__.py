@@ -45,6 +45,14 @@ motionprompt_defaults = defaults_by_model(WAN_MOTIONPROMPT_DEFAULTS)
 load = lazy_load("mp_plugin_wan.backbone")
 
 
+def wrap(pipeline, **options):
+    """``BackboneSpec.wrap``: :func:`mp_plugin_wan.backbone.wrap` (what it changes on the pipeline, which
+    scheduler it samples with), imported on first use."""
+    from mp_plugin_wan.backbone import wrap as wrap_pipeline
+
+    return wrap_pipeline(pipeline, **options)
+
+
 def check(model: str | None, max_sequence_length: int | None = None, flow_shift: float | None = None, **_) -> None:
     """Cheap checks before any weights load: the text length, the flow shift, a local folder's components."""
     from mp_plugin_wan import loading
@@ -85,6 +93,8 @@ def register_backbones(register):
             spatial_multiple=16,  # VAE 8x times the transformer's 2x2 patches
             temporal_compression=4,
             cuda_dtype="bfloat16",
+            wrap=wrap,
+            wraps=("WanPipeline",),
             options=[
                 click.Option(["--max-sequence-length"], type=int, default=None,
                              help="[wan] text tokens the T5-family encoder sees (default: the pipeline's, 512 for wan)"),

@@ -29,8 +29,9 @@ from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 from torch.utils.checkpoint import checkpoint as checkpoint_fn
 
 from mp_plugin_wan import loading, tiny
-from mpcore.backbones import ATTENTION_CHOICES, describe, freeze, quiet_diffusers
+from mpcore.backbones import ATTENTION_CHOICES, ModelNotFoundError, describe, freeze, quiet_diffusers
 from mpcore.interfaces import Backbone
+from mpcore.jobs.options import OptionError
 from mpcore.text import T5TextTokens
 
 DEFAULT_MAX_SEQUENCE_LENGTH = 512
@@ -224,6 +225,13 @@ def place(parts: dict[str, Any], device: torch.device, dtype: torch.dtype, offlo
                 parts[name].to(device=device)
 
 
+def with_flow_shift(scheduler_config: dict[str, Any], flow_shift: float) -> dict[str, Any]:
+    """A copy of ``scheduler_config`` with its sigma shift set (UniPC names it ``flow_shift``,
+    flow-matching Euler ``shift``)."""
+    key = "flow_shift" if "flow_shift" in scheduler_config else "shift"
+    return {**scheduler_config, key: float(flow_shift)}
+
+
 def load(
     model: str | None = None,
     device: str | torch.device = "cpu",
@@ -255,12 +263,54 @@ def load(
     else:
         parts = loading.load_components(model, dtype)
         source = {"model": model}
-    if flow_shift is not None:  # UniPC names it flow_shift, flow-matching Euler shift
-        key = "flow_shift" if "flow_shift" in parts["scheduler_config"] else "shift"
-        parts["scheduler_config"] = {**parts["scheduler_config"], key: float(flow_shift)}
+    if flow_shift is not None:
+        parts["scheduler_config"] = with_flow_shift(parts["scheduler_config"], flow_shift)
         source["flow_shift"] = float(flow_shift)
     place(parts, device, dtype, offload)
     if vae_tiling:
         parts["vae"].enable_tiling()
     source.update(attention="sdpa", offload=offload)
     return WanBackbone(parts, device, dtype, source, max_sequence_length=length, is_random_init=(model == "tiny"))
+
+
+def wrap(pipeline, max_sequence_length: int | None = None, flow_shift: float | None = None) -> WanBackbone:
+    """The Wan backbone around a Wan 2.1 ``WanPipeline`` you already have (:func:`mpcore.wrap_pipeline`): its
+    transformer, VAE, UMT5 encoder and tokenizer, the same objects, on the device ``pipeline(...)`` computes on
+    (``pipeline._execution_device``: the transformer's, or the GPU of a model-offloaded pipeline) in the
+    transformer's dtype (the VAE decodes in its own, float32 in diffusers' Wan examples). ``max_sequence_length``
+    (default 512, the pipeline's) and ``flow_shift`` as :func:`load`'s. A Wan 2.2 pipeline (a second transformer
+    or per-token timesteps) is refused: its sampling is not Wan 2.1's.
+
+    What it changes on ``pipeline``: the transformer, VAE and text encoder are put in eval mode with
+    ``requires_grad_(False)`` (:func:`mpcore.backbones.freeze`), and the text encoder's input embedding gets a
+    forward hook (:class:`mpcore.text.T5TextTokens`) that only acts inside mpcore's own prompt encodes; a guidance
+    that learns tokens adds them to the tokenizer and embedding table (:func:`mpcore.wrap_pipeline`). Nothing is
+    moved, cast or re-configured (VAE tiling, progress bar, ``pipeline.scheduler``): call
+    ``pipeline.vae.enable_tiling()`` yourself for a tiled final decode.
+
+    Scheduler: the pipeline scheduler's class with its config (UniPC on flow sigmas, flow shift 3.0, in the
+    official folders), refused unless it is a flow-matching one, as :func:`mp_plugin_wan.loading.load_components`
+    takes a folder's; a fresh one per video (``flow_shift`` changes that copy's config, not ``pipeline.scheduler``)."""
+    config = pipeline.config
+    if pipeline.transformer is None or getattr(pipeline, "transformer_2", None) is not None \
+            or config.get("boundary_ratio") is not None or config.get("expand_timesteps"):
+        raise OptionError("this WanPipeline is a Wan 2.2 one (a second transformer, a boundary_ratio or per-token "
+                          "timesteps); the wan backbone samples Wan 2.1 text-to-video (one transformer)")
+    if max_sequence_length is not None and max_sequence_length < 1:
+        raise OptionError(f"max_sequence_length must be >= 1, got {max_sequence_length}")
+    if flow_shift is not None and not flow_shift > 0:
+        raise OptionError(f"flow_shift must be a number > 0 (the folder's is 3.0), got {flow_shift}")
+    scheduler = {**pipeline.scheduler.config, "_class_name": type(pipeline.scheduler).__name__}
+    try:
+        scheduler_class, scheduler_config = loading.scheduler_from_config(scheduler, "the pipeline's scheduler")
+    except ModelNotFoundError as error:
+        raise OptionError(str(error)) from None
+    source: dict[str, Any] = {"model": getattr(config, "_name_or_path", None) or None,
+                              "wrapped": type(pipeline).__name__}
+    if flow_shift is not None:
+        scheduler_config = with_flow_shift(scheduler_config, flow_shift)
+        source["flow_shift"] = float(flow_shift)
+    parts = dict(transformer=pipeline.transformer, vae=pipeline.vae, text_encoder=pipeline.text_encoder,
+                 tokenizer=pipeline.tokenizer, scheduler_class=scheduler_class, scheduler_config=scheduler_config)
+    return WanBackbone(parts, pipeline._execution_device, pipeline.transformer.dtype, source,
+                       max_sequence_length=max_sequence_length or DEFAULT_MAX_SEQUENCE_LENGTH)
