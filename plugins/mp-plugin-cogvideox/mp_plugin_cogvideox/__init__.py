@@ -36,6 +36,14 @@ motionprompt_defaults = defaults_by_model(COGVIDEOX_MOTIONPROMPT_DEFAULTS)
 load = lazy_load("mp_plugin_cogvideox.backbone")
 
 
+def wrap(pipeline, **options):
+    """``BackboneSpec.wrap``: :func:`mp_plugin_cogvideox.backbone.wrap` (what it changes on the pipeline, which
+    scheduler it samples with), imported on first use."""
+    from mp_plugin_cogvideox.backbone import wrap as wrap_pipeline
+
+    return wrap_pipeline(pipeline, **options)
+
+
 def check(model: str | None, max_sequence_length: int | None = None, **_) -> None:
     """Cheap checks before any weights load: a local --model that is missing or not a CogVideoX folder."""
     from mp_plugin_cogvideox import loading
@@ -77,6 +85,8 @@ def register_backbones(register):
             temporal_compression=4,
             # the 5b's recommended dtype; the 2b was released in float16 (pass --dtype float16 for it)
             cuda_dtype="bfloat16",
+            wrap=wrap,
+            wraps=("CogVideoXPipeline",),
             options=[
                 click.Option(["--max-sequence-length"], type=int, default=None,
                              help="[cogvideox] text tokens the T5 encoder sees (default: the pipeline's, "

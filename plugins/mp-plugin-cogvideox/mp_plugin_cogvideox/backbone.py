@@ -15,8 +15,9 @@ import torch
 from diffusers import CogVideoXDDIMScheduler, CogVideoXDPMScheduler, CogVideoXPipeline
 
 from mp_plugin_cogvideox import loading, tiny
-from mpcore.backbones import choose_attention, describe, freeze, quiet_diffusers
+from mpcore.backbones import ModelNotFoundError, choose_attention, describe, freeze, quiet_diffusers
 from mpcore.interfaces import Backbone
+from mpcore.jobs.options import OptionError
 from mpcore.text import T5TextTokens
 
 WINDOW_LATENT_FRAMES = 2
@@ -268,3 +269,35 @@ def load(
             pipe.to(device=device, dtype=dtype)
     source.update(attention=attention_used, offload=offload)
     return CogVideoXBackbone(pipe, device, dtype, source, max_sequence_length, is_random_init=(model == "tiny"))
+
+
+def wrap(pipeline: CogVideoXPipeline, max_sequence_length: int | None = None) -> CogVideoXBackbone:
+    """The CogVideoX backbone around a ``CogVideoXPipeline`` you already have (:func:`mpcore.wrap_pipeline`): its
+    transformer, VAE, T5 encoder and tokenizer, the same objects, on the device ``pipeline(...)`` computes on
+    (``pipeline._execution_device``: the transformer's, or the GPU of a model-offloaded pipeline) in the
+    transformer's dtype. ``max_sequence_length`` as :func:`load`'s (default: the transformer's
+    ``max_text_seq_length``, the pipeline's 226). A CogVideoX 1.5 pipeline (temporal patches) is refused, as
+    :func:`mp_plugin_cogvideox.loading.load_components` refuses its folder.
+
+    What it changes on ``pipeline``: the transformer, VAE and text encoder are put in eval mode with
+    ``requires_grad_(False)`` (:func:`mpcore.backbones.freeze`), and the text encoder's input embedding gets a
+    forward hook (:class:`mpcore.text.T5TextTokens`) that only acts inside mpcore's own prompt encodes; a guidance
+    that learns tokens adds them to the tokenizer and embedding table (:func:`mpcore.wrap_pipeline`). Nothing is
+    moved, cast or re-configured (VAE tiling or slicing, progress bar, ``pipeline.scheduler``): enable
+    ``pipeline.vae.enable_tiling()`` / ``enable_slicing()`` yourself, the final decode uses them.
+
+    Scheduler: the pipeline scheduler's class with its config, ``CogVideoXDDIMScheduler`` (2b) or
+    ``CogVideoXDPMScheduler`` (5b, stepped in the pipeline's layout), as the load path takes a folder's (any
+    other class is refused); a fresh one per video."""
+    problem = loading.unsupported_transformer(pipeline.transformer)
+    if problem:
+        raise OptionError(f"this CogVideoXPipeline's transformer {problem}")
+    if max_sequence_length is not None and max_sequence_length < 1:
+        raise OptionError(f"max_sequence_length must be >= 1, got {max_sequence_length}")
+    try:
+        loading.checked_scheduler_name({"_class_name": type(pipeline.scheduler).__name__}, "the pipeline's scheduler")
+    except ModelNotFoundError as error:
+        raise OptionError(str(error)) from None
+    source = {"model": getattr(pipeline.config, "_name_or_path", None) or None, "wrapped": type(pipeline).__name__}
+    return CogVideoXBackbone(pipeline, pipeline._execution_device, pipeline.transformer.dtype, source,
+                             max_sequence_length)

@@ -129,11 +129,18 @@ def load_components(model: str, dtype: torch.dtype) -> dict[str, Any]:
         )
     except OSError as error:
         raise hub_error(model, "CogVideoX model", error, "--model") from error
-    if parts["transformer"].config.patch_size_t is not None:
-        raise ModelNotFoundError(f"{model} is a CogVideoX 1.5 model (temporal patches, patch_size_t="
-                                 f"{parts['transformer'].config.patch_size_t}); the cogvideox backbone runs CogVideoX "
-                                 "1.0 text-to-video models (THUDM/CogVideoX-2b, THUDM/CogVideoX-5b)")
+    problem = unsupported_transformer(parts["transformer"])
+    if problem:
+        raise ModelNotFoundError(f"{model} {problem}")
     return parts
+
+
+def unsupported_transformer(transformer) -> str | None:
+    """Why ``transformer`` is not one the cogvideox backbone samples (CogVideoX 1.5's temporal patches), or None."""
+    if transformer.config.patch_size_t is not None:
+        return (f"is a CogVideoX 1.5 model (temporal patches, patch_size_t={transformer.config.patch_size_t}); the "
+                "cogvideox backbone runs CogVideoX 1.0 text-to-video models (THUDM/CogVideoX-2b, THUDM/CogVideoX-5b)")
+    return None
 
 
 # ----------------------------------------------------------------------------- mpcore weights expected / check
