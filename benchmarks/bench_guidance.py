@@ -74,7 +74,7 @@ from pathlib import Path
 from typing import Any
 
 from mpcore.io.files import write_text_atomic
-from mpcore.jobs.run import resolve_dtype
+from mpcore.jobs.options import resolve_dtype
 from mpcore.io.manifest import cpu_stall_us, git_revision
 
 REPO = Path(__file__).resolve().parent.parent
@@ -328,7 +328,7 @@ def flowmo_guidance(**changes):
     """A fresh FlowMo guidance object (built through its plugin, as ``mpcore run --guidance flowmo``)."""
     from mpcore import plugins
 
-    return plugins.get("guidance", FLOWMO).spec.build(flowmo_config(**changes), None, None)
+    return plugins.get("guidance", FLOWMO).spec.build(flowmo_config(**changes), None)  # FlowMo uses no context
 
 
 def random_tiny_decoder(backbone):

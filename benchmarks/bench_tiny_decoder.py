@@ -100,14 +100,14 @@ def flow_terms(flow_estimator, discriminator, motion, images: torch.Tensor) -> t
 
 def compare_decodes(models, motion, x0: torch.Tensor) -> dict[str, float]:
     """Full vs tiny decode of one recorded estimate: flow EPE, logits, gradient cosine, image difference."""
-    backbone, tiny = models.backbone, models.guidance_decoder
+    backbone, tiny = models.backbone, models.guidance.decoder
     result: dict[str, Any] = {}
     grads, flows, logits, images = {}, {}, {}, {}
     for name in ("full", "tiny"):
         x = x0.clone().requires_grad_(True)
         with torch.enable_grad():
             decoded = (backbone.decode(x.to(backbone.dtype)) if name == "full" else tiny(x)).float()
-            flow, logit, loss = flow_terms(models.flow_estimator, models.discriminator, motion, decoded)
+            flow, logit, loss = flow_terms(models.guidance.flow_estimator, models.guidance.discriminator, motion, decoded)
             (grad,) = torch.autograd.grad(loss, x)
         grads[name], flows[name], logits[name], images[name] = grad.flatten(), flow.detach(), logit.detach(), decoded.detach()
     # the total gradient's two factors: the loss's gradient w.r.t. the images (at each decode), and each
@@ -116,7 +116,7 @@ def compare_decodes(models, motion, x0: torch.Tensor) -> dict[str, float]:
     for name in ("full", "tiny"):
         image = images[name].clone().requires_grad_(True)
         with torch.enable_grad():
-            (image_grads[name],) = torch.autograd.grad(flow_terms(models.flow_estimator, models.discriminator, motion,
+            (image_grads[name],) = torch.autograd.grad(flow_terms(models.guidance.flow_estimator, models.guidance.discriminator, motion,
                                                                   image)[2], image)
     vjps = {}
     for name in ("full", "tiny"):
@@ -130,7 +130,7 @@ def compare_decodes(models, motion, x0: torch.Tensor) -> dict[str, float]:
     rms = (images["tiny"] - images["full"]).square().mean().sqrt()
     noisy = (images["full"] + rms * torch.randn(images["full"].shape, generator=generator).to(x0.device)).requires_grad_(True)
     with torch.enable_grad():
-        (noisy_grad,) = torch.autograd.grad(flow_terms(models.flow_estimator, models.discriminator, motion, noisy)[2], noisy)
+        (noisy_grad,) = torch.autograd.grad(flow_terms(models.guidance.flow_estimator, models.guidance.discriminator, motion, noisy)[2], noisy)
     cosine = torch.nn.functional.cosine_similarity
     result["image_grad_cosine"] = float(cosine(image_grads["full"].flatten(), image_grads["tiny"].flatten(), dim=0))
     result["image_grad_cosine_noise_ref"] = float(cosine(image_grads["full"].flatten(), noisy_grad.flatten(), dim=0))
@@ -150,7 +150,7 @@ def compare_decodes(models, motion, x0: torch.Tensor) -> dict[str, float]:
 
 def time_decoders(models, motion, x0: torch.Tensor, repeats: int) -> dict[str, float]:
     """Median forward + backward time of decoding the guided frames, full vs tiny, interleaved."""
-    backbone, tiny = models.backbone, models.guidance_decoder
+    backbone, tiny = models.backbone, models.guidance.decoder
     decoders = {"full": lambda x: backbone.decode(x.to(backbone.dtype), checkpoint=motion.checkpoint_vae),
                 "tiny": lambda x: tiny(x, checkpoint=motion.checkpoint_vae)}
     times: dict[str, list[float]] = {name: [] for name in decoders}
@@ -205,18 +205,23 @@ def toy_prompts(count: int) -> list[str]:
     return [toyworld.sample_scene(PROMPT_SEED + k, split="heldout").caption for k in range(count)]
 
 
-def run_options(args: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """``mpcore run``'s options for :func:`mpcore.jobs.run.prepare`."""
-    options = dict(backbone=args["backbone"], model=args["model"], negative_prompt=None, frames=None, height=None,
-                   width=None, steps=args["steps"], cfg=None, seed=None, eta=None, guidance="motionprompt",
-                   flow=args["flow"], flow_weights=args["flow_weights"], flow_options=(),
-                   discriminator=args["discriminator"], discriminator_type=None, overrides=tuple(overrides),
-                   compare=False, fps=8, device=args["device"], dtype="auto", offload=False, attention="auto",
-                   progress=False)
+def run_options(args: dict[str, Any], overrides: list[str]):
+    """``mpcore run``'s options (:class:`mpcore.jobs.options.RunOptions`) for :func:`mpcore.jobs.setup.prepare`."""
+    from mpcore.jobs.options import RunOptions
+
+    backbone_options = {}
     for text in args["backbone_option"]:
         key, value = text.split("=", 1)
-        options[key.replace("-", "_")] = value
-    return options
+        backbone_options[key.replace("-", "_")] = value
+    return RunOptions(backbone=args["backbone"], model=args["model"], steps=args["steps"], flow=args["flow"],
+                      flow_weights=args["flow_weights"], discriminator=args["discriminator"],
+                      overrides=tuple(overrides), device=args["device"], progress=False,
+                      backbone_options=backbone_options)
+
+
+def motion_of(setup):
+    """The run's MotionPrompt settings as its videos use them (resolved for its sampler)."""
+    return setup.guidance.resolve_for(setup.sampler, setup.backbone)
 
 
 def markdown(summary: dict[str, Any]) -> str:
@@ -287,9 +292,8 @@ def markdown(summary: dict[str, Any]) -> str:
 @click.option("--smoke", is_flag=True, help="Tiny configuration: 1 prompt, 1 seed, 4 steps, 3 repeats (tests).")
 def main(decoder, backbone, model, backbone_option, flow, flow_weights, discriminator, n_prompts, prompt_list, seeds,
          steps, overrides, repeats, arch_timing, device, threads, tag, out, smoke):
-    from mpcore.cli.common import backbone_options
     from mpcore.io.manifest import package_versions
-    from mpcore.jobs import run as runner
+    from mpcore.jobs.setup import load, prepare
     from mpcore.sampling import sample
 
     if threads:
@@ -301,10 +305,9 @@ def main(decoder, backbone, model, backbone_option, flow, flow_weights, discrimi
         overrides += ["opt_range=1,3", "iterations=1"]
     args = dict(backbone=backbone, model=model, flow=flow, flow_weights=flow_weights, discriminator=discriminator,
                 device=device, steps=steps, backbone_option=backbone_option)
-    owners = {name: allowed for name, (_, allowed) in backbone_options().items()}
-    setup = runner.prepare(run_options(args, overrides), owners)
-    models = runner.load(setup)
-    motion_full = dataclasses.replace(setup.motion, guidance_decoder="full", guidance_decoder_path=None)
+    setup = prepare(run_options(args, overrides))
+    models = load(setup)
+    motion_full = dataclasses.replace(motion_of(setup), guidance_decoder="full", guidance_decoder_path=None)
     prompts = list(prompt_list) or toy_prompts(n_prompts)
 
     per_video, by_step, first_x0 = [], {}, None
@@ -312,12 +315,12 @@ def main(decoder, backbone, model, backbone_option, flow, flow_weights, discrimi
     for prompt in prompts:
         for seed in seed_list:
             sampler = dataclasses.replace(setup.sampler, seed=seed)
-            guidance = RecordingMotionPrompt(motion_full, models.flow_estimator, models.discriminator)
+            guidance = RecordingMotionPrompt(motion_full, models.guidance.flow_estimator, models.guidance.discriminator)
             sample(models.backbone, prompt, sampler, guidance, progress=False)
             rows = []
             for step, x0 in guidance.recorded:
                 first_x0 = x0 if first_x0 is None else first_x0
-                row = compare_decodes(models, setup.motion, x0)
+                row = compare_decodes(models, motion_of(setup), x0)
                 rows.append(row)
                 by_step.setdefault(step, []).append(row)
             per_video.append({name: statistics.fmean(r[name] for r in rows) for name in rows[0]}
@@ -326,14 +329,14 @@ def main(decoder, backbone, model, backbone_option, flow, flow_weights, discrimi
                   f"{per_video[-1]['logit_diff']:+.3f}, grad cos {per_video[-1]['grad_cosine']:.3f} "
                   f"({time.perf_counter() - start:.0f} s)", flush=True)
     names = [k for k in per_video[0] if k not in ("prompt", "seed", "decodes")]
-    timing = time_decoders(models, setup.motion, first_x0, repeats)
+    timing = time_decoders(models, motion_of(setup), first_x0, repeats)
     git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     summary = {
         "created": time.strftime("%Y-%m-%d"),
-        "backbone": backbone, "model": model, "decoder": models.guidance_decoder_info,
-        "flow": models.flow_info.get("name") if models.flow_info else None,
-        "discriminator": (models.discriminator_info or {}).get("path"),
-        "motionprompt": dataclasses.asdict(setup.motion), "overrides": overrides,
+        "backbone": backbone, "model": model, "decoder": models.guidance.decoder_info,
+        "flow": models.guidance.flow_info.get("name") if models.guidance.flow_info else None,
+        "discriminator": (models.guidance.discriminator_info or {}).get("path"),
+        "motionprompt": dataclasses.asdict(motion_of(setup)), "overrides": overrides,
         "prompts": prompts, "seeds": seed_list, "videos": len(per_video),
         "decodes": sum(v["decodes"] for v in per_video),
         "measures": {name: mean_ci([v[name] for v in per_video]) for name in names},
@@ -345,7 +348,7 @@ def main(decoder, backbone, model, backbone_option, flow, flow_weights, discrimi
         "versions": package_versions(), "git": git,
     }
     if arch_timing:
-        summary["arch_timing"] = time_architectures(arch_timing, setup.motion.decoded_frames, max(3, repeats // 4), setup.device)
+        summary["arch_timing"] = time_architectures(arch_timing, motion_of(setup).decoded_frames, max(3, repeats // 4), setup.device)
     name = "bench_tiny_decoder" + (f"_{tag}" if tag else "")
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(json.dumps(summary, indent=2, default=str) + "\n", out / f"{name}.json")

@@ -201,14 +201,12 @@ def toy_models(steps: int | None, overrides: tuple[str, ...] = ()):
     """The toy model, its flow estimator and discriminator, loaded as ``mpcore run`` loads them."""
     from bench_tiny_decoder import run_options
 
-    from mpcore.cli.common import backbone_options
-    from mpcore.jobs import run as runner
+    from mpcore.jobs.setup import load, prepare
 
     args = dict(backbone=None, model="toy", steps=steps, flow=None, flow_weights=None, discriminator=None,
                 device="cpu", backbone_option=())
-    owners = {name: allowed for name, (_, allowed) in backbone_options().items()}
-    setup = runner.prepare(run_options(args, list(overrides)), owners)
-    return setup, runner.load(setup)
+    setup = prepare(run_options(args, list(overrides)))
+    return setup, load(setup)
 
 
 def uint8_video(backbone, latents) -> np.ndarray:
@@ -232,6 +230,7 @@ def uint8_video(backbone, latents) -> np.ndarray:
 def reach(result_path, n_prompts, seeds, multiples, directions, overrides, tag, out):
     """How far the finished video moves when the token moves (see the module docstring)."""
     from bench_effect import heldout_scenes, load_protocol
+    from bench_tiny_decoder import motion_of
 
     result = json.loads(result_path.read_text())
     if result.get("split", "development") != "development":
@@ -268,7 +267,7 @@ def reach(result_path, n_prompts, seeds, multiples, directions, overrides, tag, 
     summary = {"result": str(result_path.relative_to(ROOT) if result_path.is_relative_to(ROOT) else result_path),
                "git": git_sha(), "overrides": list(overrides), "median_drift": drift,
                "word_embedding_norm_median": float(table.norm(dim=-1).median()),
-               "opt_range": list(setup.motion.resolved_opt_range(setup.sampler.steps)), "multiples": factors,
+               "opt_range": list(motion_of(setup).resolved_opt_range(setup.sampler.steps)), "multiples": factors,
                "directions": directions, "rows": rows,
                "means": {k: float(np.mean([r[k] for r in rows if k in r])) for k in rows[-1] if k.endswith(
                    ("change", "floor", "drift", "_raw", "_mp4")) or k.startswith(("change_", "abs_logit"))}}
@@ -280,10 +279,12 @@ def reach_row(setup, models, scorers, caption: str, seed: int, prompt_index: int
     """One (prompt, seed): the plain video, the token at its init, MotionPrompt with the given settings, and the
     token moved r = factor x drift in random directions; the changes in grey levels and of D's mean logit.
     Returns (the row, the plain video)."""
+    from bench_tiny_decoder import motion_of
+
     from mpcore.sampling import sample
 
     disc, flow = scorers
-    motion = setup.motion
+    motion = motion_of(setup)
     sampler = dataclasses.replace(setup.sampler, seed=seed)
 
     def video_of(guidance) -> tuple[np.ndarray, dict | None]:
@@ -295,7 +296,7 @@ def reach_row(setup, models, scorers, caption: str, seed: int, prompt_index: int
 
     plain, _ = video_of(None)
     init, _ = video_of(FixedTokenOffset(motion, None))
-    optimized, finished = video_of(MotionPrompt(motion, models.flow_estimator, models.discriminator))
+    optimized, finished = video_of(MotionPrompt(motion, models.guidance.flow_estimator, models.guidance.discriminator))
     row: dict[str, Any] = {"prompt": caption, "seed": seed, "suffix_change": mae(init, plain),
                            "optimized_change_raw": mae(optimized, plain),
                            "optimized_drift_raw": finished["token_drift_l2"][0],

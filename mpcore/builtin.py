@@ -1,26 +1,73 @@
 """mpcore's built-in plugin: it registers MotionPrompt as a guidance through the same hook third-party
-guidance plugins use (:func:`mpcore.hookspecs.register_guidances`)."""
+guidance plugins use (:func:`mpcore.hookspecs.register_guidances`). Everything the run does for
+MotionPrompt in particular comes from what is declared here."""
 
 from __future__ import annotations
 
-from mpcore.config import MotionPromptConfig
+from typing import Any
+
+from mpcore.config import PAPER_STEPS, MotionPromptConfig, SamplerConfig, to_dict
 from mpcore.hookspecs import hookimpl
-from mpcore.interfaces import GuidanceSpec
+from mpcore.interfaces import BackboneSpec, GuidanceContext, GuidanceSpec, latent_frames
 
 
-def build_motionprompt(config: MotionPromptConfig, flow_estimator, discriminator, decoder=None):
+DEFAULT_GUIDANCE = "motionprompt"
+"""What ``--guidance`` (and :func:`mpcore.build_guidance`'s name) defaults to."""
+
+
+def build_motionprompt(config: MotionPromptConfig, context: GuidanceContext):
     """A fresh :class:`mpcore.motionprompt.MotionPrompt` (its token starts from the init word)."""
     from mpcore.motionprompt import MotionPrompt
 
-    return MotionPrompt(config, flow_estimator, discriminator, decoder)
+    return MotionPrompt(config, context.flow_estimator, context.discriminator, context.decoder)
+
+
+def motionprompt_defaults(backbone_spec: BackboneSpec, model: str | None) -> dict[str, Any]:
+    """The paper's settings for the backbone (its spec's ``motionprompt_defaults``, Table of DESIGN.md)."""
+    return backbone_spec.defaults_for(model)[1]
+
+
+def check_motionprompt(config: MotionPromptConfig, sampler: SamplerConfig, backbone_spec: BackboneSpec) -> None:
+    """The settings against the sampler's: step range, decoded frames (of the latent frames with a causal VAE)."""
+    compressed = backbone_spec.temporal_compression > 1
+    config.validate(sampler, latent_frames(sampler.frames, backbone_spec.temporal_compression) if compressed else None)
+
+
+def resolve_motionprompt(config: MotionPromptConfig, sampler: SamplerConfig) -> dict[str, Any]:
+    """The settings with the step range the run uses and where it comes from."""
+    return {**to_dict(config), "opt_range": list(config.resolved_opt_range(sampler.steps)),
+            "opt_range_source": "explicit" if config.opt_range is not None else
+            f"paper range {list(config.paper_opt_range)} at {PAPER_STEPS} steps, scaled to {sampler.steps}"}
+
+
+def token_update_health(result: dict[str, Any]) -> dict[str, Any]:
+    """How many token updates MotionPrompt attempted in its range, how many it skipped and why, from
+    its result (``skipped_updates`` and the per-iteration ``skipped``/``skip_reason`` of the trace)."""
+    records = [record for entry in result.get("trace", []) for record in entry.get("iterations", [])]
+    reasons: dict[str, int] = {}
+    for record in records:
+        if record.get("skipped"):
+            reason = record.get("skip_reason", "unknown")
+            reasons[reason] = reasons.get(reason, 0) + 1
+    skipped = int(result.get("skipped_updates", sum(reasons.values())))
+    return {"name": "MotionPrompt", "unit": "token updates", "updates": len(records), "skipped": skipped,
+            "skip_reasons": reasons, "all_skipped": bool(records) and skipped >= len(records),
+            "advice": "Lower the learning rate (-o lr=...) or the loss weights (-o l_disc/l_tv/l_reg=...) and run again."}
 
 
 @hookimpl
 def register_guidances(register):
     register(GuidanceSpec(
-        name="motionprompt",
+        name=DEFAULT_GUIDANCE,
         build=build_motionprompt,
         description="MotionPrompt (Nam et al. 2025): a learnable prompt token optimized against a flow discriminator",
         config_class=MotionPromptConfig,
-        needs_models=True,
+        defaults_for=motionprompt_defaults,
+        needs=("flow", "discriminator"),
+        check=check_motionprompt,
+        resolve=resolve_motionprompt,
+        section="motionprompt",
+        trace_plot=True,
+        gate="disc",
+        health=token_update_health,
     ))

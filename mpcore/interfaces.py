@@ -36,7 +36,7 @@ class Discriminator(Protocol):
     Optional attribute ``trained_on`` (dict or None): what it was trained on -- ``flow_estimator``
     (plugin name), ``frame_size`` [H, W] the flows were computed at, ``caches`` -- set by ``mpcore
     disc train`` before ``save`` and stored in the config JSON under the same key; ``mpcore run``
-    refuses another estimator and computes flows at that size (see :mod:`mpcore.jobs.run`)."""
+    refuses another estimator and computes flows at that size (see :mod:`mpcore.jobs.trained_on`)."""
 
     def __call__(self, flow: torch.Tensor) -> torch.Tensor: ...
 
@@ -107,6 +107,10 @@ class Backbone(abc.ABC):
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
     text: TextTokens
+    origin: BackboneOrigin | None = None
+    """How it was loaded (plugin spec, model, options): set by :func:`mpcore.load_backbone` and
+    :func:`mpcore.wrap_pipeline`, read by :func:`mpcore.generate` for the model's defaults. None for an
+    adapter built by hand (then pass ``backbone_spec`` where asked)."""
 
     @abc.abstractmethod
     def make_scheduler(self):
@@ -213,6 +217,19 @@ class Backbone(abc.ABC):
 
 
 @dataclass
+class BackboneOrigin:
+    """Where a loaded :class:`Backbone` comes from: its plugin's spec, the model it was loaded with
+    (``--model``; a wrapped pipeline's ``name_or_path``) and the plugin's own load options."""
+
+    spec: BackboneSpec
+    model: str | None
+    options: dict[str, Any] = field(default_factory=dict)
+    wrapped: bool = False
+    """True for a diffusers pipeline the caller already had (:func:`mpcore.wrap_pipeline`)."""
+    load_seconds: float = 0.0
+
+
+@dataclass
 class BackboneSpec:
     name: str
     load: Callable[..., Backbone]
@@ -251,6 +268,12 @@ class BackboneSpec:
     """As :attr:`Backbone.temporal_compression`, known before loading (frames must be 1 + r k)."""
     cuda_dtype: str = "float16"
     """The weight dtype ``--dtype auto`` picks on CUDA (the DiT backbones run in bfloat16)."""
+    wrap: Callable[..., Backbone] | None = None
+    """``wrap(pipeline, **options) -> Backbone``: an adapter around a diffusers pipeline the caller already
+    has (:func:`mpcore.wrap_pipeline`), using its modules as they are (no reload, no copy); its docstring
+    says what it changes on them. None: this backbone only loads by name."""
+    wraps: tuple[str, ...] = ()
+    """The pipeline class names ``wrap`` takes (e.g. ``AnimateDiffPipeline``), subclasses included."""
     kind: str = "backbone"
 
     def defaults_for(self, model: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -325,26 +348,71 @@ class MetricSpec:
     kind: str = "metric"
 
 
+GUIDANCE_NEEDS = ("flow", "discriminator")
+"""What a guidance may ask the run to load for it (:attr:`GuidanceSpec.needs`)."""
+
+
+@dataclass
+class GuidanceContext:
+    """What a guidance may use when it is built for one video (:attr:`GuidanceSpec.build`).
+
+    Everything is already loaded and checked: ``flow_estimator`` and ``discriminator`` are None unless
+    the spec ``needs`` them; ``decoder`` decodes the guided frames when the config asks for the tiny
+    decoder (``guidance_decoder='tiny'``), None for the backbone's own VAE."""
+
+    backbone: Backbone
+    backbone_spec: BackboneSpec
+    model: str | None
+    flow_estimator: FlowEstimator | None = None
+    discriminator: Discriminator | None = None
+    decoder: Callable[..., torch.Tensor] | None = None
+
+
 @dataclass
 class GuidanceSpec:
     """A guidance method the sampler can run (``--guidance NAME``; hook ``register_guidances``).
 
-    ``build(config, backbone_spec, model)`` returns a fresh object with the sampler's guidance
-    protocol (:class:`mpcore.sampling.Guidance`: ``prepare`` / ``condition`` / ``finish``) for ONE
-    video; ``config`` is an instance of ``config_class`` with the run's ``-o key=value`` settings
-    applied (unknown keys are refused naming the allowed ones). ``finish()`` returns a dict whose
-    ``trace`` is the per-step list the manifest records. A guidance that needs more than its config
-    (MotionPrompt: a flow estimator and a discriminator) is built by the run job itself
-    (``needs_models``).
+    ``build(config, context)`` returns a fresh object with the sampler's guidance protocol
+    (:class:`mpcore.sampling.Guidance`: ``prepare`` / ``condition`` / ``finish``) for ONE video;
+    ``config`` is an instance of ``config_class`` with the backbone's defaults and the run's
+    ``-o key=value`` settings applied (parsed by the fields' types; unknown keys are refused naming the
+    allowed ones), ``context`` a :class:`GuidanceContext`. ``finish()`` returns a dict whose ``trace``
+    is the per-step list the manifest records. Everything the run, its manifest and ``mpcore diagnose
+    gate`` do for a guidance comes from these fields: no guidance is named anywhere else.
     """
 
     name: str
-    build: Callable[..., Any]
+    build: Callable[[Any, GuidanceContext], Any]
     description: str = ""
     config_class: type | None = None
     """A dataclass of the guidance's settings (its defaults are the guidance's own); None: no settings."""
-    defaults_for: Callable[[str, str | None], dict[str, Any]] | None = None
-    """``defaults_for(backbone_name, model)`` -> settings that differ from ``config_class``'s defaults
-    for that backbone (e.g. a paper's per-backbone step range); None: the class defaults everywhere."""
-    needs_models: bool = False
+    defaults_for: Callable[[BackboneSpec, str | None], dict[str, Any]] | None = None
+    """``defaults_for(backbone_spec, model)`` -> settings that differ from ``config_class``'s defaults
+    for that backbone and model (e.g. a paper's per-backbone step range); None: the class defaults."""
+    needs: tuple[str, ...] = ()
+    """What the run loads for it, among :data:`GUIDANCE_NEEDS`: ``"flow"`` (a flow estimator: the config
+    then has ``flow_estimator`` (a plugin name; ``--flow``) and ``flow_size`` (int | None) fields) and
+    ``"discriminator"`` (``--discriminator``; its ``trained_on`` is checked against the flow estimator and
+    size). A config with a ``guidance_decoder`` field ('full' | 'tiny') and ``guidance_decoder_path`` gets
+    the tiny decoder of the guided frames as ``context.decoder``."""
+    check: Callable[[Any, Any, BackboneSpec], None] | None = None
+    """``check(config, sampler, backbone_spec)``: validation against the sampler settings, run before any
+    model loads (raises :class:`mpcore.config.ConfigError`); None: ``config.validate()`` if it has one."""
+    resolve: Callable[[Any, Any], dict[str, Any]] | None = None
+    """``resolve(config, sampler) -> dict``: the settings as the run uses them, for the manifest (e.g.
+    MotionPrompt's step range scaled to the step count); None: the config's fields."""
+    section: str | None = None
+    """The manifest section that also records the resolved settings (MotionPrompt's: ``motionprompt``,
+    the key manifests have always had); every guidance's are under ``guidance_settings``."""
+    trace_plot: bool = False
+    """Write ``<video>_trace.png`` (:func:`mpcore.analysis.trace_plot.plot_trace`: loss terms and token
+    drift per step) from the ``trace`` of ``finish()``."""
+    gate: str | None = None
+    """The loss term of the trace that ``mpcore diagnose gate`` checks guidance lowers (MotionPrompt:
+    ``disc``, the discriminator term); None: the guidance has no gate quantity (refused there)."""
+    health: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    """``health(result) -> {"updates", "skipped", "skip_reasons", "all_skipped", "name", "unit", "advice"}`` from
+    ``finish()``'s result: how many updates were attempted and skipped, and why (the counts are the manifest's
+    ``guidance_updates``; "name: N unit, K skipped" is printed; every update skipped is an error after writing,
+    ending with ``advice``); None: not counted."""
     kind: str = "guidance"

@@ -214,7 +214,7 @@ class MotionPrompt:
         if (config.guidance_decoder == "tiny") != (decoder is not None):
             raise ConfigError(f"invalid config: guidance_decoder={config.guidance_decoder!r} with "
                               f"{'no' if decoder is None else 'a'} decoder given to MotionPrompt; allowed: 'tiny' "
-                              "with a decoder (mpcore.jobs.run.load builds it), 'full' without")
+                              "with a decoder (mpcore.build_guidance builds it), 'full' without")
         self.config = config
         self.flow_estimator = flow_estimator
         self.discriminator = discriminator

@@ -58,3 +58,22 @@ def test_a_planted_import_breaks_its_contract(tmp_path, module, planted, broken)
     verdicts = lint(tmp_path)
     assert verdicts[broken] == "BROKEN", verdicts
     assert verdicts["plugin"] == "KEPT" or broken == "plugin"
+
+
+def _functions(path: Path):
+    import ast
+
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield node.name, node.end_lineno - node.lineno + 1
+
+
+def test_no_function_over_80_lines_and_no_jobs_module_over_300():
+    """Issue 28's size limits: a function fits on a screen; ``mpcore/jobs`` stays split by concern."""
+    sources = [p for p in (REPO / "mpcore").rglob("*.py")] + \
+              [p for p in (REPO / "plugins").rglob("*.py") if "tests" not in p.parts]
+    long = [f"{path.relative_to(REPO)}:{name} ({n} lines)" for path in sources for name, n in _functions(path) if n > 80]
+    assert not long, long
+    big = [f"{p.relative_to(REPO)} ({n})" for p in (REPO / "mpcore" / "jobs").rglob("*.py")
+           if (n := len(p.read_text().splitlines())) > 300]
+    assert not big, big

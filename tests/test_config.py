@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import pytest
 
 from mpcore import plugins
@@ -91,3 +94,29 @@ def test_overrides_are_typed():
         apply_overrides(MotionPromptConfig(), ["iterations=many"])
     with pytest.raises(ConfigError, match="key=value"):
         apply_overrides(MotionPromptConfig(), ["lr"])
+
+
+@dataclass
+class ThirdParty:
+    """A third-party guidance's settings: the field types -o must honour."""
+
+    window: tuple[float, float] = (0.0, 1.0)
+    names: tuple[str, ...] = ()
+    mode: Literal["a", "b"] = "a"
+    limit: int | None = None
+    strength: float = 1.0
+    enabled: bool = False
+    label: str = "x"
+
+
+def test_overrides_are_parsed_by_the_field_types_of_any_config():
+    """Issue 28: -o values were parsed by MotionPrompt's field names, so a third-party guidance's tuple field
+    arrived as a string. Now the annotation decides, for any config dataclass."""
+    config = apply_overrides(ThirdParty(), ["window=0.25,0.5", "names=fox, cat", "mode=b", "limit=3", "strength=2",
+                                            "enabled=yes", "label=none"])
+    assert config == ThirdParty((0.25, 0.5), ("fox", "cat"), "b", 3, 2.0, True, "none")
+    assert isinstance(config.strength, float) and apply_overrides(config, ["limit=none"]).limit is None
+    for bad, words in [("window=1", "2 values"), ("mode=c", "a | b"), ("limit=x", "limit='x'"), ("enabled=2", "true|false"),
+                       ("strength=fast", "float")]:
+        with pytest.raises(ConfigError, match=words.replace("|", "\\|")):
+            apply_overrides(ThirdParty(), [bad])

@@ -193,17 +193,33 @@ def test_gate_command_reads_manifests(tmp_path):
     from mpcore.cli.main import build_cli
 
     for k in range(4):
-        (tmp_path / f"v{k}.json").write_text(json.dumps({"result": _trace([[5.0, 4.0 - 0.1 * k], [3.0, 2.0]])}))
+        (tmp_path / f"v{k}.json").write_text(json.dumps({"guidance": "motionprompt",
+                                                         "result": _trace([[5.0, 4.0 - 0.1 * k], [3.0, 2.0]])}))
     (tmp_path / "generate.json").write_text("{}")
     result = CliRunner().invoke(build_cli(), ["diagnose", "gate", str(tmp_path)])
     assert result.exit_code == 0, result.output
     assert "gate: passed" in result.output
     (tmp_path / "bad").mkdir()
-    (tmp_path / "bad" / "x.json").write_text(json.dumps({"result": _trace([[1.0, 2.0], [1.0, 3.0]])}))
+    (tmp_path / "bad" / "x.json").write_text(json.dumps({"guidance": "motionprompt",
+                                                         "result": _trace([[1.0, 2.0], [1.0, 3.0]])}))
     assert CliRunner().invoke(build_cli(), ["diagnose", "gate", str(tmp_path / "bad")]).exit_code == 1
     (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(build_cli(), ["diagnose", "gate", str(tmp_path / "empty")])
     assert result.exit_code != 0 and "no guided run manifests" in result.output
+
+
+def test_gate_refuses_a_guidance_without_a_gate_quantity_in_one_line(tmp_path):
+    """Issue 28: `diagnose gate` on a FlowMo folder crashed with KeyError 'disc' (its trace has no discriminator
+    term); the spec says whether a guidance has a gate quantity, and FlowMo's has none."""
+    from mpcore.cli.main import build_cli
+
+    flowmo_trace = {"trace": [{"step": 0, "optimized": True, "iterations": [{"loss": 2.0}, {"loss": 1.0}]}]}
+    (tmp_path / "p0000_s0000.json").write_text(json.dumps({"guidance": "flowmo", "result": flowmo_trace}))
+    result = CliRunner().invoke(build_cli(), ["diagnose", "gate", str(tmp_path)])
+    assert result.exit_code == 1 and result.exception is None or isinstance(result.exception, SystemExit)
+    assert "the flowmo guidance has no gate quantity" in result.output
+    assert "Traceback" not in result.output and "KeyError" not in result.output
+    assert result.output.strip().count("\n") == 0  # one line
 
 
 @pytest.mark.parametrize("backbone_name", ["lavie", "videocrafter2", "dynamicrafter-512"])

@@ -239,10 +239,12 @@ def test_generate_refuses_resuming_a_folder_with_other_free_init(tmp_path):
 def test_free_init_options_fill_only_what_is_given_and_zero_is_refused():
     """--free-init 0 was silently read as 1 (a falsy value fell back to the default); options not given take
     FreeInitConfig's own defaults, not copies of them."""
-    from mpcore.jobs.run import OptionError, _free_init_config
+    from mpcore.cli.common import run_options
+    from mpcore.jobs.options import OptionError
+    from mpcore.jobs.setup import prepare
 
-    config = _free_init_config({"free_init": 2, "free_init_order": 2})
+    config = run_options({"free_init": 2, "free_init_order": 2}).free_init
     assert (config.iterations, config.order) == (2, 2)
     assert config.method == FreeInitConfig.method and config.spatial_stop_frequency == FreeInitConfig.spatial_stop_frequency
     with pytest.raises(OptionError, match="iterations=0"):
-        _free_init_config({"free_init": 0})
+        prepare(run_options({"free_init": 0, "model": "tiny", "guidance": "none"}))

@@ -48,7 +48,7 @@ class Shift:
 
 @hookimpl
 def register_guidances(register):
-    register(GuidanceSpec(name="test-shift", build=lambda config, spec, model: Shift(config),
+    register(GuidanceSpec(name="test-shift", build=lambda config, context: Shift(config),
                           description="test: shifts x_t", config_class=ShiftConfig))
 
 

@@ -98,7 +98,7 @@ def test_unknown_flow_option_is_refused_before_any_model_loads(tmp_path, no_mode
 
 
 def test_generate_refuses_fps_0_and_a_failed_run_does_not_pin_its_settings(tmp_path, monkeypatch):
-    from mpcore.jobs import run as runner
+    from mpcore.jobs import generate as generate_job
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a fox\n")
@@ -110,7 +110,7 @@ def test_generate_refuses_fps_0_and_a_failed_run_does_not_pin_its_settings(tmp_p
     def fail(*args, **kwargs):
         raise RuntimeError("simulated failure after sampling")
 
-    monkeypatch.setattr(runner, "generate_one", fail)
+    monkeypatch.setattr(generate_job, "run_one", fail)
     failed = invoke(base + ["--cfg", "3"])
     assert failed.exit_code == 1 and "1 of 1 items failed" in failed.output
     monkeypatch.undo()

@@ -14,7 +14,7 @@ from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler, UniPCMulti
 
 from mpcore.config import ConfigError, MotionPromptConfig, SamplerConfig
 from mpcore.interfaces import Backbone, TextTokens
-from mpcore.jobs.run import resolve_dtype
+from mpcore.jobs.options import resolve_dtype
 from mpcore.motionprompt import estimate_clean_frames
 from mpcore.schedules import AlphaBarSchedule, FlowMatchSchedule
 from mpcore.sampling import SchedulerStep, initial_latents, sample

@@ -19,7 +19,8 @@ import torch
 
 from mpcore import plugins
 from mpcore.config import ConfigError, MotionPromptConfig, SamplerConfig, apply_overrides, to_dict
-from mpcore.jobs.run import resolve_configs
+from mpcore.jobs.guidance import plan_guidance
+from mpcore.jobs.options import resolve_sampler
 from mpcore.motionprompt import MotionPrompt
 from mpcore.sampling import sample
 from mpcore.testing import DifferenceFlow, LinearDiscriminator
@@ -50,7 +51,8 @@ def load_case(name: str, model: str, image: str):
     options = {"image": image} if name == "dynamicrafter" else {}
     backbone = spec.load(model=model, device=torch.device("cpu"), dtype=torch.float32, seed=0, offload=False,
                          attention="auto", **options)
-    sampler, motion = resolve_configs(spec, model, {}, [])
+    sampler = resolve_sampler(spec, model, {})
+    motion = plan_guidance("motionprompt", spec, model, sampler).config
     sampler = dataclasses.replace(sampler, steps=3, seed=1)
     motion = dataclasses.replace(motion, opt_range=(1, 2), iterations=1, lr=0.01)
     return backbone, sampler, motion

@@ -113,11 +113,29 @@ def test_old_config_without_trained_on_still_loads(tmp_path):
 
 def test_run_refuses_a_discriminator_of_another_estimator_before_loading(tmp_path, no_model_loading):
     disc = save_tiny_disc(tmp_path / "d.safetensors", {"flow_estimator": "raft", "frame_size": [32, 32]})
-    result = invoke(TINY_RUN + ["--discriminator", str(disc), "--out", str(tmp_path / "x.mp4")])  # tiny: tvl1
+    result = invoke(TINY_RUN + ["--discriminator", str(disc), "--flow", "tvl1", "--out", str(tmp_path / "x.mp4")])
     assert result.exit_code != 0
     assert "trained on flows of the 'raft' estimator" in result.output and "'tvl1'" in result.output
     assert "--flow raft" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_flow_defaults_to_the_estimator_the_discriminator_was_trained_on(tmp_path, capsys):
+    """Issue 28: without --flow, a run refused a discriminator trained on another estimator than the
+    backbone's default, and the user had to add --flow by hand; now the discriminator's own is used, said
+    in a note. An explicit -o flow_estimator still wins (and is then checked)."""
+    from mpcore.jobs.options import RunOptions
+    from mpcore.jobs.setup import prepare
+
+    disc = save_tiny_disc(tmp_path / "d.safetensors", {"flow_estimator": "tvl1_fast", "frame_size": [32, 32]})
+    setup = prepare(RunOptions(backbone="animatediff", model="tiny", discriminator=str(disc), frames=4, height=32,
+                               width=32, steps=4))
+    assert setup.guidance.flow_spec.name == "tvl1_fast" and setup.guidance.config.flow_estimator == "tvl1_fast"
+    assert "flows are computed with 'tvl1_fast', the estimator the discriminator" in capsys.readouterr().err
+    assert setup.settings()["flow"]["name"] == "tvl1_fast"
+    with pytest.raises(ConfigError, match="trained on flows of the 'tvl1_fast' estimator"):
+        prepare(RunOptions(backbone="animatediff", model="tiny", discriminator=str(disc), frames=4, height=32,
+                           width=32, steps=4, overrides=("flow_estimator=tvl1",)))
 
 
 def test_toy_discriminator_records_tvl1_fast_at_32_and_refuses_tvl1(tmp_path):
@@ -145,7 +163,7 @@ def test_flow_size_comes_from_trained_on_unless_given(tmp_path):
 
 
 def test_check_trained_on_cases():
-    from mpcore.jobs.run import check_trained_on
+    from mpcore.jobs.trained_on import check_trained_on
 
     sampler = SamplerConfig(height=32, width=32)
 

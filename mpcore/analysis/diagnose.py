@@ -256,7 +256,7 @@ def summarize(raw, reference, steps, estimates, sampler, motion, num_clips, num_
         "pairs_per_clip": num_pairs,
         "seed": seed,
         "sampler": dataclasses.asdict(sampler),
-        "motionprompt": dataclasses.asdict(motion),
+        "guidance_settings": dataclasses.asdict(motion),
         "checked_steps": list(steps),
         "estimates": dict(estimates),
         "reference": {
@@ -383,8 +383,9 @@ def plot(result: dict[str, Any], recommendation: dict[str, Any], out_png: str | 
 # ----------------------------------------------------------------------------- the gate
 
 
-def gate(results: list[dict[str, Any]], seed: int = 0, resamples: int = 10000) -> dict[str, Any]:
-    """Does guidance lower the discriminator term where it runs? From guided runs' traces
+def gate(results: list[dict[str, Any]], term: str = "disc", seed: int = 0, resamples: int = 10000) -> dict[str, Any]:
+    """Does guidance lower its loss ``term`` (the guidance spec's ``gate``; MotionPrompt's: ``disc``, the
+    discriminator term) where it runs? From guided runs' traces
     (``MotionPrompt.finish()``: the manifest's ``result``), two paired drops, each with a 95%
     bootstrap CI over videos:
 
@@ -408,16 +409,16 @@ def gate(results: list[dict[str, Any]], seed: int = 0, resamples: int = 10000) -
         for entry in steps:
             if "probe" in entry:
                 sources.add("probe")
-                drops.append(entry["probe"]["disc_before"] - entry["probe"]["disc_after"])
+                drops.append(entry["probe"][f"{term}_before"] - entry["probe"][f"{term}_after"])
                 continue
             sources.add("iterations")
-            values = [r["disc"] for r in entry.get("iterations", []) if not r.get("skipped") and math.isfinite(r["disc"])]
+            values = [r[term] for r in entry.get("iterations", []) if not r.get("skipped") and math.isfinite(r[term])]
             if len(values) >= 2:
                 drops.append(values[0] - values[-1])
         if drops:
             per_iteration.append(float(np.mean(drops)))
-        first = [r["disc"] for r in steps[0]["iterations"] if not r.get("skipped")] if steps else []
-        last = [r["disc"] for r in steps[-1]["iterations"] if not r.get("skipped")] if steps else []
+        first = [r[term] for r in steps[0]["iterations"] if not r.get("skipped")] if steps else []
+        last = [r[term] for r in steps[-1]["iterations"] if not r.get("skipped")] if steps else []
         if first and last and len(steps) > 1:
             per_range.append(first[0] - last[-1])
 

@@ -214,6 +214,19 @@ def _title(name: str, titles: dict[str, str] | None) -> str:
     return f' title="{esc(text)}"' if text else ""
 
 
+
+def guidance_settings_of(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A manifest's guidance settings as the run used them: the section its guidance's spec names (e.g.
+    MotionPrompt's, with the step range resolved), else ``guidance_settings``; {} without guidance."""
+    from mpcore import plugins
+
+    registered = plugins.registry("guidance").get(str(manifest.get("guidance")))
+    section = registered.spec.section if registered is not None else None
+    settings = manifest.get(section) if section else None
+    settings = settings if isinstance(settings, dict) else manifest.get("guidance_settings")
+    return settings if isinstance(settings, dict) else {}
+
+
 def _settings_rows(item: Item) -> list[tuple[str, str]]:
     m = item.manifest or {}
     rows: list[tuple[str, str]] = []
@@ -228,7 +241,7 @@ def _settings_rows(item: Item) -> list[tuple[str, str]]:
     guidance = m.get("guidance")
     if guidance is not None:
         rows.append(("guidance", str(guidance)))
-    mp = m.get("motionprompt") or {}
+    mp = guidance_settings_of(m)
     if mp and guidance != "none":
         rows.append(("opt_range", f"{fmt(get(mp, 'opt_range'))} of {get(sampler, 'steps')} steps"))
         rows.append(("lr / iterations", f"{fmt(get(mp, 'lr'))} ({get(mp, 'optimizer')}) / {get(mp, 'iterations')}"))

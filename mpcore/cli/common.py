@@ -8,13 +8,24 @@ import click
 
 from mpcore import plugins
 
-DTYPES = ("auto", "float32", "float16", "bfloat16")
+FREE_INIT_FLAGS = {"free_init": "iterations", "free_init_method": "method", "free_init_order": "order",
+                   "free_init_spatial_stop": "spatial_stop_frequency", "free_init_temporal_stop": "temporal_stop_frequency"}
+"""``--free-init*`` option -> :class:`mpcore.config.FreeInitConfig` field."""
+
+
+def run_options(kwargs: dict):
+    """A command's keyword arguments (``run``'s options) as :class:`mpcore.jobs.options.RunOptions`."""
+    from mpcore.jobs.options import RunOptions
+
+    kwargs = dict(kwargs)
+    free_init = {field: kwargs.pop(flag, None) for flag, field in FREE_INIT_FLAGS.items()}
+    return RunOptions.from_flags(kwargs, free_init)
 
 
 def as_click_error(error: Exception) -> click.ClickException:
     """An mpcore error as click shows it: an invalid option exits 2 naming the option, anything else the user can
     fix exits 1 with its message (no traceback)."""
-    from mpcore.jobs.run import OptionError
+    from mpcore.jobs.options import OptionError
 
     if isinstance(error, OptionError):
         if error.option:
@@ -24,8 +35,8 @@ def as_click_error(error: Exception) -> click.ClickException:
 
 
 def device_from_option(device: str | None):
-    """``--device`` -> torch device (:func:`mpcore.jobs.run.resolve_device`), as a click error if invalid."""
-    from mpcore.jobs.run import OptionError, resolve_device
+    """``--device`` -> torch device (:func:`mpcore.jobs.options.resolve_device`), as a click error if invalid."""
+    from mpcore.jobs.options import OptionError, resolve_device
 
     try:
         return resolve_device(device)
@@ -57,5 +68,4 @@ def backbone_options() -> dict[str, tuple[click.Option, list[str]]]:
 def with_backbone_options(command: click.Command, options: dict[str, tuple[click.Option, list[str]]]) -> click.Command:
     """``command`` taking the installed backbones' options too (``run``, ``generate``, ``diagnose steps``)."""
     command.params += [option for option, _ in options.values()]
-    command.backbone_options = {k: owners for k, (_, owners) in options.items()}  # type: ignore[attr-defined]
     return command

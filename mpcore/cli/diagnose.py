@@ -16,11 +16,11 @@ from pathlib import Path
 
 import click
 
-from mpcore.cli.common import as_click_error, with_backbone_options
+from mpcore.cli.common import as_click_error, run_options, with_backbone_options
 from mpcore.io.console import echo
 
 VIDEO_SUFFIXES = (".mp4", ".gif", ".webm", ".avi", ".mov", ".mkv")
-NOT_DIAGNOSE_OPTIONS = ("prompt", "guidance", "compare", "out", "fps",
+NOT_DIAGNOSE_OPTIONS = ("prompt", "guidance", "compare", "out", "fps", "overwrite", "scheduler",
                         # FreeInit re-runs whole sampling passes; the diagnostic measures single steps
                         "free_init", "free_init_method", "free_init_order", "free_init_spatial_stop",
                         "free_init_temporal_stop")
@@ -112,8 +112,8 @@ def steps_command(**kwargs):
 
 def _steps(**kwargs):
     from mpcore.analysis import diagnose as diag
-    from mpcore.jobs import run as runner
     from mpcore.io.manifest import write_json_atomic
+    from mpcore.jobs.setup import load, prepare
     from mpcore.io.video import read_video
 
     videos, prompts, limit = kwargs.pop("videos"), kwargs.pop("prompts"), kwargs.pop("clips")
@@ -127,8 +127,11 @@ def _steps(**kwargs):
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--estimates") from None
     clip_files = find_clips(videos, prompts, limit)
-    options = {**kwargs, "prompt": None, "guidance": "motionprompt", "compare": False, "fps": 8}
-    setup = runner.prepare(options, click.get_current_context().command.backbone_options)  # type: ignore[attr-defined]
+    setup = prepare(run_options(kwargs))  # the default guidance: the one that needs a flow estimator and a discriminator
+    if setup.guidance is None or not {"flow", "discriminator"} <= set(setup.guidance.spec.needs):
+        raise click.UsageError("diagnose steps measures a guidance's flow estimator and discriminator: the default "
+                               "guidance has none")
+    motion = setup.guidance.resolve_for(setup.sampler, setup.backbone)
     steps = parse_steps(check_steps, setup.sampler.steps)
     if pairs is not None and not 1 <= pairs <= setup.sampler.frames // 2:
         raise click.BadParameter(f"must be in [1, {setup.sampler.frames // 2}]", param_hint="--pairs")
@@ -141,15 +144,15 @@ def _steps(**kwargs):
             raise click.ClickException(f"cannot read video {path}: {error}") from None
         clips.append(diag.clip_from_uint8(frames, caption, setup.sampler, source=str(path)))
 
-    models = runner.load(setup)
-    result = diag.diagnose_steps(models.backbone, clips, models.flow_estimator, models.discriminator, setup.sampler,
-                                 setup.motion, steps, estimates, seed=setup.sampler.seed, pairs_per_clip=pairs,
+    models = load(setup)
+    result = diag.diagnose_steps(models.backbone, clips, models.guidance.flow_estimator, models.guidance.discriminator,
+                                 setup.sampler, motion, steps, estimates, seed=setup.sampler.seed, pairs_per_clip=pairs,
                                  progress=setup.progress)
     thresholds = {k: v for k, v in (("min_cosine", min_cosine), ("min_auc", min_auc)) if v is not None}
-    opt_range = setup.motion.resolved_opt_range(setup.sampler.steps)
+    opt_range = motion.resolved_opt_range(setup.sampler.steps)
     recommendation = diag.recommend(result, max_length=opt_range[1] - opt_range[0], **thresholds)
     result.update(recommendation=recommendation, settings=setup.settings(), videos=[str(p) for p, _ in clip_files],
-                  flow=models.flow_info, discriminator=models.discriminator_info)
+                  flow=models.guidance.flow_info, discriminator=models.guidance.discriminator_info)
     write_json_atomic(result, out / "diagnose.json")
     diag.plot(result, recommendation, out / "diagnose.png")
     click.echo(table(result))
@@ -190,7 +193,7 @@ def build_command(backbone_options: dict) -> click.Group:
 @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--json", "json_out", type=click.Path(path_type=Path), default=None, help="Also write the result here.")
 def gate_command(runs: tuple[Path, ...], json_out: Path | None):
-    """Does guidance lower the discriminator term? Reads guided runs' manifests (RUNS: .json files or folders of
+    """Does guidance lower its gate term (MotionPrompt's: the discriminator term)? Reads guided runs' manifests (RUNS: .json files or folders of
     them, e.g. an `mpcore generate` output) and reports the drop over the K iterations and over the range, with 95%
     CIs. Exit code 1 when the gate does not pass."""
     from mpcore.analysis import diagnose as diag
@@ -199,27 +202,47 @@ def gate_command(runs: tuple[Path, ...], json_out: Path | None):
     files = []
     for run in runs:
         files += sorted(p for p in run.glob("*.json") if p.name != "generate.json") if run.is_dir() else [run]
-    results = []
+    results, terms = [], set()
     for path in files:
         try:
             manifest = json.loads(path.read_text())
         except (OSError, ValueError) as error:
             raise click.ClickException(f"cannot read manifest {path}: {error}") from None
-        if isinstance(manifest, dict) and isinstance(manifest.get("result"), dict) and manifest["result"].get("trace"):
-            results.append(manifest["result"])
+        if not (isinstance(manifest, dict) and isinstance(manifest.get("result"), dict) and manifest["result"].get("trace")):
+            continue
+        terms.add(_gate_term(manifest.get("guidance"), path))
+        results.append(manifest["result"])
     if not results:
         raise click.ClickException(f"no guided run manifests (with a 'result' trace) in {', '.join(map(str, runs))}")
-    result = diag.gate(results)
+    if len(terms) > 1:
+        raise click.ClickException(f"the manifests mix guidances whose gate quantities differ ({', '.join(sorted(terms))}): "
+                                   "gate one guidance's runs at a time")
+    term = terms.pop()
+    result = diag.gate(results, term)
     for name, label in (("over_iterations", "over the K iterations"), ("over_range", "over the range")):
         row = result[name]
         text = "n/a" if row["mean_drop"] is None else f"{row['mean_drop']:+.4f} [{row['ci'][0]:+.4f}, {row['ci'][1]:+.4f}]"
         source = f", measured on the {row['source']}" if row.get("source") else ""
-        click.echo(f"discriminator term drop {label}: {text} ({row['n']} videos{source})")
+        click.echo(f"{term} term drop {label}: {text} ({row['n']} videos{source})")
     click.echo(f"gate: {'passed' if result['passed'] else 'NOT passed'}")
     if json_out is not None:
         write_json_atomic(result, json_out)
     if not result["passed"]:
         raise SystemExit(1)
+
+
+def _gate_term(guidance: str | None, path: Path) -> str:
+    """The trace term ``diagnose gate`` checks for the manifest's guidance (its spec's ``gate``), or a refusal."""
+    from mpcore import plugins
+
+    try:
+        spec = plugins.get("guidance", str(guidance)).spec
+    except plugins.UnknownPluginError as error:
+        raise click.ClickException(f"{path}: guidance {guidance!r}: {error}") from None
+    if spec.gate is None:
+        raise click.ClickException(f"{path} is a {spec.name} run: the {spec.name} guidance has no gate quantity (a loss "
+                                   "term its trace records for diagnose gate to check), so there is nothing to gate")
+    return spec.gate
 
 
 diagnose.add_command(gate_command)

@@ -26,7 +26,7 @@ import click
 from mpcore import plugins
 from mpcore.cli.common import device_from_option
 from mpcore.io.console import echo
-from mpcore.jobs.run import parse_scalar
+from mpcore.jobs.options import parse_scalar
 from mpcore.config import parse_override
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mpcore.cli.common import as_click_error, with_backbone_options
+from mpcore.cli.common import as_click_error, run_options, with_backbone_options
 from mpcore.cli.run import run_params
 from mpcore.jobs import run as runner
 from mpcore.jobs.generate import FORMATS, GenerateError, generate
@@ -35,6 +35,7 @@ def build_command(options: dict) -> click.Command:
 def command(**kwargs):
     """Generate one video per (prompt, seed) of a prompt list into a folder; resumable (complete items are skipped)."""
     try:
-        generate(kwargs, click.get_current_context().command.backbone_options)  # type: ignore[attr-defined]
+        prompts, out, seeds, fmt, fail_fast = (kwargs.pop(k) for k in ("prompts", "out", "seeds", "fmt", "fail_fast"))
+        generate(run_options(kwargs), prompts, out, seeds=seeds, fmt=fmt, fail_fast=fail_fast)
     except (*runner.user_errors(), GenerateError) as error:
         raise as_click_error(error) from None

@@ -4,15 +4,19 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import click
 
-from mpcore.cli.common import DTYPES, as_click_error, with_backbone_options
+from mpcore.cli.common import as_click_error, run_options, with_backbone_options
+from mpcore.config import FREE_INIT_METHODS, SCHEDULERS, FreeInitConfig
 from mpcore.interfaces import DEFAULT_BACKBONE, DEFAULT_MODEL, TINY_MODEL
-from mpcore.io import video
 from mpcore.io.console import echo
 from mpcore.jobs import run as runner
+from mpcore.jobs.options import DTYPES
+from mpcore.jobs import setup as run_setup
+from mpcore.jobs.write import check_output
+
+FREE_INIT = FreeInitConfig()  # the defaults the --free-init* options show (FreeInitConfig fills what is not given)
 
 
 def _slug(text: str) -> str:
@@ -43,24 +47,25 @@ def run_params() -> list[click.Parameter]:
         O(["--cfg"], type=float, default=None, help="Classifier-free guidance scale."),
         O(["--seed"], type=int, default=None, help="Seed of the initial noise (and of the frame-pair choice)."),
         O(["--eta"], type=float, default=None, help="DDIM eta (0 = deterministic)."),
-        O(["--scheduler"], type=click.Choice(["ddim", "ddpm"]), default=None,
+        O(["--scheduler"], type=click.Choice(SCHEDULERS), default=None,
           help="Update rule with the backbone's own betas (SD-family backbones): ddim, or ancestral ddpm (LaVie's "
                "own script's). Default: the backbone's own scheduler."),
-        O(["--free-init"], type=int, default=1, show_default=True,
+        O(["--free-init"], type=int, default=None,
           help="FreeInit (Wu et al. 2023) sampling passes: N > 1 re-initializes the noise's low frequencies from "
-               "the previous result N - 1 times (N times the sampling cost)."),
-        O(["--free-init-method"], type=click.Choice(["butterworth", "gaussian", "ideal"]), default="butterworth",
-          show_default=True, help="FreeInit's low-pass filter."),
-        O(["--free-init-order"], type=int, default=4, show_default=True, help="Order of the butterworth filter."),
-        O(["--free-init-spatial-stop"], type=float, default=0.25, show_default=True,
-          help="FreeInit's normalized spatial stop frequency D_s."),
-        O(["--free-init-temporal-stop"], type=float, default=0.25, show_default=True,
-          help="FreeInit's normalized temporal stop frequency D_t."),
-        O(["--guidance"], default="motionprompt", show_default=True,
-          help="Guidance plugin name (see `mpcore plugins`: motionprompt, flowmo, ...); 'none' gives the plain "
-               "baseline. Its settings: -o KEY=VALUE."),
+               f"the previous result N - 1 times (N times the sampling cost). Default: {FREE_INIT.iterations} (off)."),
+        O(["--free-init-method"], type=click.Choice(FREE_INIT_METHODS), default=None,
+          help=f"FreeInit's low-pass filter. Default: {FREE_INIT.method}."),
+        O(["--free-init-order"], type=int, default=None, help=f"Order of the butterworth filter. Default: {FREE_INIT.order}."),
+        O(["--free-init-spatial-stop"], type=float, default=None,
+          help=f"FreeInit's normalized spatial stop frequency D_s. Default: {FREE_INIT.spatial_stop_frequency}."),
+        O(["--free-init-temporal-stop"], type=float, default=None,
+          help=f"FreeInit's normalized temporal stop frequency D_t. Default: {FREE_INIT.temporal_stop_frequency}."),
+        O(["--guidance"], default=None,
+          help="Guidance plugin name (see `mpcore plugins`); 'none' gives the plain baseline. Its settings: "
+               "-o KEY=VALUE. Default: mpcore's own, MotionPrompt."),
         O(["--flow"], default=None,
-          help="Flow estimator plugin name (= -o flow_estimator=NAME; default raft, tvl1 with --model tiny/toy)."),
+          help="Flow estimator plugin name (= -o flow_estimator=NAME). Default: the one the discriminator was "
+               "trained on (its trained_on), else the backbone's (raft; tvl1 with --model tiny/toy)."),
         O(["--flow-weights"], default=None, help="Flow estimator weights: path, plugin-specific name, or 'random'."),
         O(["--flow-option", "flow_options"], multiple=True, metavar="KEY=VALUE", help="Flow estimator option (repeatable)."),
         O(["--discriminator"], default=None, help="Discriminator .safetensors (config JSON beside it), or 'random'."),
@@ -92,15 +97,11 @@ def _run(**kwargs):
 
 
 def _run_checked(**kwargs):
+    """``mpcore run`` is :func:`mpcore.jobs.run.run_one` (= :func:`mpcore.generate` + ``save``) after the checks."""
     prompt, out, overwrite = kwargs.pop("prompt"), kwargs.pop("out"), kwargs.pop("overwrite")
-    setup = runner.prepare(kwargs, click.get_current_context().command.backbone_options)  # type: ignore[attr-defined]
-    # create=False: nothing is created under --out before the model has loaded
-    out = video.check_output_writable(Path(out or f"outputs/{_slug(prompt)}_{setup.sampler.seed}.mp4"), create=False)
-    existing = [p for p in setup.output_paths(out, every=True).values() if p is not None and p.exists()]
-    if existing and not overwrite:
-        raise click.UsageError(f"{existing[0]} already exists (an earlier run's output): pass --overwrite to replace "
-                               "it and its companions, or choose another --out")
-    models = runner.load(setup)
-    paths = runner.generate_one(setup, models, prompt, setup.sampler.seed, out)
+    setup = run_setup.prepare(run_options(kwargs))
+    out = check_output(out or f"outputs/{_slug(prompt)}_{setup.sampler.seed}.mp4", overwrite)  # nothing created yet
+    models = run_setup.load(setup)
+    paths = runner.run_one(setup, models, prompt, setup.sampler.seed, out)
     for name, path in paths.items():
         echo(f"wrote {name}: {path}")

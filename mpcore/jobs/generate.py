@@ -20,6 +20,7 @@ manifests in the folder).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -32,6 +33,12 @@ from typing import Any
 from mpcore.io.console import echo
 from mpcore.io.files import remove_stale_temporaries
 from mpcore.io.prompts import Prompt
+from mpcore.jobs.execute import GuidanceSkippedError
+from mpcore.jobs.items import (FORMATS, GenerateError, Item, check_out_dir, check_same_settings, generation_items,
+                               is_complete, item_video_path, parse_seeds)
+from mpcore.jobs.options import RunOptions, resolve_device
+from mpcore.jobs.run import run_one
+from mpcore.jobs import setup as run_setup
 
 SUMMARY_FILE = "generate.json"
 PART_GLOB = ".generate.part-*.json"
@@ -39,109 +46,12 @@ PART_GLOB = ".generate.part-*.json"
 EXIT_AFTER_ENV = "MPCORE_TEST_EXIT_AFTER_ITEMS"
 """Testing only: ``RANK:N`` makes process RANK exit abruptly (exit code 3, nothing cleaned up) after
 generating N items, to simulate a crash of one process of a multi-process run."""
-FORMATS = {"mp4": ".mp4", "gif": ".gif", "frames": ""}
-"""``--format`` -> suffix of each item's video path (``frames``: a folder of lossless PNG frames)."""
-
-
-class GenerateError(ValueError):
-    """The output folder or the seeds cannot be used as given."""
-
-
-@dataclass(frozen=True)
-class Item:
-    """One video to generate: a prompt of the list and a seed."""
-
-    prompt: Prompt
-    seed: int
-
-    @property
-    def name(self) -> str:
-        """File stem of the item's outputs, from the prompt index and the seed: ``p0003_s0001``."""
-        return f"p{self.prompt.index:04d}_s{self.seed:04d}"
-
-
-def generation_items(prompts: list[Prompt], seeds: list[int]) -> list[Item]:
-    """Every (prompt, seed) pair in a deterministic order: prompt-major, then seed."""
-    return [Item(prompt, seed) for prompt in prompts for seed in seeds]
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``"0,1,2"`` -> [0, 1, 2]; ``"0-3"`` -> [0, 1, 2, 3] (inclusive); parts may be mixed: ``"0-2,10"``.
-    Seeds are integers >= 0 (a minus sign only separates a range); each may appear once."""
-    seeds: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        try:
-            if "-" in part:
-                first, last = (int(bound) for bound in part.split("-"))
-                if last < first:
-                    raise ValueError
-                seeds.extend(range(first, last + 1))
-            else:
-                seeds.append(int(part))
-        except ValueError:
-            raise GenerateError(f"--seeds {text!r}: {part!r} is not a seed (N) or an inclusive range (A-B, A <= B); "
-                                "use e.g. 0,1,2 or 0-3") from None
-    duplicates = sorted({seed for seed in seeds if seeds.count(seed) > 1})
-    if duplicates:
-        raise GenerateError(f"--seeds {text!r}: seed(s) {', '.join(map(str, duplicates))} given more than once")
-    return seeds
-
-
-def item_video_path(out_dir: Path, item: Item, fmt: str) -> Path:
-    return out_dir / f"{item.name}{FORMATS[fmt]}"
-
-
-def is_complete(item: Item, video_path: Path) -> bool:
-    """True if the item's video (non-empty, readable) and manifest both exist (the manifest is written last).
-
-    A manifest of another prompt or seed (the prompt list changed under the same ``--out``)
-    raises :class:`GenerateError` rather than being silently kept.
-    """
-    manifest_path = video_path.with_name(f"{item.name}.json")
-    if not (_video_is_usable(video_path) and manifest_path.is_file()):
-        return False
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False  # unreadable: generate it again
-    if manifest.get("prompt") != item.prompt.text or manifest.get("seed") != item.seed:
-        raise GenerateError(
-            f"{manifest_path} was generated for prompt {manifest.get('prompt')!r}, seed {manifest.get('seed')}, but item "
-            f"{item.name} is prompt {item.prompt.text!r}, seed {item.seed}: the prompt list changed; use a new --out"
-        )
-    return True
-
-
-def _video_is_usable(path: Path) -> bool:
-    """A video file that is non-empty and can be opened, or a frame folder with a PNG in it (a cheap
-    check: a zero-byte or unreadable video of a finished item is generated again, not kept)."""
-    if path.is_dir():
-        return any(path.glob("*.png"))
-    try:
-        with open(path, "rb") as handle:
-            return bool(handle.read(1))
-    except OSError:
-        return False
-
-
-def check_out_dir(out_dir: Path) -> Path:
-    """Create the output folder if needed and check it is a writable folder; return it resolved."""
-    from mpcore.io import video
-
-    out_dir = out_dir.expanduser().resolve()
-    if out_dir.exists() and not out_dir.is_dir():
-        raise GenerateError(f"--out {str(out_dir)!r} exists and is not a folder")
-    video.check_output_writable(out_dir / "probe.mp4")  # creates the folder, proves it is writable
-    return out_dir
-
-
 @dataclass
 class GenerateJob:
     """What ``generate`` decided before loading anything: the run's setup, the items and which of them are
     this process's to do, the output folder and the summary's settings."""
 
-    setup: Any  # mpcore.jobs.run.RunSetup
+    setup: Any  # mpcore.jobs.setup.RunSetup
     dist: Any  # mpcore.jobs.distributed.Distributed
     prompts_path: Path
     prompts: list[Prompt]
@@ -176,14 +86,16 @@ class GenerateJob:
         ), self.summary_path)
 
 
-def generate(options: dict[str, Any], backbone_option_owners: dict[str, list[str]]) -> None:
-    """``mpcore generate``: ``options`` are the command's (``run``'s without prompt, seed and out, plus
-    ``prompts``, ``seeds``, ``out``, ``fmt``, ``fail_fast``). Raises :class:`GenerateError` if items failed
-    or every guided video equals its baseline, after everything else is written."""
+def generate(options: RunOptions, prompts: str | Path, out: str | Path, seeds: str | None = None, fmt: str = "mp4",
+             fail_fast: bool = False) -> None:
+    """``mpcore generate``: one video per (prompt, seed) of the prompt file ``prompts`` into the folder ``out``,
+    with ``options`` (``run``'s; the seed comes from ``seeds``, '0,1' or '0-3'; default the backbone's). Raises
+    :class:`GenerateError` if items failed or every guided video equals its baseline, after everything else
+    is written."""
     from mpcore.jobs import distributed
 
-    dist = distributed.init(options["device"])
-    job = plan(options, backbone_option_owners, dist)
+    dist = distributed.init(options.device)
+    job = plan(options, prompts, out, seeds, fmt, fail_fast, dist)
     if dist.is_main:
         _start_summary(job)
     dist.barrier()  # every process has scanned the folder before any writes to it: all share one `todo`
@@ -199,30 +111,29 @@ def generate(options: dict[str, Any], backbone_option_owners: dict[str, list[str
     _finish(job, time.perf_counter() - start, ranks)
 
 
-def plan(options: dict[str, Any], backbone_option_owners: dict[str, list[str]], dist) -> GenerateJob:
+def plan(options: RunOptions, prompts_file: str | Path, out: str | Path, seeds_text: str | None, fmt: str,
+         fail_fast: bool, dist) -> GenerateJob:
     """The cheap checks first (prompts, settings, seeds, output folder), then what is already done and which
     items are this process's (round-robin over the items still to do)."""
-    from mpcore.jobs import run as runner
     from mpcore.io.manifest import json_safe
     from mpcore.io.prompts import read_prompts, resolve_prompts_path
 
-    options = dict(options)
+    if fmt not in FORMATS:
+        raise GenerateError(f"format {fmt!r}; allowed: {', '.join(FORMATS)}")
     # ---- several processes (accelerate launch / torchrun): one device per process, one progress bar
-    requested_device = options["device"]
+    requested_device = options.device
     if dist.enabled:
-        options["device"] = dist.device(requested_device)
-        if not dist.is_main:
-            options["progress"] = False
-    prompts_path = resolve_prompts_path(options.pop("prompts"))
+        options = dataclasses.replace(options, device=dist.device(requested_device),
+                                      progress=options.progress and dist.is_main)
+    prompts_path = resolve_prompts_path(prompts_file)
     prompts = read_prompts(prompts_path)
-    seeds_text, out_dir, fmt, fail_fast = options.pop("seeds"), Path(options.pop("out")), options.pop("fmt"), options.pop("fail_fast")
-    setup = runner.prepare(options, backbone_option_owners)
+    setup = run_setup.prepare(options)
     seeds = parse_seeds(seeds_text) if seeds_text is not None else [setup.sampler.seed]
-    out_dir = check_out_dir(out_dir)
+    out_dir = check_out_dir(Path(out))
     items = generation_items(prompts, seeds)
     settings = {**setup.settings(), "format": fmt}
     if dist.enabled:  # the device as one process records it (cuda, not cuda:3): a folder resumes with any process count
-        settings["device"] = str(runner.resolve_device(requested_device))
+        settings["device"] = str(resolve_device(requested_device))
     check_same_settings(out_dir / SUMMARY_FILE, json_safe(settings))
     status: dict[str, dict[str, Any]] = {}
     for item in items:
@@ -248,13 +159,11 @@ def _generate_items(job: GenerateJob, start: float) -> None:
     process's part of it) is written at the end, also when an item raises (``--fail-fast``) or on a kill."""
     from tqdm.auto import tqdm
 
-    from mpcore.jobs import run as runner
-
     setup, dist, status = job.setup, job.dist, job.status
     exit_after = _exit_after(dist.rank)
     bar = None
     try:
-        models = runner.load(setup) if job.mine else None
+        models = run_setup.load(setup) if job.mine else None
         bar = tqdm(total=len(job.todo), desc="generate", unit="video", disable=not setup.progress, dynamic_ncols=True)
         for item in job.mine:
             status[item.name] = _generate_item(job, models, item)
@@ -278,11 +187,9 @@ def _generate_items(job: GenerateJob, start: float) -> None:
 
 
 def _generate_item(job: GenerateJob, models, item: Item) -> dict[str, Any]:
-    """One item's video and companions (:func:`mpcore.jobs.run.generate_one`); its status entry. A failure is
+    """One item's video and companions (:func:`mpcore.jobs.run.run_one`); its status entry. A failure is
     recorded and reported (raised with ``--fail-fast``)."""
     from tqdm.auto import tqdm
-
-    from mpcore.jobs import run as runner
 
     item_start = time.perf_counter()
 
@@ -291,12 +198,12 @@ def _generate_item(job: GenerateJob, models, item: Item) -> dict[str, Any]:
             tqdm.write(f"{item.name}: {line}", file=sys.stderr)
 
     try:
-        runner.generate_one(job.setup, models, item.prompt.text, item.seed, item_video_path(job.out_dir, item, job.fmt),
+        run_one(job.setup, models, item.prompt.text, item.seed, item_video_path(job.out_dir, item, job.fmt),
                             manifest_extra={"item": {"name": item.name, "prompt_index": item.prompt.index,
                                                      "category": item.prompt.category,
                                                      "prompts_file": str(job.prompts_path)}},
                             report=report_skips)
-    except runner.GuidanceSkippedError:  # written and complete, but it equals its baseline
+    except GuidanceSkippedError:  # written and complete, but it equals its baseline
         return {"status": "generated", "seconds": time.perf_counter() - item_start, "all_updates_skipped": True}
     except Exception as error:
         job.status[item.name] = {"status": "failed", "error": f"{type(error).__name__}: {error}"}
@@ -387,46 +294,3 @@ def _seconds_per_video(status: dict[str, dict[str, Any]]) -> float | None:
     """Mean wall time of the videos generated in this run (sampling and writing), None if none was."""
     seconds = [s["seconds"] for s in status.values() if s["status"] == "generated"]
     return sum(seconds) / len(seconds) if seconds else None
-
-
-def check_same_settings(summary_path: Path, settings: dict[str, Any]) -> None:
-    """Refuse to add to an output folder whose ``generate.json`` records other settings: every video
-    of a folder is generated with the same settings (more prompts or seeds are fine)."""
-    try:
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        previous, names = summary["settings"], [row["name"] for row in summary.get("items", [])]
-    except (OSError, ValueError, KeyError, TypeError):
-        return  # a new folder (or no readable generate.json)
-    if not any((summary_path.parent / f"{name}.json").is_file() for name in names):
-        return  # no video was finished with those settings (e.g. every item failed): nothing to keep consistent
-    changes = _differences(with_added_fields(previous), settings)
-    if changes:
-        raise GenerateError(f"{summary_path.parent} holds videos generated with other settings ({'; '.join(changes)}): "
-                            "use a new --out, or the same settings to resume")
-
-
-def with_added_fields(settings: dict[str, Any]) -> dict[str, Any]:
-    """Settings as recorded by an older mpcore, completed with the config fields added since at their
-    defaults (what that version did: e.g. ``guidance_decoder`` = full) and renamed values under their new
-    name (placement 'front' is 'start'), so a folder of an older version resumes with the same command."""
-    from mpcore.config import MotionPromptConfig, SamplerConfig, to_dict
-    from mpcore.io.manifest import json_safe
-
-    settings = dict(settings)
-    if isinstance(settings.get("sampler"), dict):
-        defaults = {k: v for k, v in to_dict(SamplerConfig()).items() if k != "seed"}
-        settings["sampler"] = {**json_safe(defaults), **settings["sampler"]}
-    if isinstance(settings.get("motionprompt"), dict):
-        motion = {**json_safe(to_dict(MotionPromptConfig())), **settings["motionprompt"]}
-        if motion.get("placement") == "front":  # renamed 'start' (the old name is an alias of it)
-            motion["placement"] = "start"
-        settings["motionprompt"] = motion
-    return settings
-
-
-def _differences(old: Any, new: Any, where: str = "") -> list[str]:
-    """``key.sub: old -> new`` for every leaf where two JSON values differ."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [change for key in sorted(set(old) | set(new))
-                for change in _differences(old.get(key), new.get(key), f"{where}.{key}" if where else key)]
-    return [] if old == new else [f"{where}: {json.dumps(old)} -> {json.dumps(new)}"]

@@ -10,8 +10,8 @@ from mp_plugin_flowmo.flowmo import FlowMo, FlowMoConfig, backbone_defaults, flo
 __all__ = ["FlowMo", "FlowMoConfig", "backbone_defaults", "flowmo_loss", "register_guidances"]
 
 
-def build(config: FlowMoConfig, backbone_spec=None, model=None) -> FlowMo:
-    """A fresh FlowMo for one video (its trace starts empty)."""
+def build(config: FlowMoConfig, context=None) -> FlowMo:
+    """A fresh FlowMo for one video (its trace starts empty); it needs nothing of the context."""
     return FlowMo(config)
 
 

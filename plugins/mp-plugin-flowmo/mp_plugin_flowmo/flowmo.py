@@ -108,7 +108,7 @@ class FlowMoConfig:
         return scale_opt_range(self.paper_opt_range, steps)
 
 
-def backbone_defaults(backbone: str, model: str | None) -> dict[str, Any]:
+def backbone_defaults(backbone_spec: Any, model: str | None) -> dict[str, Any]:
     """Per-backbone settings that differ from :class:`FlowMoConfig`'s: none (the published loop's settings
     apply to every backbone; README "A second guidance: FlowMo" says what they mean off Wan)."""
     return {}
