@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mpcore import hookimpl
+from mpcore import OptionError, hookimpl
 from mpcore.backbones import defaults_by_model, lazy_load, sd_tiny_decoder
 from mpcore.interfaces import BackboneSpec
 
@@ -55,15 +55,16 @@ def check(model: str | None, motion_adapter: str | None = None, base_config: str
     from mp_plugin_animatediff import loading
     from mp_plugin_animatediff.toy import TOY_MODEL, check_installed
 
+    given = "--motion-adapter" if motion_adapter else "--base-config"  # the option a toy/tiny model refuses
     if model == TOY_MODEL:
         if motion_adapter or base_config:
-            raise click.UsageError(f"--model {TOY_MODEL} brings its own motion adapter and config: drop "
-                                   "--motion-adapter/--base-config")
+            raise OptionError(f"--model {TOY_MODEL} brings its own motion adapter and config: drop "
+                              "--motion-adapter/--base-config", given)
         check_installed()
     elif model == "tiny":
         if motion_adapter or base_config:
-            raise click.UsageError("--model tiny builds its own tiny random model and motion adapter: drop "
-                                   "--motion-adapter/--base-config")
+            raise OptionError("--model tiny builds its own tiny random model and motion adapter: drop "
+                              "--motion-adapter/--base-config", given)
     elif model:
         loading.check_source(model, "base model", "--model")
         loading.check_source(motion_adapter or loading.DEFAULT_MOTION_ADAPTER, "motion adapter", "--motion-adapter")

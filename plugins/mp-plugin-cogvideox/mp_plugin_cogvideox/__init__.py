@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from mpcore import hookimpl
+from mpcore import OptionError, hookimpl
 from mpcore.backbones import defaults_by_model, lazy_load
 from mpcore.interfaces import BackboneSpec
 
@@ -49,7 +49,7 @@ def check(model: str | None, max_sequence_length: int | None = None, **_) -> Non
     from mp_plugin_cogvideox import loading
 
     if max_sequence_length is not None and max_sequence_length < 1:
-        raise click.UsageError(f"--max-sequence-length must be >= 1, got {max_sequence_length}")
+        raise OptionError(f"--max-sequence-length must be >= 1, got {max_sequence_length}", "--max-sequence-length")
     if model != "tiny":
         loading.check_source(model or loading.DEFAULT_MODEL)
 

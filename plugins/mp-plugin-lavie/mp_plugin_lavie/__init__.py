@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from mpcore import hookimpl
+from mpcore import OptionError, hookimpl
 from mpcore.backbones import defaults_by_model, lazy_load, sd_tiny_decoder
 from mpcore.interfaces import BackboneSpec
 
@@ -38,7 +38,8 @@ def check(model: str | None, base: str | None = None, unet_config: str | None = 
 
     if model == "tiny":
         if base or unet_config:
-            raise click.UsageError("--model tiny builds its own tiny random model: drop --base/--unet-config")
+            raise OptionError("--model tiny builds its own tiny random model: drop --base/--unet-config",
+                              "--base" if base else "--unet-config")
         return
     loading.check_checkpoint(model)
     loading.check_base(base)

@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import click
 import torch
 
 from mp_plugin_lavie.unet import LaVieUNet3D, make_rotary, read_config
+from mpcore import OptionError
 from mpcore.backbones import ModelNotFoundError, hub_error, looks_local, require_file, torch_load
 from mpcore.io.weights import CheckpointMismatchError, read_state_dict, shapes, state_dict_diff
 
@@ -60,9 +60,10 @@ LAVIE_DDPM_SCHEDULER: dict[str, Any] = dict(
 
 def check_checkpoint(model: str | None) -> None:
     if not model:
-        raise click.UsageError(
+        raise OptionError(
             "--backbone lavie needs --model PATH: the LaVie base UNet checkpoint lavie_base.pt (download it from "
-            f"the Hugging Face repo {LAVIE_HUB_ID}), or --model tiny for a tiny random model"
+            f"the Hugging Face repo {LAVIE_HUB_ID}), or --model tiny for a tiny random model",
+            "--model",
         )
     require_file(model, "LaVie checkpoint",
                  f"Pass --model with the downloaded lavie_base.pt (Hugging Face repo {LAVIE_HUB_ID}).")
@@ -71,9 +72,10 @@ def check_checkpoint(model: str | None) -> None:
 def check_base(base: str | None) -> None:
     """The SD v1.4 source of VAE, tokenizer and text encoder: given, and complete if it is a folder."""
     if not base:
-        raise click.UsageError(
+        raise OptionError(
             "--backbone lavie needs --base: the Stable Diffusion v1.4 diffusers folder or hub id that provides the "
-            f"VAE, tokenizer and text encoder (subfolders {', '.join(BASE_SUBFOLDERS)}), e.g. --base {SD14_HUB_ID}"
+            f"VAE, tokenizer and text encoder (subfolders {', '.join(BASE_SUBFOLDERS)}), e.g. --base {SD14_HUB_ID}",
+            "--base",
         )
     path = Path(base).expanduser()
     if not looks_local(base):

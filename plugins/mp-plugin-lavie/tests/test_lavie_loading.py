@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import click
 import pytest
 import torch
 
 from mp_plugin_lavie import check, loading
 from mp_plugin_lavie.tiny import TINY_UNET_CONFIG, save_checkpoint, tiny_unet
 from mp_plugin_lavie.unet import resolve_config
+from mpcore import OptionError
 from mpcore.config import SamplerConfig
 from mpcore.sampling import sample
 from mpcore.io.weights import CheckpointMismatchError
@@ -83,9 +83,9 @@ def test_scheduler_is_lavies():
 
 def test_missing_inputs_fail_early_and_say_what_to_pass(tmp_path, saved_tiny):
     pt = str(saved_tiny["checkpoint"])
-    with pytest.raises(click.UsageError, match="needs --base.*Stable Diffusion v1.4.*CompVis/stable-diffusion-v1-4"):
+    with pytest.raises(OptionError, match="needs --base.*Stable Diffusion v1.4.*CompVis/stable-diffusion-v1-4"):
         check(model=pt)
-    with pytest.raises(click.UsageError, match="needs --model PATH.*lavie_base.pt"):
+    with pytest.raises(OptionError, match="needs --model PATH.*lavie_base.pt"):
         check(model=None, base=str(saved_tiny["base"]))
     with pytest.raises(FileNotFoundError, match="LaVie checkpoint not found.*--model"):
         check(model=str(tmp_path / "lavie_base.pt"), base=str(saved_tiny["base"]))
@@ -96,7 +96,7 @@ def test_missing_inputs_fail_early_and_say_what_to_pass(tmp_path, saved_tiny):
         check(model=pt, base=str(tmp_path / "incomplete"))
     with pytest.raises(FileNotFoundError, match="UNet config not found"):
         check(model=pt, base=str(saved_tiny["base"]), unet_config=str(tmp_path / "unet.json"))
-    with pytest.raises(click.UsageError, match="drop --base"):
+    with pytest.raises(OptionError, match="drop --base"):
         check(model="tiny", base=str(saved_tiny["base"]))
     check(model=pt, base=str(saved_tiny["base"]), unet_config=str(saved_tiny["unet_config"]))
     check(model=pt, base="CompVis/stable-diffusion-v1-4")  # a hub id: resolved at load time

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import click
 
-from mpcore import hookimpl
+from mpcore import OptionError, hookimpl
 from mpcore.backbones import defaults_by_model, lazy_load, sd_tiny_decoder
 from mpcore.interfaces import BackboneSpec
 
@@ -59,18 +59,18 @@ def _check(backbone: str):
             try:
                 variant = configs.resolve_variant(variant)
             except ValueError as error:
-                raise click.UsageError(str(error)) from None
+                raise OptionError(str(error), "--variant") from None
             check_image(image)
         if model == "tiny":
             if config:
-                raise click.UsageError("--model tiny builds its own tiny random model: drop --config")
+                raise OptionError("--model tiny builds its own tiny random model: drop --config", "--config")
             return
         loading.check_checkpoint(model, backbone, variant)
         if config:
             try:
                 configs.read_config(config)
             except ValueError as error:
-                raise click.UsageError(str(error)) from None
+                raise OptionError(str(error), "--config") from None
 
     return check
 

@@ -6,23 +6,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import click
 import torch
+
+from mpcore import OptionError
 
 
 def check_image(path: str | None) -> None:
     """A clear usage error, before any model loads, for a missing or unreadable ``--image``."""
     if not path:
-        raise click.UsageError(
-            "--backbone dynamicrafter is image-to-video: pass --image PATH (the start frame, e.g. start.png)"
+        raise OptionError(
+            "--backbone dynamicrafter is image-to-video: pass --image PATH (the start frame, e.g. start.png)", "--image"
         )
     file = Path(path).expanduser()
     if not file.is_file():
-        raise click.UsageError(f"--image {path}: file not found")
+        raise OptionError(f"--image {path}: file not found", "--image")
     try:
         load_image(file)
     except Exception as error:  # PIL raises several types for broken files
-        raise click.UsageError(f"--image {path}: not a readable image ({type(error).__name__}: {error})") from None
+        raise OptionError(f"--image {path}: not a readable image ({type(error).__name__}: {error})",
+                          "--image") from None
 
 
 def load_image(path: str | Path):

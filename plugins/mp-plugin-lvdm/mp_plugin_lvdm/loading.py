@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import click
 import torch
 
 from mp_plugin_lvdm.model import LatentDiffusion, build_meta
+from mpcore import OptionError
 from mpcore.backbones import ModelNotFoundError, require_file, torch_load  # noqa: F401 (loading.ModelNotFoundError)
 from mpcore.io.weights import CheckpointMismatchError, shapes, state_dict_diff
 
@@ -37,9 +37,10 @@ def hub_name(backbone: str, variant: str | None) -> str:
 def check_checkpoint(model: str | None, backbone: str, variant: str | None = None) -> None:
     repo = hub_name(backbone, variant)
     if not model:
-        raise click.UsageError(
+        raise OptionError(
             f"--backbone {backbone} needs --model PATH: the official model.ckpt (Hugging Face repo {repo}), "
-            "or --model tiny for a tiny random model"
+            "or --model tiny for a tiny random model",
+            "--model",
         )
     require_file(model, f"{backbone} checkpoint", f"Pass --model with the downloaded model.ckpt (Hugging Face repo {repo}).")
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import click
 
-from mpcore import hookimpl
+from mpcore import OptionError, hookimpl
 from mpcore.backbones import defaults_by_model, lazy_load
 from mpcore.interfaces import BackboneSpec
 
@@ -58,9 +58,9 @@ def check(model: str | None, max_sequence_length: int | None = None, flow_shift:
     from mp_plugin_wan import loading
 
     if max_sequence_length is not None and max_sequence_length < 1:
-        raise click.UsageError(f"--max-sequence-length must be >= 1, got {max_sequence_length}")
+        raise OptionError(f"--max-sequence-length must be >= 1, got {max_sequence_length}", "--max-sequence-length")
     if flow_shift is not None and not flow_shift > 0:
-        raise click.UsageError(f"--flow-shift must be a number > 0 (the folder's is 3.0), got {flow_shift}")
+        raise OptionError(f"--flow-shift must be a number > 0 (the folder's is 3.0), got {flow_shift}", "--flow-shift")
     if model != "tiny":
         loading.check_source(model or loading.DEFAULT_MODEL)
 
