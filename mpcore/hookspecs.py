@@ -63,9 +63,10 @@ def register_guidances(register):
     """Register guidance methods (``mpcore run --guidance NAME``).
 
     Call ``register(GuidanceSpec(...))`` (see :class:`mpcore.interfaces.GuidanceSpec`): a name, a
-    ``build(config, backbone_spec, model)`` returning a fresh object with the sampler's guidance
-    protocol (:class:`mpcore.sampling.Guidance`) and the dataclass of its ``-o key=value`` settings.
-    MotionPrompt is registered this way too, by mpcore itself.
+    ``build(config, context)`` returning a fresh object with the sampler's guidance protocol
+    (:class:`mpcore.sampling.Guidance`) from its settings and a :class:`mpcore.interfaces.GuidanceContext`
+    (backbone, flow estimator, discriminator, decoder), the dataclass of its ``-o key=value`` settings, and
+    what it ``needs`` loaded. MotionPrompt is registered this way too, by mpcore itself (``mpcore.builtin``).
     """
 
 

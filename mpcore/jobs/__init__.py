@@ -1,3 +1,5 @@
-"""The jobs behind the commands: one run (prepare -> load -> generate_one), a prompt list, several processes.
+"""The jobs behind the commands and the public API: one run (prepare -> load -> mpcore.generate + save), a
+prompt list, several processes, the discriminator recipe.
 
-They raise mpcore errors (:mod:`mpcore.errors`), never click ones; :mod:`mpcore.cli` turns them into messages."""
+They raise mpcore errors (:class:`mpcore.config.ConfigError` and its :class:`mpcore.jobs.options.OptionError`,
+the job's own), never click ones; :mod:`mpcore.cli` turns them into messages."""

@@ -89,7 +89,8 @@ def wrap_pipeline(pipeline, name: str | None = None, **options: Any):
     are put in eval mode with ``requires_grad_(False)`` (``pipeline(...)`` runs them so too; undo with
     ``module.train()`` / ``requires_grad_(True)``); a guidance that learns tokens (MotionPrompt) adds them to
     the tokenizer and grows the text encoder's embedding table by their rows: prompts without them encode as
-    before. Samples with the backbone's update rule on the pipeline scheduler's config (DDIM for
+    before (the adapter also hooks the embedding layer's forward: a no-op outside mpcore's own encoding).
+    Samples with the backbone's update rule on the pipeline scheduler's config (DDIM for
     AnimateDiff, as the paper)."""
     specs = {n: item.spec for n, item in plugins.registry("backbone").items() if item.spec.wrap is not None}
     classes = {cls.__name__ for cls in type(pipeline).__mro__}

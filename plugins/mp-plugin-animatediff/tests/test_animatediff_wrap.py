@@ -95,7 +95,9 @@ def test_guided_run_on_a_wrapped_pipeline_leaves_it_usable():
     assert not np.array_equal(result.video, result.baseline)
     # the learned token was added to the caller's tokenizer and text encoder; prompts without it encode as before
     assert len(pipe.tokenizer) > vocabulary
-    assert np.array_equal(plain_call(pipe), plain)
+    # equal up to float rounding: in the full suite's order the two calls differed by 4e-8 (a [0, 1] image), alone
+    # they are bitwise equal; a changed encoding or a module left in another state moves the output far more
+    np.testing.assert_allclose(plain_call(pipe), plain, rtol=0, atol=1e-5)
 
 
 def test_an_object_no_backbone_wraps_names_the_wrappable_pipelines():
