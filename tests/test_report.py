@@ -181,6 +181,28 @@ def test_report_out_elsewhere_and_missing_pieces(folder, tmp_path):
     assert all((out.parent / link).exists() for link in _links(page))
 
 
+def test_report_labels_come_from_the_manifests_guidance_name(tmp_path):
+    """Issue 29: a FlowMo folder's page said "baseline | MotionPrompt" and "Baseline vs MotionPrompt"."""
+    from PIL import Image
+
+    write_video(_frames(0), tmp_path / "fox.mp4")
+    write_video(side_by_side(_frames(1), _frames(0)), tmp_path / "fox_compare.mp4")
+    Image.fromarray(np.full((40, 60, 3), 200, np.uint8)).save(tmp_path / "fox_trace.png")
+    manifest = {**_manifest("fox", "a fox", 0, "flowmo"), "motionprompt": None, "flow": None, "discriminator": None,
+                "guidance_settings": {"opt_range": None, "lr": 0.001, "iterations": 1, "step_rule": "adam"},
+                "result": {"opt_range": [0, 2], "skipped_updates": 0, "trace": []},
+                "guidance_updates": {"updates": 2, "skipped": 0, "skip_reasons": {}, "all_skipped": False}}
+    (tmp_path / "fox.json").write_text(json.dumps(manifest))
+    (tmp_path / "comparison").mkdir()
+    (tmp_path / "comparison" / "comparison.json").write_text(json.dumps({"metrics": {"m": {"diff": 1.0}}}))
+    assert _run_report([tmp_path]).exit_code == 0
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "baseline | flowmo (same seed)" in page and "Baseline vs flowmo" in page and "flowmo: loss terms" in page
+    assert "MotionPrompt" not in page and "no trace plot" not in page
+    assert "[0, 2] of 3 steps" in page  # its resolved range from the result: the settings say none
+    assert "2 updates, 0 skipped" in page and "<th>discriminator</th>" not in page
+
+
 @pytest.mark.parametrize("data", [
     {"metrics": {"m": {"diff": 1.0}}},
     {"m": {"diff": 1.0}, "n_pairs": 3},

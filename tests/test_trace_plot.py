@@ -74,3 +74,29 @@ def test_plot_trace_failure_leaves_no_temp(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         plot_trace(synthetic_result(), tmp_path / "t.png")
     assert list(tmp_path.iterdir()) == []
+
+
+def flowmo_like_result(steps: int = 6, guided: int = 3) -> dict:
+    """A FlowMo-shaped result: one iteration per guided step (loss, grad_rms), x_t's change per step."""
+    trace = []
+    for step in range(steps):
+        entry = {"step": step, "timestep": 999 - step * 150, "optimized": step < guided}
+        if step < guided:
+            entry["iterations"] = [{"loss": 0.5 - 0.1 * step, "skipped": False, "grad_rms": 0.01}]
+            entry["latent_change_rms"] = 1e-3
+        trace.append(entry)
+    return {"opt_range": [0, guided], "skipped_updates": 0, "loss_terms": ["loss"], "trace": trace}
+
+
+def test_the_plot_shows_whatever_loss_terms_and_step_quantities_a_trace_records(tmp_path):
+    from mpcore.analysis.trace_plot import loss_terms, step_quantities
+
+    motionprompt = synthetic_result()
+    assert loss_terms(motionprompt, motionprompt["trace"]) == ["total", "disc", "tv", "reg"]
+    assert step_quantities(motionprompt["trace"]) == ["cosine"]  # not optimized (bool), not iterations
+    flowmo = flowmo_like_result()
+    assert loss_terms(flowmo, flowmo["trace"]) == ["loss"]  # declared by the result
+    assert loss_terms({}, flowmo["trace"]) == ["loss", "grad_rms"]  # undeclared: every number of the records
+    assert step_quantities(flowmo["trace"]) == ["latent_change_rms"]
+    out = plot_trace(flowmo, tmp_path / "flowmo_trace.png", title="flowmo: a fox")
+    assert read_png(out).std() > 0

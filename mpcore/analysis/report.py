@@ -2,9 +2,9 @@
 page for an output folder of ``mpcore run``/``generate``.
 
 One card per item (``NAME.json`` manifest, ``NAME.mp4`` video, ``NAME_compare.mp4`` baseline |
-MotionPrompt, ``NAME_trace.png``), sorted by name: the prompt, seed, guidance settings, the
-side-by-side video, the trace plot and, with ``--eval eval.json`` (from ``mpcore eval``), the item's
-metric values. A header gives the counts, the eval means and, when ``DIR/comparison`` (or
+guided, ``NAME_trace.png``), sorted by name: the prompt, seed, guidance settings, the side-by-side video
+(labelled with the manifest's guidance name), the trace plot and, with ``--eval eval.json`` (from
+``mpcore eval``), the item's metric values. No guidance is named here: labels come from the manifests. A header gives the counts, the eval means and, when ``DIR/comparison`` (or
 ``--comparison``) holds the output of ``mpcore eval --compare``, its chart and table.
 
 The page has inline CSS and a few lines of vanilla JS, no external resources; videos and images are
@@ -227,6 +227,12 @@ def guidance_settings_of(manifest: dict[str, Any]) -> dict[str, Any]:
     return settings if isinstance(settings, dict) else {}
 
 
+def guidance_label(manifest: dict[str, Any]) -> str:
+    """What the page calls a manifest's guided video: its guidance's name (``--guidance``), else 'guided'."""
+    name = manifest.get("guidance")
+    return str(name) if isinstance(name, str) and name and name != "none" else "guided"
+
+
 def _settings_rows(item: Item) -> list[tuple[str, str]]:
     m = item.manifest or {}
     rows: list[tuple[str, str]] = []
@@ -242,22 +248,31 @@ def _settings_rows(item: Item) -> list[tuple[str, str]]:
     if guidance is not None:
         rows.append(("guidance", str(guidance)))
     mp = guidance_settings_of(m)
-    if mp and guidance != "none":
-        rows.append(("opt_range", f"{fmt(get(mp, 'opt_range'))} of {get(sampler, 'steps')} steps"))
-        rows.append(("lr / iterations", f"{fmt(get(mp, 'lr'))} ({get(mp, 'optimizer')}) / {get(mp, 'iterations')}"))
+    result = m.get("result") or {}
+    if mp and guidance != "none":  # what the guidance's settings and its manifest have of these
+        opt_range = get(mp, "opt_range") if get(mp, "opt_range") is not None else get(result, "opt_range")
+        if opt_range is not None:
+            rows.append(("opt_range", f"{fmt(opt_range)} of {get(sampler, 'steps')} steps"))
+        if "lr" in mp or "iterations" in mp:
+            optimizer = f" ({get(mp, 'optimizer')})" if get(mp, "optimizer") else ""
+            rows.append(("lr / iterations", f"{fmt(get(mp, 'lr'))}{optimizer} / {fmt(get(mp, 'iterations'))}"))
         flow = m.get("flow") or {}
         flow_name = get(flow, "name") or get(mp, "flow_estimator")
-        weights = get(flow, "weights")
-        rows.append(("flow", f"{flow_name}" + (f" ({Path(str(weights)).name})" if weights else "")))
+        if flow_name:
+            weights = get(flow, "weights")
+            rows.append(("flow", f"{flow_name}" + (f" ({Path(str(weights)).name})" if weights else "")))
         disc = m.get("discriminator") or {}
-        rows.append(("discriminator", str(get(disc, "source") or get(disc, "path") or get(disc, "name") or "–")))
-    result = m.get("result") or {}
+        if disc:
+            rows.append(("discriminator", str(get(disc, "source") or get(disc, "path") or get(disc, "name") or "–")))
+    updates = m.get("guidance_updates")
+    if isinstance(updates, dict) and "updates" in updates:
+        rows.append(("guidance updates", f"{updates.get('updates')} updates, {updates.get('skipped', 0)} skipped"))
     if isinstance(result, dict) and result:
         if "final_cosine" in result:
             rows.append(("final cosine to init", fmt(result["final_cosine"], 3)))
         if "token_drift_l2" in result:
             rows.append(("token drift (L2)", fmt(result["token_drift_l2"], 3)))
-        if result.get("skipped_updates"):
+        if result.get("skipped_updates") and not (isinstance(updates, dict) and "updates" in updates):
             rows.append(("skipped updates", str(result["skipped_updates"])))
     return rows
 
@@ -291,9 +306,10 @@ def _card(item: Item, page_dir: Path, metrics: dict[str, Any] | None, metric_nam
                  x for x in [f"seed {esc(seed)}" if seed is not None else "",
                              f"category {esc(category)}" if category else ""] if x) + "</p>"]
     media = ['<div class="media">']
+    guided = guidance_label(m)
     if item.compare is not None:
         media.append(f'<figure class="video">{_video_tag(item.compare, page_dir, small)}'
-                     '<figcaption>baseline | MotionPrompt (same seed)</figcaption></figure>')
+                     f'<figcaption>baseline | {esc(guided)} (same seed)</figcaption></figure>')
     elif item.video is not None:
         label = "baseline (no guidance)" if m.get("guidance") == "none" else "video (no side-by-side compare file)"
         media.append(f'<figure class="video">{_video_tag(item.video, page_dir, small)}'
@@ -303,7 +319,7 @@ def _card(item: Item, page_dir: Path, metrics: dict[str, Any] | None, metric_nam
     if item.trace is not None:
         media.append(f'<figure class="trace"><a href="{_href(item.trace, page_dir)}"><img loading="lazy" '
                      f'src="{_href(item.trace, page_dir)}" alt="trace plot of {esc(item.name)}"></a>'
-                     '<figcaption>loss terms and token cosine per step</figcaption></figure>')
+                     f'<figcaption>{esc(guided)}: loss terms per step</figcaption></figure>')
     elif m.get("guidance") != "none":
         media.append('<p class="note">no trace plot</p>')
     media.append("</div>")
@@ -364,10 +380,10 @@ def _comparison_rows(data: Any) -> tuple[list[tuple[str, dict[str, Any]]], dict[
     return rows, extra
 
 
-def _comparison_section(folder: Path | None, page_dir: Path) -> str:
+def _comparison_section(folder: Path | None, page_dir: Path, guided: str = "guided") -> str:
     if folder is None:
         return ""
-    parts = ['<section class="comparison" id="comparison"><h2>Baseline vs MotionPrompt</h2>']
+    parts = [f'<section class="comparison" id="comparison"><h2>Baseline vs {esc(guided)}</h2>']
     png, md, js = (folder / f"comparison.{ext}" for ext in ("png", "md", "json"))
     if png.is_file():
         parts.append(f'<img class="chart" src="{_href(png, page_dir)}" alt="comparison chart">')
@@ -601,11 +617,13 @@ def render(folder: str | Path, out: str | Path, evaluation: dict[str, Any] | Non
     items, generate = collect_items(folder)
     eval_dir = Path(eval_path).parent if eval_path is not None else None
     view = _eval_view(evaluation, items, folder, eval_dir)
-    title = title or f"MotionPrompt report: {folder.resolve().name}"
+    title = title or f"mpcore report: {folder.resolve().name}"
     counts = _counts(items, evaluation, view.per_item, generate)
     head = _header(title, folder, eval_path, counts, items, generate, evaluation, view)
 
-    body = ["<main>", _comparison_section(Path(comparison) if comparison else None, page_dir)]
+    guided = ", ".join(sorted({guidance_label(i.manifest) for i in items if i.manifest is not None
+                                and i.manifest.get("guidance") != "none"})) or "guided"
+    body = ["<main>", _comparison_section(Path(comparison) if comparison else None, page_dir, guided)]
     for item in items:
         body.append(_card(item, page_dir, view.per_item.get(item.name) if evaluation is not None else None,
                           view.metric_names, view.unavailable, view.errors.get(view.keys.get(item.name, "")),

@@ -5,9 +5,10 @@ from __future__ import annotations
 from mpcore.hookspecs import hookimpl
 from mpcore.interfaces import GuidanceSpec
 
-from mp_plugin_flowmo.flowmo import FlowMo, FlowMoConfig, backbone_defaults, flowmo_loss
+from mp_plugin_flowmo.flowmo import FlowMo, FlowMoConfig, backbone_defaults, flowmo_loss, latent_update_health
 
-__all__ = ["FlowMo", "FlowMoConfig", "backbone_defaults", "flowmo_loss", "register_guidances"]
+__all__ = ["FlowMo", "FlowMoConfig", "backbone_defaults", "flowmo_loss", "latent_update_health",
+           "register_guidances"]
 
 
 def build(config: FlowMoConfig, context=None) -> FlowMo:
@@ -25,4 +26,6 @@ def register_guidances(register):
                     "flow estimator, no discriminator",
         config_class=FlowMoConfig,
         defaults_for=backbone_defaults,
+        trace_plot=True,  # <video>_trace.png: its loss per guided step and how far each update moved x_t
+        health=latent_update_health,  # "FlowMo: N latent updates, K skipped"; the manifest's guidance_updates
     ))

@@ -1,4 +1,5 @@
-"""`mpcore run --guidance flowmo` end to end on the tiny model, its manifest, and its early errors."""
+"""`mpcore run --guidance flowmo` end to end on the tiny model: its summary line, trace plot, manifest and
+report, and its early errors."""
 
 from __future__ import annotations
 
@@ -27,8 +28,11 @@ def test_run_flowmo_writes_video_compare_and_a_manifest_recording_it(tmp_path):
     assert result.exit_code == 0, result.output
     assert read_video(out).shape == (4, 32, 32, 3)
     assert read_video(tmp_path / "fox_compare.mp4").shape[2] > 2 * 32  # baseline | flowmo
-    assert not (tmp_path / "fox_trace.png").exists()  # MotionPrompt's plot only
+    assert "FlowMo: 2 latent updates, 0 skipped" in result.output  # the summary line (GuidanceSpec.health)
     manifest = json.loads((tmp_path / "fox.json").read_text())
+    assert manifest["outputs"]["trace_plot"] == str(tmp_path / "fox_trace.png")  # its loss per step
+    assert (tmp_path / "fox_trace.png").stat().st_size > 0
+    assert manifest["guidance_updates"] == {"updates": 2, "skipped": 0, "skip_reasons": {}, "all_skipped": False}
     assert manifest["guidance"] == "flowmo" and manifest.get("motionprompt") is None
     assert manifest["guidance_settings"]["lr"] == 0.05 and manifest["guidance_settings"]["opt_range"] == [0, 2]
     trace = manifest["result"]["trace"]
@@ -36,6 +40,13 @@ def test_run_flowmo_writes_video_compare_and_a_manifest_recording_it(tmp_path):
     assert trace[0]["iterations"][0]["loss"] > 0
     assert manifest["flow"] is None and manifest["discriminator"] is None
     assert manifest["timings"]["flowmo_s"] > 0 and manifest["timings"]["baseline_s"] > 0
+
+    # the report of the folder labels the side-by-side and the trace with FlowMo's name, shows its trace plot
+    report = invoke(["report", str(tmp_path)])
+    assert report.exit_code == 0, report.output
+    page = (tmp_path / "report.html").read_text()
+    assert "baseline | flowmo (same seed)" in page and 'src="fox_trace.png"' in page
+    assert "MotionPrompt" not in page and "no trace plot" not in page
 
 
 def test_unknown_guidance_lists_the_installed_ones_before_loading(monkeypatch):
