@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mpcore.config import PAPER_STEPS, MotionPromptConfig, SamplerConfig, to_dict
+from mpcore.config import PAPER_STEPS, ConfigError, MotionPromptConfig, SamplerConfig, to_dict
 from mpcore.hookspecs import hookimpl
 from mpcore.interfaces import BackboneSpec, GuidanceContext, GuidanceSpec, latent_frames
 
@@ -31,6 +31,11 @@ def check_motionprompt(config: MotionPromptConfig, sampler: SamplerConfig, backb
     """The settings against the sampler's: step range, decoded frames (of the latent frames with a causal VAE)."""
     compressed = backbone_spec.temporal_compression > 1
     config.validate(sampler, latent_frames(sampler.frames, backbone_spec.temporal_compression) if compressed else None)
+    context = backbone_spec.text_context_length
+    if context is not None and config.num_tokens > context - 3:  # BOS/EOS and at least one prompt token
+        raise ConfigError(f"invalid config: num_tokens={config.num_tokens}; the {backbone_spec.name} text encoder reads "
+                          f"{context} tokens, special tokens and the prompt included: at most {context - 3} learnable "
+                          "tokens, fewer with a longer prompt", field="num_tokens")
 
 
 def resolve_motionprompt(config: MotionPromptConfig, sampler: SamplerConfig) -> dict[str, Any]:

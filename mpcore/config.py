@@ -28,7 +28,12 @@ PAPER_STEPS = 50
 
 
 class ConfigError(ValueError):
-    """An invalid configuration value; the message names the field and the allowed range."""
+    """An invalid configuration value; the message names the field and the allowed range (``field``: the
+    config field, when one is to blame, so a command can name the flag that set it)."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass
@@ -74,6 +79,10 @@ FREE_INIT_METHODS = ("butterworth", "gaussian", "ideal")
 """FreeInit's low-pass filters (:func:`mpcore.free_init.low_pass_filter`)."""
 
 
+MAX_FREE_INIT_ITERATIONS = 10
+"""FreeInit passes at most: each is a whole sampling run (the paper's results use 3-5; diffusers' default is 3)."""
+
+
 @dataclass
 class FreeInitConfig:
     """FreeInit's settings (:func:`mpcore.free_init.sample_free_init`); the defaults are diffusers'
@@ -88,7 +97,9 @@ class FreeInitConfig:
     temporal_stop_frequency: float = 0.25
 
     def validate(self) -> None:
-        _require(self.iterations >= 1, "free_init iterations", self.iterations, "an integer >= 1 (1 = off)")
+        _require(1 <= self.iterations <= MAX_FREE_INIT_ITERATIONS, "free_init iterations", self.iterations,
+                 f"an integer in [1, {MAX_FREE_INIT_ITERATIONS}] (1 = off; each pass costs a whole sampling run; the "
+                 "paper uses 3-5)")
         _require(self.method in FREE_INIT_METHODS, "free_init method", self.method, " | ".join(FREE_INIT_METHODS))
         _require(self.order >= 1, "free_init order", self.order, "an integer >= 1")
         for name in ("spatial_stop_frequency", "temporal_stop_frequency"):
@@ -179,6 +190,19 @@ class MotionPromptConfig:
 
     def __post_init__(self) -> None:
         self.placement = PLACEMENT_ALIASES.get(self.placement, self.placement)  # 'front' -> 'start'
+
+    def ineffective(self, given: set[str]) -> dict[str, str]:
+        """Of the settings the user ``given``, those that do nothing under the others, and why (a run refuses
+        them rather than ignoring them silently)."""
+        reasons = {}
+        if self.estimate != "rollout":
+            for name in ("rollout_steps", "rollout_prompt"):
+                reasons[name] = f"acts only with estimate=rollout (this run: estimate={self.estimate})"
+        if self.guidance_decoder != "tiny":
+            reasons["guidance_decoder_path"] = "acts only with guidance_decoder=tiny"
+        if self.opt_range is not None:
+            reasons["paper_opt_range"] = f"is only scaled when opt_range is not given (this run: opt_range={self.opt_range})"
+        return {name: why for name, why in reasons.items() if name in given}
 
     def resolved_opt_range(self, steps: int) -> tuple[int, int]:
         if self.opt_range is not None:
@@ -272,7 +296,7 @@ def scale_opt_range(paper_range: tuple[int, int], steps: int) -> tuple[int, int]
 
 def _require(ok: bool, name: str, value: Any, allowed: str) -> None:
     if not ok:
-        raise ConfigError(f"invalid config: {name}={value!r}; allowed: {allowed}")
+        raise ConfigError(f"invalid config: {name}={value!r}; allowed: {allowed}", field=name.split()[-1])
 
 
 # ----------------------------------------------------------------------------- overrides

@@ -119,7 +119,8 @@ def check_free_init(backbone, scheduler) -> None:
 
 def sample_free_init(backbone, prompt: str, config: SamplerConfig, free_init: FreeInitConfig, guidance=None,
                      progress: bool = True, description: str = "sampling",
-                     make_scheduler: Callable[[], Any] | None = None):
+                     make_scheduler: Callable[[], Any] | None = None,
+                     health: Callable[[dict[str, Any]], dict[str, Any]] | None = None):
     """:func:`mpcore.sampling.sample` with FreeInit: ``free_init.iterations`` passes, each from the
     re-initialized noise of the previous pass's result. Returns the last pass's ``SampleResult`` with
     ``free_init`` set to the settings and one record per pass (the guidance result of every pass but
@@ -127,7 +128,8 @@ def sample_free_init(backbone, prompt: str, config: SamplerConfig, free_init: Fr
 
     ``make_scheduler``: a new scheduler per call, as :func:`mpcore.sampling.sample` takes it (e.g.
     :func:`mpcore.sampling.scheduler_factory`); None = ``backbone.make_scheduler``. Every pass, the
-    diffusion to the start and the refusal check use it."""
+    diffusion to the start and the refusal check use it. ``health``: the guidance spec's update counter,
+    recorded for every pass (``passes[k]["guidance"]["health"]``)."""
     from diffusers.utils.torch_utils import randn_tensor
 
     from mpcore.sampling import initial_latents, sample
@@ -157,6 +159,8 @@ def sample_free_init(backbone, prompt: str, config: SamplerConfig, free_init: Fr
         record["final_latents_std"] = float(result.latents.float().std())
         if result.guidance is not None:
             record["guidance"] = summarize_guidance(result.guidance)
+            if health is not None:  # the guidance's update counts of every pass (the run sums them)
+                record["guidance"]["health"] = health(result.guidance)
         passes.append(record)
     result.free_init = {**asdict(free_init), "diffuse_timestep": schedule.start_timestep(),
                         "guidance_restarts": "each pass (the guidance's prepare runs again: MotionPrompt's token from its "

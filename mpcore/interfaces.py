@@ -268,6 +268,17 @@ class BackboneSpec:
     """As :attr:`Backbone.temporal_compression`, known before loading (frames must be 1 + r k)."""
     cuda_dtype: str = "float16"
     """The weight dtype ``--dtype auto`` picks on CUDA (the DiT backbones run in bfloat16)."""
+    schedulers: tuple[str, ...] | None = None
+    """What ``--scheduler`` may name for it (:data:`mpcore.config.SCHEDULERS`, e.g. ``("ddim", "ddpm")`` for
+    diffusers' DDIM of the SD family), checked before loading; ``()``: only its own scheduler; None: not
+    declared (checked once the model has loaded)."""
+    free_init: bool | Callable[..., bool | None] | None = None
+    """Whether FreeInit can re-initialize its noise (some of a sample survives diffusion to the start: not
+    zero terminal SNR, not flow matching), or ``f(model, options) -> bool | None``; checked before loading;
+    None: not declared (checked once the model has loaded)."""
+    text_context_length: int | None = None
+    """Tokens its text encoder reads by default (CLIP 77, T5 226/512): learnable tokens must fit, checked
+    before loading; None: not declared (checked once the prompt is encoded)."""
     wrap: Callable[..., Backbone] | None = None
     """``wrap(pipeline, **options) -> Backbone``: an adapter around a diffusers pipeline the caller already
     has (:func:`mpcore.wrap_pipeline`), using its modules as they are (no reload, no copy); its docstring
@@ -275,6 +286,10 @@ class BackboneSpec:
     wraps: tuple[str, ...] = ()
     """The pipeline class names ``wrap`` takes (e.g. ``AnimateDiffPipeline``), subclasses included."""
     kind: str = "backbone"
+
+    def supports_free_init(self, model: str | None, options: dict[str, Any]) -> bool | None:
+        """:attr:`free_init` for ``model`` and the plugin's ``options``; None: not declared."""
+        return self.free_init(model, options) if callable(self.free_init) else self.free_init
 
     def defaults_for(self, model: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
         """(sampler defaults, MotionPrompt defaults) for ``model``."""

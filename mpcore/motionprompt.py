@@ -198,6 +198,17 @@ def make_optimizer(name: str, params: list[torch.Tensor], lr: float) -> torch.op
     raise ValueError(f"unknown optimizer {name!r}")
 
 
+def split_init_words(words: list[str], pieces: list[list[str] | None] | None, unknown: str | None) -> list[str]:
+    """Warnings for init words the tokenizer does not keep whole: a token starting from the mean of several
+    pieces (or of an unknown-token row) starts from no word's embedding (DESIGN.md step 1)."""
+    warnings = []
+    for word, word_pieces in zip(words, pieces or []):
+        if word_pieces is not None and (len(word_pieces) > 1 or (unknown is not None and unknown in word_pieces)):
+            what = "unknown to the tokenizer" if unknown in word_pieces else f"{len(word_pieces)} pieces"
+            warnings.append(f"init word {word!r} is {what} {word_pieces}: its token starts from their mean")
+    return warnings
+
+
 class MotionPrompt:
     """The guidance object the sampler calls at every step (see module docstring)."""
 
@@ -248,6 +259,8 @@ class MotionPrompt:
         # the tokenizer's pieces of each init word (the init is their mean): T5's sentencepiece may split a word
         word_pieces = getattr(backbone.text, "word_pieces", None)
         self.init_pieces = ([None if w == RANDOM_INIT else word_pieces(w) for w in words] if word_pieces else None)
+        self.warnings = split_init_words(words, self.init_pieces, getattr(getattr(backbone.text, "tokenizer", None),
+                                                                          "unk_token", None))
         backbone.text.set_rows(self.token_ids, init)
         self.init_embeddings = init.detach().clone()
         self.tokens = torch.nn.Parameter(init.detach().clone())  # float32, the only thing optimized
@@ -426,6 +439,7 @@ class MotionPrompt:
             "tokens": self.token_strings,
             "init_words": self.config.token_init_words(),
             "init_pieces": self.init_pieces,
+            "warnings": self.warnings,
             "opt_range": list(self.opt_range),
             "prompt_cut": self.prompt_cut,
             "skipped_updates": self.skipped_updates,

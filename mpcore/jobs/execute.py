@@ -147,7 +147,8 @@ def sample_generation(backbone, prompt: str, sampler: SamplerConfig, guidance=No
         start = time.perf_counter()
         if free_init.enabled:
             results[name] = sample_free_init(backbone, prompt, sampler, free_init, step_guidance, progress, name,
-                                             make_scheduler=make_scheduler)
+                                             make_scheduler=make_scheduler,
+                                             health=guidance.spec.health if step_guidance is not None else None)
         else:
             results[name] = sample(backbone, prompt, sampler, step_guidance, progress, name, latents=latents,
                                    make_scheduler=make_scheduler)
@@ -157,7 +158,8 @@ def sample_generation(backbone, prompt: str, sampler: SamplerConfig, guidance=No
     frames = {name: decode_video(backbone, result.latents) for name, result in results.items()}
     final = runs[-1]
     guidance_result = results[final].guidance if guidance is not None else None
-    health = guidance.spec.health(guidance_result) if guidance is not None and guidance.spec.health else None
+    health = _health(guidance, results[final]) if guidance is not None and guidance.spec.health else None
+    warnings = list(warnings) + list((guidance_result or {}).get("warnings", []))
     generation = Generation(
         prompt=prompt, seed=sampler.seed, video=to_uint8_frames(frames[final]), frames=frames[final],
         latents=results[final].latents, manifest={}, guidance_result=guidance_result, health=health,
@@ -167,6 +169,19 @@ def sample_generation(backbone, prompt: str, sampler: SamplerConfig, guidance=No
     generation.manifest = _manifest(backbone, generation, sampler, guidance, config, resolved, results, timings,
                                     scheduler, free_init)
     return generation
+
+
+def _health(guidance, result) -> dict[str, Any]:
+    """The guidance's update counts over the whole video: summed over FreeInit's passes (each guided)."""
+    passes = [p["guidance"]["health"] for p in (result.free_init or {}).get("passes", []) if "health" in p.get("guidance", {})]
+    if not passes:
+        return guidance.spec.health(result.guidance)
+    total = {**passes[-1], "updates": sum(p["updates"] for p in passes), "skipped": sum(p["skipped"] for p in passes),
+             "skip_reasons": {}, "all_skipped": all(p["all_skipped"] for p in passes)}
+    for p in passes:
+        for reason, n in p["skip_reasons"].items():
+            total["skip_reasons"][reason] = total["skip_reasons"].get(reason, 0) + n
+    return total
 
 
 def _finite(latents) -> bool:
@@ -188,7 +203,8 @@ def _manifest(backbone, generation: Generation, sampler: SamplerConfig, guidance
         "guidance": guidance.name if guidance is not None else "none",
         "guidance_settings": to_dict(config) if config is not None else ({} if guidance is not None else None),
         "backbone": backbone.describe(),
-        "sampler": to_dict(sampler),
+        # ancestral DDPM has no eta: its noise is the posterior variance (DDIM's eta = 1 in Song et al.'s terms)
+        "sampler": {**to_dict(sampler), **({"eta": None} if scheduler == "ddpm" else {})},
         **section,
         "flow": guidance.flow_info if guidance is not None else None,
         "discriminator": guidance.discriminator_info if guidance is not None else None,

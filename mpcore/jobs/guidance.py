@@ -211,11 +211,15 @@ def _config(spec, backbone_spec, model: str | None, settings: list[str] | dict[s
         config = spec.config_class()
         defaults = spec.defaults_for(backbone_spec, model) if spec.defaults_for is not None else {}
         config = dataclasses.replace(config, **{k: tuple(v) if isinstance(v, list) else v for k, v in defaults.items()})
-        if isinstance(settings, dict):
-            return _replace_checked(config, settings)
-        return apply_overrides(config, list(settings))
+        config = _replace_checked(config, settings) if isinstance(settings, dict) else apply_overrides(config, list(settings))
     except ConfigError as error:
         raise OptionError(f"--guidance {spec.name}: {error}", "-o/--set") from None
+    given = set(settings) if isinstance(settings, dict) else {key for key, _ in map(parse_override, settings)}
+    ineffective = config.ineffective(given) if hasattr(config, "ineffective") else {}
+    if ineffective:
+        raise OptionError(f"--guidance {spec.name}: " + "; ".join(f"{name} {why}" for name, why in ineffective.items())
+                          + ": drop it or change what it depends on", "-o/--set")
+    return config
 
 
 def _replace_checked(config: Any, values: dict[str, Any]) -> Any:

@@ -26,6 +26,10 @@ SAMPLER_FLAGS = {  # RunOptions field (the CLI flag) -> SamplerConfig field
     "negative_prompt": "negative_prompt",
 }
 
+FREE_INIT_FLAGS = {"free_init": "iterations", "free_init_method": "method", "free_init_order": "order",
+                   "free_init_spatial_stop": "spatial_stop_frequency", "free_init_temporal_stop": "temporal_stop_frequency"}
+"""``--free-init*`` option (RunOptions' keyword) -> :class:`mpcore.config.FreeInitConfig` field."""
+
 GUIDANCE_ONLY_OPTIONS = {"overrides": "-o/--set", "compare": "--compare"}
 """Options every guidance may use and the plain baseline uses none of (refused with ``--guidance none``)."""
 FLOW_OPTIONS = {"flow": "--flow", "flow_weights": "--flow-weights", "flow_options": "--flow-option"}

@@ -40,7 +40,10 @@ def run_one(setup, models, prompt: str, seed: int, out: Path, manifest_extra: di
                                   free_init=setup.free_init, progress=setup.progress)
     generation.manifest.update(manifest_extra or {})
     paths = generation.save(out, fps=setup.fps, overwrite=True, command=["mpcore", *sys.argv[1:]])
-    if generation.health is not None and report is not None:
-        report(describe_health(generation.health))
+    if report is not None:
+        for warning in (generation.guidance_result or {}).get("warnings", []):
+            report(f"warning: {warning}")
+        if generation.health is not None:
+            report(describe_health(generation.health))
     generation.check_guided(paths["video"])
     return paths

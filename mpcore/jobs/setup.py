@@ -11,8 +11,10 @@ from typing import Any
 from mpcore.config import SCHEDULERS, ConfigError, SamplerConfig, parse_override, to_dict
 from mpcore.interfaces import TINY_MODEL
 from mpcore.jobs.guidance import GuidancePlan, plan_guidance
-from mpcore.jobs.load import check_backbone, load_spec
-from mpcore.jobs.options import (DISCRIMINATOR_OPTIONS, FLOW_OPTIONS, GUIDANCE_ONLY_OPTIONS, SAMPLER_FLAGS, OptionError,
+from mpcore.jobs import load as backbone_loading
+from mpcore.jobs.load import check_backbone
+from mpcore.jobs.options import (DISCRIMINATOR_OPTIONS, FLOW_OPTIONS, FREE_INIT_FLAGS, GUIDANCE_ONLY_OPTIONS, SAMPLER_FLAGS,
+                                 OptionError,
                                  RunOptions, default_guidance, resolve_device, resolve_dtype, resolve_sampler)
 
 
@@ -74,13 +76,7 @@ def prepare(options: RunOptions) -> RunSetup:
     :class:`mpcore.config.ConfigError` naming the problem."""
     spec, model = check_backbone(options.backbone, options.model, options.backbone_options)
     sampler = resolve_sampler(spec, model, {k: getattr(options, k) for k in SAMPLER_FLAGS})
-    try:
-        options.free_init.validate()
-    except ConfigError as error:
-        raise OptionError(str(error), "--free-init") from None
-    if options.scheduler is not None and options.scheduler not in SCHEDULERS:
-        raise OptionError(f"scheduler {options.scheduler!r}; allowed: {', '.join(SCHEDULERS)} (or none: the "
-                          "backbone's own)", "--scheduler")
+    check_sampling_options(spec, model, options)
     if options.fps < 1:
         raise OptionError(f"{options.fps} frames per second; give an integer >= 1 (e.g. 8)", "--fps")
     guidance = options.guidance or default_guidance()
@@ -104,6 +100,32 @@ def prepare(options: RunOptions) -> RunSetup:
                     free_init=options.free_init, scheduler=options.scheduler)
 
 
+def check_sampling_options(spec, model: str | None, options: RunOptions) -> None:
+    """``--scheduler``, ``--eta`` and ``--free-init*`` against each other and against what the backbone's spec
+    declares it can do, before loading (undeclared: checked once the model has loaded)."""
+    try:
+        options.free_init.validate()
+    except ConfigError as error:
+        flags = {field: "--" + flag.replace("_", "-") for flag, field in FREE_INIT_FLAGS.items()}
+        raise OptionError(str(error), flags.get(error.field, "--free-init")) from None
+    scheduler = options.scheduler
+    if scheduler is not None and scheduler not in SCHEDULERS:
+        raise OptionError(f"scheduler {scheduler!r}; allowed: {', '.join(SCHEDULERS)} (or none: the backbone's own)",
+                          "--scheduler")
+    if scheduler is not None and spec.schedulers is not None and scheduler not in spec.schedulers:
+        takes = f"takes --scheduler {' or '.join(spec.schedulers)}" if spec.schedulers else "samples with its own only"
+        raise OptionError(f"--scheduler {scheduler}: the {spec.name} backbone's scheduler has no DDIM betas to run "
+                          f"another update rule on; it {takes}. Leave out --scheduler.", "--scheduler")
+    if scheduler == "ddpm" and options.eta:
+        raise OptionError(f"--eta {options.eta} sets DDIM's noise; --scheduler ddpm is ancestral sampling, whose noise "
+                          "is DDPM's posterior variance: drop --eta (or use --scheduler ddim)", "--eta")
+    if options.free_init.enabled and spec.supports_free_init(model, options.backbone_options) is False:
+        raise OptionError(f"--free-init {options.free_init.iterations}: the {spec.name} backbone's noise schedule keeps "
+                          "nothing of a sample at the start of sampling (zero terminal SNR or flow matching), so "
+                          "FreeInit's re-initialized noise would carry none of its low frequencies. Leave out "
+                          "--free-init.", "--free-init")
+
+
 @dataclass
 class Models:
     """What :func:`load` loaded: shared by every video of a run."""
@@ -116,7 +138,7 @@ def load(setup: RunSetup) -> Models:
     """Load the guidance's small parts first (a missing flow weight fails before the backbone loads),
     then the backbone, and bind the two."""
     guidance = setup.guidance.load(None, setup.device, setup.dtype) if setup.guidance is not None else None
-    backbone = load_spec(setup.backbone, setup.model, setup.device, setup.dtype, offload=setup.offload,
+    backbone = backbone_loading.load_spec(setup.backbone, setup.model, setup.device, setup.dtype, offload=setup.offload,
                              attention=setup.attention, options=setup.backbone_options, progress=setup.progress)
     if guidance is not None:
         guidance.attach(backbone)

@@ -77,6 +77,9 @@ def register_backbones(register):
     register(
         BackboneSpec(
             name="animatediff",
+            schedulers=("ddim", "ddpm"),  # diffusers' DDIMScheduler, SD-1.5 betas
+            free_init=True,  # scaled-linear betas keep 0.068 of a sample at t = T
+            text_context_length=77,  # CLIP ViT-L/14
             load=load,
             check=check,
             description="AnimateDiff: SD-1.5 base (folder, hub id or single file) + motion adapter; --model toy (bundled, "

@@ -73,6 +73,9 @@ def register_backbones(register):
     register(
         BackboneSpec(
             name="cogvideox",
+            schedulers=(),  # its own CogVideoX DDIM / DPM (v-prediction, zero terminal SNR)
+            free_init=False,  # zero terminal SNR: nothing of a sample survives to t = T
+            text_context_length=226,  # T5, the transformer's max_text_seq_length
             load=load,
             check=check,
             description="CogVideoX-2b/-5b text-to-video (diffusers folder or hub id THUDM/CogVideoX-2b, -5b); "

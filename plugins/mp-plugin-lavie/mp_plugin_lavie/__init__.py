@@ -64,6 +64,9 @@ def register_backbones(register):
     register(
         BackboneSpec(
             name="lavie",
+            schedulers=("ddim", "ddpm"),  # DDIM; DDPM as LaVie's own script (make_ddpm_scheduler)
+            free_init=True,  # linear betas keep 0.006 of a sample at t = T
+            text_context_length=77,  # CLIP ViT-L/14
             load=load,
             check=check,
             description="LaVie base (320x512, 16 frames): lavie_base.pt (--model) + SD v1.4 VAE/text encoder (--base); "

@@ -75,6 +75,16 @@ def _check(backbone: str):
     return check
 
 
+def dynamicrafter_free_init(model: str | None, options: dict) -> bool | None:
+    """FreeInit needs some of a sample to survive to t = T: the 256 variant's betas keep it, 512 and 1024
+    rescale to zero terminal SNR; a custom --config: not known before loading."""
+    from mp_plugin_lvdm import configs
+
+    if options.get("config"):
+        return None
+    return configs.resolve_variant(options.get("variant")) == "256"
+
+
 def _expected_keys(backbone: str):
     def expected_keys(variant: str | None = None, config: str | None = None) -> dict[str, tuple[int, ...]]:
         """The checkpoint's key -> shape map (wrapper removed; the 256 file's ``framestride_embed`` read
@@ -113,6 +123,9 @@ def register_backbones(register):
     register(
         BackboneSpec(
             name="videocrafter2",
+            schedulers=(),  # lvdm's own DDIM (its timestep spacing and scale schedule)
+            free_init=True,  # linear betas with the scale schedule keep 0.048 of a sample at t = T
+            text_context_length=77,  # OpenCLIP ViT-H/14
             load=lazy_load("mp_plugin_lvdm.backbone", backbone="videocrafter2"),
             check=_check("videocrafter2"),
             description="VideoCrafter2 text-to-video (320x512, 16 frames): the official model.ckpt (--model); "
@@ -133,6 +146,9 @@ def register_backbones(register):
     register(
         BackboneSpec(
             name="dynamicrafter",
+            schedulers=(),  # lvdm's own DDIM
+            free_init=dynamicrafter_free_init,
+            text_context_length=77,  # OpenCLIP ViT-H/14
             load=lazy_load("mp_plugin_lvdm.backbone", backbone="dynamicrafter"),
             check=_check("dynamicrafter"),
             description="DynamiCrafter image-to-video (--variant 256|512|1024, --image start.png): the official "

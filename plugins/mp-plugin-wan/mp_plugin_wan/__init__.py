@@ -82,6 +82,9 @@ def register_backbones(register):
     register(
         BackboneSpec(
             name="wan",
+            schedulers=(),  # flow matching (UniPC / Euler): no DDIM betas to swap rules on
+            free_init=False,  # flow matching: x_1 is pure noise, nothing of a sample survives
+            text_context_length=512,  # UMT5, the pipeline's max_sequence_length
             load=load,
             check=check,
             description="Wan 2.1 text-to-video (flow-matching DiT, causal 3D VAE, UMT5): a diffusers folder or hub id "

@@ -1,0 +1,110 @@
+"""Issue 29, second reliability pass: what a backbone can do is declared by its spec and checked before any
+model loads, with the flag given and the property that refuses it; one exit code per class of error whatever
+the guidance; no setting silently ignored; counts and records that say what happened."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from mpcore import plugins
+from mpcore.cli.main import build_cli
+
+SMALL = ["--frames", "5", "--height", "32", "--width", "32", "--steps", "4", "--no-progress"]
+
+
+def invoke(args):
+    plugins.load_plugins(reload=True)
+    return CliRunner().invoke(build_cli(), args)
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Any backbone load fails the test: these refusals must come first."""
+    from mpcore.jobs import load
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(load, "load_spec", refuse)
+
+
+@pytest.mark.parametrize("backbone, args, flag, words", [
+    ("wan", ["--free-init", "2"], "--free-init", ["wan backbone's noise schedule keeps nothing"]),
+    ("cogvideox", ["--free-init", "2"], "--free-init", ["zero terminal SNR"]),
+    ("dynamicrafter", ["--free-init", "2", "--image", "{image}"], "--free-init", ["dynamicrafter"]),
+    ("wan", ["--scheduler", "ddpm"], "--scheduler", ["wan backbone's scheduler", "samples with its own only"]),
+    ("cogvideox", ["--scheduler", "ddim"], "--scheduler", ["cogvideox"]),
+    ("videocrafter2", ["--scheduler", "ddpm"], "--scheduler", ["videocrafter2"]),
+    ("animatediff", ["--scheduler", "ddpm", "--eta", "0.5"], "--eta", ["ancestral", "drop --eta"]),
+    ("animatediff", ["--free-init", "1000"], "--free-init", ["iterations=1000", "[1, 10]"]),
+    ("animatediff", ["--free-init", "2", "--free-init-spatial-stop", "5"], "--free-init-spatial-stop",
+     ["spatial_stop_frequency=5"]),
+    ("animatediff", ["-o", "num_tokens=100"], "-o/--set", ["num_tokens=100", "reads 77 tokens", "at most 74"]),
+    ("animatediff", ["-o", "estimate=tweedie", "-o", "rollout_steps=3"], "-o/--set",
+     ["rollout_steps acts only with estimate=rollout"]),
+])
+def test_refused_before_loading_naming_the_flag_and_the_property(backbone, args, flag, words, tmp_path, no_loading):
+    image = tmp_path / "start.png"
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (120, 80, 40)).save(image)
+    args = [a.format(image=image) for a in args]
+    result = invoke(["run", "--backbone", backbone, "--model", "tiny", "--prompt", "a fox", *SMALL, *args,
+                     "--out", str(tmp_path / "x.mp4")])
+    assert result.exit_code == 2, result.output
+    assert flag in result.output and all(word in result.output for word in words), result.output
+    assert "a model was loaded" not in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "x.mp4").exists()
+
+
+@pytest.mark.parametrize("guidance", ["motionprompt", "flowmo"])
+@pytest.mark.parametrize("bad, code", [
+    (["-o", "lr=fast"], 2),  # a value of the wrong type
+    (["-o", "nosuch=1"], 2),  # an unknown setting
+    (["-o", "lr=-1"], 2),  # out of range
+    (["-o", "opt_range=0,99"], 2),  # against the sampler's steps
+    (["--fps", "0"], 2),
+    (["--steps", "5000"], 2),
+])
+def test_one_exit_code_per_class_of_error_whatever_the_guidance(guidance, bad, code, tmp_path, no_loading):
+    """A bad -o exited 1 under MotionPrompt and 2 under FlowMo; the README's table says 2 for a bad option."""
+    result = invoke(["run", "--backbone", "animatediff", "--model", "tiny", "--prompt", "a fox", *SMALL,
+                     "--guidance", guidance, *bad, "--out", str(tmp_path / "x.mp4")])
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output and result.output.strip().count("\n") <= 3
+
+
+def test_free_init_counts_every_pass_and_ddpm_records_no_eta(tmp_path):
+    """--free-init 2 said "18 token updates" where 36 were made (the last pass only); --scheduler ddpm recorded
+    eta 0.0, an eta DDPM does not have."""
+    out = tmp_path / "fox.mp4"
+    result = invoke(["run", "--backbone", "animatediff", "--model", "tiny", "--prompt", "a fox", "--frames", "4",
+                     "--height", "32", "--width", "32", "--steps", "3", "--no-progress", "-o", "opt_range=0,2",
+                     "-o", "iterations=1", "--free-init", "2", "--scheduler", "ddpm", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    passes = manifest["free_init"]["videos"]["motionprompt"]["passes"]
+    per_pass = [p["guidance"]["health"]["updates"] for p in passes]
+    assert per_pass == [2, 2] and manifest["guidance_updates"]["updates"] == 4
+    assert "MotionPrompt: 4 token updates, 0 skipped" in result.output
+    assert manifest["sampler"]["eta"] is None and manifest["scheduler"] == "ddpm"
+
+
+def test_init_words_that_split_are_warned_and_recorded(tmp_path):
+    out = tmp_path / "fox.mp4"
+    result = invoke(["run", "--backbone", "animatediff", "--model", "tiny", "--prompt", "a fox", "--frames", "4",
+                     "--height", "32", "--width", "32", "--steps", "3", "--no-progress", "-o", "opt_range=0,1",
+                     "-o", "iterations=1", "-o", "init_words=zzqxjvbnm", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(out.with_suffix(".json").read_text())
+    pieces = manifest["result"]["init_pieces"][0]
+    assert len(pieces) > 1
+    warning = f"init word 'zzqxjvbnm' is {len(pieces)} pieces {pieces}"
+    assert f"warning: {warning}" in result.output and any(warning in w for w in manifest["warnings"])
+    plain = invoke(["run", "--backbone", "animatediff", "--model", "tiny", "--prompt", "a fox", "--frames", "4",
+                    "--height", "32", "--width", "32", "--steps", "3", "--no-progress", "-o", "opt_range=0,1",
+                    "-o", "iterations=1", "--out", str(tmp_path / "plain.mp4")])
+    assert plain.exit_code == 0 and "init word" not in plain.output
