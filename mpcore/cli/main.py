@@ -74,6 +74,7 @@ BUILTIN_COMMANDS: dict[str, tuple[str, str, bool]] = {
         "manifest and plots.",
         True,
     ),
+    "settings": ("mpcore.cli.settings:settings_command", "List each guidance's -o KEY=VALUE settings: type, default, allowed values and what each does.", True),  # noqa: E501
     "weights": (
         "mpcore.cli.weights:weights",
         "Checkpoint keys and shapes a backbone expects (strict loading), and checking files "

@@ -29,7 +29,7 @@ The variants we had before reading the code stay as named settings, off by defau
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -37,11 +37,14 @@ import torch.nn.functional as F
 from mpcore.config import ConfigError, scale_opt_range
 from mpcore.sampling import StepCondition, cfg_output
 
-LOSS_TENSORS = ("velocity", "clean_estimate")
-CHANNEL_MEANS = ("after_variance", "before_variance")
-REDUCTIONS = ("max", "mean", "top")
-STEP_RULES = ("adam", "normalized")
-STEP_OUTPUTS = ("pre_update", "recompute")
+LossOn = Literal["velocity", "clean_estimate"]
+ChannelMean = Literal["after_variance", "before_variance"]
+Reduction = Literal["max", "mean", "top"]
+StepRule = Literal["adam", "normalized"]
+StepOutput = Literal["pre_update", "recompute"]
+# the allowed values: -o refuses others (mpcore.config.parse_typed), `mpcore settings flowmo` lists them
+LOSS_TENSORS, CHANNEL_MEANS, REDUCTIONS, STEP_RULES, STEP_OUTPUTS = (
+    get_args(t) for t in (LossOn, ChannelMean, Reduction, StepRule, StepOutput))
 
 
 @dataclass
@@ -56,23 +59,23 @@ class FlowMoConfig:
     """Optimizer steps on x_t per guided sampling step (generate.py: 1)."""
     lr: float = 1e-3
     """Adam's learning rate (``--lr`` default 0.001); with ``step_rule=normalized`` the update's RMS."""
-    loss_on: str = "velocity"
+    loss_on: LossOn = "velocity"
     """'velocity': the CFG model output as a flow velocity eps_hat - x0_hat (Wan: the output itself, as
     published); 'clean_estimate': the clean estimate x0_hat (our earlier variant)."""
-    channel_mean: str = "after_variance"
+    channel_mean: ChannelMean = "after_variance"
     """'after_variance': variance per channel, then the mean over channels (published); 'before_variance':
     the mean over channels of the frame differences first."""
     patch_size: int = 1
     """Spatial average pooling of the frame differences before the variance (1 = each latent position,
     published)."""
-    reduction: str = "max"
+    reduction: Reduction = "max"
     """Over positions: 'max' (published), 'mean', or 'top' (the mean of the largest ``top_fraction``)."""
     top_fraction: float = 1.0
     """With ``reduction=top``: the fraction of positions averaged."""
-    step_rule: str = "adam"
+    step_rule: StepRule = "adam"
     """'adam': one step of a fresh ``torch.optim.Adam`` per sampling step (published); 'normalized':
     x -= lr * grad / rms(grad)."""
-    step_output: str = "pre_update"
+    step_output: StepOutput = "pre_update"
     """'pre_update': the scheduler steps with the output predicted before the update (published);
     'recompute': the model runs again at the updated x_t."""
     keep_scheduler_state: bool = True
