@@ -32,9 +32,10 @@ def _is_frame_folder(path: Path) -> bool:
     return is_frames(path) and any(path.iterdir())
 
 
-def expand_videos(items: Iterable[str | Path]) -> list[Path]:
+def expand_videos(items: Iterable[str | Path], empty: list[Path] | None = None) -> list[Path]:
     """Files as given; a folder -> its video files (``.mp4 .gif .webm .avi``) and PNG-frame folders,
-    sorted, skipping ``*_compare.*`` side-by-side videos; a PNG-frame folder itself is one video."""
+    sorted, skipping ``*_compare.*`` side-by-side videos; a PNG-frame folder itself is one video.
+    A folder without videos is an :class:`EvalError`, or, given a list ``empty``, appended to it."""
     found: list[Path] = []
     for item in items:
         path = Path(item)
@@ -48,12 +49,18 @@ def expand_videos(items: Iterable[str | Path]) -> list[Path]:
                 if not child.stem.endswith(COMPARE_TAG)
                 and ((child.is_file() and child.suffix.lower() in VIDEO_EXTENSIONS) or _is_frame_folder(child))
             ]
+            if not inside and empty is None:
+                raise EvalError(no_videos_message(path))
             if not inside:
-                raise EvalError(f"no videos ({', '.join(VIDEO_EXTENSIONS)} or PNG-frame folders) in {str(path)!r}")
+                empty.append(path)
             found.extend(inside)
         else:
             raise EvalError(f"no such video or folder: {str(path)!r}")
     return list(dict.fromkeys(found))
+
+
+def no_videos_message(folder: str | Path) -> str:
+    return f"no videos ({', '.join(VIDEO_EXTENSIONS)} or PNG-frame folders) in {str(folder)!r}"
 
 
 def read_clip(path: str | Path) -> tuple[np.ndarray, float | None]:
@@ -113,6 +120,16 @@ def resolve_metrics(names: str | Iterable[str] | None) -> list[str]:
     return names
 
 
+WARNING_WIDTH = 119
+"""Longest warning line ``mpcore eval`` prints; the JSON keeps the whole reason."""
+
+
+def fit_line(text: str, width: int = WARNING_WIDTH) -> str:
+    """``text`` on one line of at most ``width`` characters (cut with ``...``)."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= width else text[: width - 3].rstrip() + "..."
+
+
 def _mean(values: list[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return float(np.mean(present)) if present else None
@@ -127,7 +144,7 @@ def evaluate_videos(
     options: dict[str, dict[str, Any]] | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Every metric on every video.
+    """Every metric on every video (no metric is loaded when there is no video).
 
     Returns ``{"videos": {PATH: {METRIC: value | None}}, "mean": {METRIC: value | None},
     "unavailable": {METRIC: reason}, "errors": {PATH: {METRIC: message}}, "unreadable": {PATH:
@@ -145,19 +162,21 @@ def evaluate_videos(
     registry = plugins.registry("metric")
     loaded: dict[str, Callable] = {}
     unavailable: dict[str, str] = {}
-    for name in names:
+    paths = [Path(p) for p in paths]
+    for name in names if paths else ():
         spec = registry[name].spec
         try:
             loaded[name] = spec.load(weights.get(name), device, **options.get(name, {}))
         except MetricUnavailable as error:
             unavailable[name] = error.reason
             if warn:
-                warn(f"warning: metric {name} is unavailable: {error.reason}")
+                warn(fit_line(f"warning: metric {name} is unavailable: {error.reason}"))
+    if unavailable and warn:
+        warn("note: unavailable metrics are null; give a metric's weights as a file with --weights METRIC=PATH")
 
     videos: dict[str, dict[str, float | None]] = {}
     errors: dict[str, dict[str, str]] = {}
     unreadable: dict[str, str] = {}
-    paths = [Path(p) for p in paths]
     iterator: Iterable[Path] = paths
     if progress:
         from tqdm import tqdm

@@ -114,7 +114,7 @@ def _steps(**kwargs):
     from mpcore.analysis import diagnose as diag
     from mpcore.io.manifest import write_json_atomic
     from mpcore.jobs.setup import load, prepare
-    from mpcore.io.video import read_video
+    from mpcore.io.video import check_location_writable, read_video
 
     videos, prompts, limit = kwargs.pop("videos"), kwargs.pop("prompts"), kwargs.pop("clips")
     check_steps, estimates_text, pairs = kwargs.pop("check_steps"), kwargs.pop("estimates"), kwargs.pop("pairs")
@@ -135,6 +135,7 @@ def _steps(**kwargs):
     steps = parse_steps(check_steps, setup.sampler.steps)
     if pairs is not None and not 1 <= pairs <= setup.sampler.frames // 2:
         raise click.BadParameter(f"must be in [1, {setup.sampler.frames // 2}]", param_hint="--pairs")
+    check_location_writable(out, folder=True)  # before any video is read or any model loads
     out.mkdir(parents=True, exist_ok=True)
     clips = []
     for path, caption in clip_files:
@@ -198,7 +199,13 @@ def gate_command(runs: tuple[Path, ...], json_out: Path | None):
     CIs. Exit code 1 when the gate does not pass."""
     from mpcore.analysis import diagnose as diag
     from mpcore.io.manifest import write_json_atomic
+    from mpcore.io.video import OutputError, check_location_writable
 
+    if json_out is not None:
+        try:
+            check_location_writable(json_out)  # before any manifest is read
+        except OutputError as error:
+            raise click.ClickException(str(error)) from None
     files = []
     for run in runs:
         files += sorted(p for p in run.glob("*.json") if p.name != "generate.json") if run.is_dir() else [run]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,8 @@ def print_table(result: dict[str, Any], title: str | None = None, notes: bool = 
         click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
     for name, info in result["metrics"].items() if notes else ():
         if not info["vbench"]:
-            click.echo(f"note: {name} is not a VBench metric ({info['description']})")
+            click.echo(textwrap.fill(f"note: {name} is not a VBench metric: {info['description']}", width=100,
+                                     subsequent_indent="  "))
 
 
 def _subset(result: dict[str, Any], paths: list[str]) -> dict[str, Any]:
@@ -94,7 +96,8 @@ def match_pairs(baseline_dir: Path, guided_dir: Path) -> tuple[list[tuple[str, s
 @click.option("--metric-option", "option_items", multiple=True, metavar="METRIC.KEY=VALUE",
               help="Option of a metric's loader, e.g. subject_consistency.arch=vit_small_patch16_224 (repeatable).")
 @click.option("--device", default=None, help="torch device (default: cuda if available, else cpu).")
-@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None, help="Write the results as JSON here.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), default=None,
+              help="Write the results as JSON here (checked writable first; written even when nothing was scored).")
 @click.option("--compare", nargs=2, type=click.Path(file_okay=False), default=None, metavar="BASELINE_DIR GUIDED_DIR",
               help="Paired comparison of files with the same name in the two folders (instead of VIDEOS).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the paired bootstrap (--compare).")
@@ -109,8 +112,10 @@ def eval_command(videos, metrics_text, weights_items, option_items, device, json
 
     A metric whose weights are missing is reported as unavailable (values null), with a warning.
     """
-    from mpcore.analysis.evaluate import EvalError, evaluate_videos, expand_videos, resolve_metrics
+    from mpcore.analysis.evaluate import (EvalError, evaluate_videos, expand_videos, no_videos_message,
+                                          resolve_metrics)
     from mpcore.io.manifest import write_json_atomic
+    from mpcore.io.video import check_location_writable
 
     try:
         if compare and videos:
@@ -121,14 +126,24 @@ def eval_command(videos, metrics_text, weights_items, option_items, device, json
             raise EvalError("--resamples must be >= 1")
         names = resolve_metrics(metrics_text)
         weights, options = _parse_weights(weights_items), _parse_options(option_items)
+        # every output is checked before any video is read or any metric loads
+        target = None
+        if compare:
+            target = Path(out_dir) if out_dir else Path(compare[1]).resolve().parent / "comparison"
+            check_location_writable(target, folder=True)
+        if json_out:
+            check_location_writable(json_out)
         pairs: list[tuple[str, str]] = []
+        empty: list[Path] = []
         if compare:
             pairs, unmatched = match_pairs(Path(compare[0]), Path(compare[1]))
             if unmatched:
                 echo(f"warning: {len(unmatched)} file(s) without a partner are ignored: {', '.join(unmatched[:10])}")
             paths = [p for pair in pairs for p in pair]
         else:
-            paths = [str(p) for p in expand_videos(videos)]
+            paths = [str(p) for p in expand_videos(videos, empty=empty)]
+            for folder in empty if paths else ():
+                echo(f"warning: {no_videos_message(folder)}")
         resolved = device_from_option(device)
         result = evaluate_videos(paths, names, resolved, weights, progress, options=options, warn=echo)
     except (EvalError, ValueError, TypeError, OSError) as error:  # ValueError: e.g. weights for a weight-free metric
@@ -141,9 +156,12 @@ def eval_command(videos, metrics_text, weights_items, option_items, device, json
             echo(f"warning: {name} could not score {path}: {message}")
 
     if not compare:
-        print_table(result)
-        if json_out:
+        if result["videos"]:
+            print_table(result)
+        if json_out:  # also without videos: a script finds this evaluation's (empty) result, not a stale one
             echo(f"wrote {write_json_atomic(result, json_out)}")
+        if not result["videos"]:
+            raise click.ClickException(f"nothing was scored: {'; '.join(no_videos_message(f) for f in empty)}")
         _fail_if_nothing_scored(result)
         return
 
@@ -154,7 +172,6 @@ def eval_command(videos, metrics_text, weights_items, option_items, device, json
     print_table(baseline, "baseline:", notes=False)
     print_table(guided, "guided:")
     comparison = paired_comparison(baseline, guided, pairs, seed=seed, resamples=resamples)
-    target = Path(out_dir) if out_dir else Path(compare[1]).resolve().parent / "comparison"
     target.mkdir(parents=True, exist_ok=True)
     for name, path in write_comparison(comparison, target).items():
         echo(f"wrote {name}: {path}")

@@ -26,9 +26,12 @@ def report(folder: Path, out: Path | None, eval_path: Path | None, comparison: P
     plot and (with --eval) its metric values. Media are linked relatively: keep the report in DIR
     (the default) to move or zip the folder with it. Opens offline in any browser.
     """
+    from mpcore.io.video import OutputError, check_location_writable
+
     try:
+        check_location_writable(out if out is not None else folder / "report.html")  # before reading anything
         path = write_report(folder, out, eval_path, comparison, title)
-    except ReportError as error:
+    except (ReportError, OutputError) as error:
         raise click.ClickException(str(error)) from None
     click.echo(str(path))
     click.echo(path.resolve().as_uri())

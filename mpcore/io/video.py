@@ -108,6 +108,32 @@ def check_output_writable(out: str | Path, create: bool = True) -> Path:
     return path
 
 
+def check_location_writable(out: str | Path, folder: bool = False) -> Path:
+    """An output location of any kind (a JSON or HTML file, or a folder with ``folder=True``) checked
+    before any work: nothing is created. The folder that will receive it (the output folder itself if
+    it exists, else its nearest existing ancestor) must be a folder in which a file can be created;
+    an existing folder where a file is asked for, or a file where a folder is asked for, is refused.
+    Raises :class:`OutputError` in one line naming the path and the reason; returns the path."""
+    path = Path(out).expanduser()
+    if folder and path.exists() and not path.is_dir():
+        raise OutputError(f"cannot write the output folder {str(path)!r}: a file of that name exists")
+    if not folder and path.is_dir():
+        raise OutputError(f"cannot write {str(path)!r}: it is a folder; give a file path")
+    target = path if folder else path.parent
+    while not target.exists() and target != target.parent:
+        target = target.parent
+    if not target.is_dir():
+        raise OutputError(f"cannot write {str(path)!r}: {str(target)!r} is a file, not a folder")
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".mpcore-write-test-", dir=target)
+        os.close(handle)
+        os.remove(probe)
+    except OSError as exc:
+        raise OutputError(f"cannot write {str(path)!r}: folder {str(target)!r} is not writable "
+                          f"({exc.strerror or exc})") from None
+    return path
+
+
 def derived_path(out: str | Path, suffix_tag: str, ext: str | None = None) -> Path:
     """A sibling path of the output ``out`` with ``suffix_tag`` appended to its stem.
 

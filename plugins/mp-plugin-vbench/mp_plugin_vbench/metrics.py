@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Callable
+from urllib.parse import urlparse
 
 import numpy as np
 import torch
@@ -18,6 +19,8 @@ import torch.nn.functional as F
 
 from mpcore.flows.evaluate import backward_warp
 from mpcore.interfaces import MetricUnavailable
+
+from mp_plugin_vbench import hub
 
 DINO_ARCH = "vit_base_patch16_224.dino"
 CLIP_ARCH = "ViT-B-32"
@@ -121,8 +124,15 @@ def _encode_in_batches(encode: Callable[[torch.Tensor], torch.Tensor], x: torch.
 def _local_file(metric: str, weights: str, what: str) -> Path:
     path = Path(os.path.expanduser(str(weights)))
     if not path.is_file():
-        raise MetricUnavailable(f"{metric}: weights file {str(path)!r} not found ({what})")
+        raise MetricUnavailable(f"weights file {str(path)!r} not found ({what})")
     return path
+
+
+def _brief(error: BaseException, limit: int = 70) -> str:
+    """``Type: first line of the message``, at most ``limit`` characters (a library's error can be a page)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
 
 def load_subject_consistency(weights: str | None = None, device: Any = "cpu", arch: str = DINO_ARCH, **options: Any):
@@ -139,19 +149,24 @@ def load_subject_consistency(weights: str | None = None, device: Any = "cpu", ar
         raise TypeError(f"subject_consistency: unknown option(s) {', '.join(sorted(options))}; accepted: arch")
     import timm
 
+    what = "DINO ViT-B/16" if arch == DINO_ARCH else f"timm {arch}"
     kwargs: dict[str, Any] = dict(pretrained=True, num_classes=0, dynamic_img_size=True)
     if weights is not None:
-        path = _local_file("subject_consistency", weights, "a DINO ViT-B/16 state dict, e.g. dino_vitbase16_pretrain.pth")
-        kwargs["pretrained_cfg_overlay"] = dict(file=str(path))
+        source = str(_local_file("subject_consistency", weights,
+                                 "a DINO ViT-B/16 state dict, e.g. dino_vitbase16_pretrain.pth"))
+    else:  # the hub's file: from the local cache if it is there, else a download where one can work
+        repo, source = hub.timm_hub_file(arch)
+        offline = None if source else hub.offline_reason(hub.hub_host())
+        if offline:
+            raise MetricUnavailable(f"{offline} and no cached {what} weights")
+    if source:
+        kwargs["pretrained_cfg_overlay"] = dict(file=source)
     try:
-        model = timm.create_model(arch, **kwargs)
+        with hub.quiet_library_logging():
+            model = timm.create_model(arch, **kwargs)
     except Exception as error:  # offline hub, bad file, wrong architecture
-        source = str(weights) if weights is not None else f"the Hugging Face hub ({arch})"
-        raise MetricUnavailable(
-            f"subject_consistency: cannot load DINO ViT-B/16 weights from {source}: {type(error).__name__}: "
-            f"{str(error)[:500]}. Pass a local file: --weights subject_consistency=PATH "
-            "(timm vit_base_patch16_224.dino state dict or DINO's dino_vitbase16_pretrain.pth)"
-        ) from None
+        origin = repr(source) if source else "the hub"
+        raise MetricUnavailable(f"cannot load {what} weights from {origin}: {_brief(error)}") from None
     model = model.eval().to(device)
 
     def subject_consistency(frames: Any, fps: float | None = None) -> float:
@@ -177,18 +192,25 @@ def load_background_consistency(
     import open_clip
 
     quick = str(quick_gelu).strip().lower() in ("1", "true", "yes")
+    what = f"CLIP {arch} ({CLIP_PRETRAINED})"
     if weights is not None:
         pretrained = str(_local_file("background_consistency", weights, "an open_clip CLIP ViT-B/32 checkpoint"))
-    else:
-        pretrained = CLIP_PRETRAINED
+    else:  # the hub's file: from the local cache if it is there, else a download where one can work
+        cfg = open_clip.get_pretrained_cfg(arch, CLIP_PRETRAINED) or {}
+        if not cfg:
+            raise MetricUnavailable(f"open_clip has no {CLIP_PRETRAINED!r} weights for {arch}")
+        repo, cached = hub.open_clip_hub_file(arch, CLIP_PRETRAINED)
+        host = hub.hub_host() if repo else urlparse(str(cfg.get("url", ""))).hostname or "the network"
+        offline = None if cached else hub.offline_reason(host)
+        if offline:
+            raise MetricUnavailable(f"{offline} and no cached {what} weights")
+        pretrained = cached or CLIP_PRETRAINED
     try:
-        model = open_clip.create_model(arch, pretrained=pretrained, force_quick_gelu=quick, device=device)
+        with hub.quiet_library_logging():  # open_clip logs a failed download with logging.error
+            model = open_clip.create_model(arch, pretrained=pretrained, force_quick_gelu=quick, device=device)
     except Exception as error:
-        raise MetricUnavailable(
-            f"background_consistency: cannot load CLIP {arch} weights {pretrained!r}: {type(error).__name__}: "
-            f"{str(error)[:500]}. Pass a local file: --weights background_consistency=PATH (an open_clip "
-            "ViT-B-32 checkpoint of OpenAI's CLIP)"
-        ) from None
+        origin = "the hub" if pretrained == CLIP_PRETRAINED else repr(pretrained)
+        raise MetricUnavailable(f"cannot load {what} weights from {origin}: {_brief(error)}") from None
     model = model.eval()
 
     def background_consistency(frames: Any, fps: float | None = None) -> float:
@@ -249,20 +271,27 @@ def load_dynamic_degree(weights: str | None = None, device: Any = "cpu", **optio
     from mpcore import plugins
 
     options = {"size": "large", "num_flow_updates": 20, **options}
-    source = RAFT_TORCHVISION_THINGS if weights is None else str(weights)
     if weights is not None:
-        _local_file("dynamic_degree", weights, "the original RAFT raft-things.pth")
+        source = str(_local_file("dynamic_degree", weights, "the original RAFT raft-things.pth"))
+    else:  # torchvision's file: from torch.hub's cache if it is there, else a download where one can work
+        from torchvision.models.optical_flow import Raft_Large_Weights
+
+        url = getattr(Raft_Large_Weights, RAFT_TORCHVISION_THINGS).url
+        cached = hub.torch_hub_file(url)
+        offline = None if cached.is_file() else hub.offline_reason(urlparse(url).hostname or "download.pytorch.org")
+        if offline:
+            raise MetricUnavailable(f"{offline} and no cached RAFT-large weights ({RAFT_TORCHVISION_THINGS})")
+        source = str(cached) if cached.is_file() else RAFT_TORCHVISION_THINGS  # a torchvision state dict file
     try:
         spec = plugins.get("flow", "raft").spec
     except plugins.UnknownPluginError as error:
-        raise MetricUnavailable(f"dynamic_degree needs the raft flow plugin: {error}") from None
+        raise MetricUnavailable(f"needs the raft flow plugin: {error}") from None
     try:
-        flow_fn = spec.load(source, device, **options)
+        with hub.quiet_library_logging():
+            flow_fn = spec.load(source, device, **options)
     except Exception as error:
-        raise MetricUnavailable(
-            f"dynamic_degree: cannot load RAFT weights {source!r}: {type(error).__name__}: {str(error)[:500]}. "
-            "Pass the original checkpoint: --weights dynamic_degree=PATH/raft-things.pth"
-        ) from None
+        origin = f"torchvision's {RAFT_TORCHVISION_THINGS}" if source == RAFT_TORCHVISION_THINGS else repr(source)
+        raise MetricUnavailable(f"cannot load RAFT-large weights from {origin}: {_brief(error)}") from None
 
     def dynamic_degree(frames: Any, fps: float | None = None) -> float:
         return dynamic_degree_from_flow(flow_fn, frames, fps, device)
@@ -317,7 +346,7 @@ def load_motion_smoothness_flowinterp(weights: str | None = None, device: Any = 
     try:
         flow_fn = plugins.get("flow", "tvl1").spec.load(None, device, **options)
     except plugins.UnknownPluginError as error:
-        raise MetricUnavailable(f"motion_smoothness_flowinterp needs the tvl1 flow plugin: {error}") from None
+        raise MetricUnavailable(f"needs the tvl1 flow plugin: {error}") from None
 
     def motion_smoothness_flowinterp(frames: Any, fps: float | None = None) -> float:
         frames = check_frames(frames, 3, "motion_smoothness_flowinterp")

@@ -171,12 +171,13 @@ def test_flow_interpolation_reconstructs_a_translation():
 
 
 def test_missing_or_unloadable_weights_are_unavailable(tmp_path):
-    with pytest.raises(MetricUnavailable, match="--weights subject_consistency=PATH|not found"):
+    with pytest.raises(MetricUnavailable, match="not found"):
         M.load_subject_consistency(str(tmp_path / "missing.pth"))
     broken = tmp_path / "broken.pth"
     broken.write_bytes(b"not a checkpoint")
-    with pytest.raises(MetricUnavailable, match="--weights subject_consistency=PATH"):
+    with pytest.raises(MetricUnavailable, match="cannot load timm vit_tiny_patch16_224 weights from .*broken.pth") as caught:
         M.load_subject_consistency(str(broken), arch="vit_tiny_patch16_224")
+    assert len(caught.value.reason) < 200 and "\n" not in caught.value.reason  # a library's page of text, cut
     with pytest.raises(MetricUnavailable, match="not found"):
         M.load_background_consistency(str(tmp_path / "missing.pt"))
     with pytest.raises(MetricUnavailable, match="raft-things"):
