@@ -148,18 +148,50 @@ def diffusers_dtype_argument() -> str:
     return "dtype" if tuple(map(int, diffusers.__version__.split(".")[:2])) >= (0, 40) else "torch_dtype"
 
 
+FP32_CAST_LOGGER = "diffusers.models.modeling_utils"
+FP32_CAST_NOTICE = "There are modules in "
+"""Where diffusers' ``ModelMixin.to(dtype)`` logs "There are modules in X that should be kept in float32: [...].
+Casting directly with `to()` ..." (the logger's name and the message's start)."""
+
+QUIET_NOTICES = (
+    # ModelMixin.to(dtype), at every cast, even with an empty list
+    (FP32_CAST_LOGGER, FP32_CAST_NOTICE, "should be kept in float32"),
+    # AutoencoderTiny registers block_out_channels itself, so every folder diffusers saves has it and every load
+    # of one (TAESD's too) logs that the key is unexpected
+    ("diffusers.configuration_utils", "The config attributes {'block_out_channels': ",
+     "were passed to AutoencoderTiny, but are not expected"),
+)
+"""The diffusers notices :func:`quiet_diffusers` drops: (logger name, message start, text the message contains)."""
+
+
+def is_quiet_notice(record: Any) -> bool:
+    """True for exactly one of :data:`QUIET_NOTICES` (a ``logging.LogRecord``)."""
+    message = record.getMessage()
+    return any(record.name == logger and message.startswith(start) and part in message
+               for logger, start, part in QUIET_NOTICES)
+
+
 @contextlib.contextmanager
 def quiet_diffusers() -> Iterator[None]:
-    """Silence diffusers' "modules that should be kept in float32: []" notice on our own casts (diffusers
-    logs it at every ``to(dtype)`` of a model, even when the list is empty); errors still show."""
-    from diffusers.utils import logging as diffusers_logging
+    """Drop diffusers' "There are modules in X that should be kept in float32: [...]" notice while our own code
+    (or a diffusers constructor we call, e.g. ``AnimateDiffPipeline`` building its ``UNetMotionModel``) casts a
+    model with ``to(dtype)``: diffusers logs it at every such cast, even when the list is empty; and the other
+    notice of :data:`QUIET_NOTICES`. Only those messages of those loggers are filtered, and only inside the
+    block; every other diffusers message (a missing weight, a deprecation) still shows."""
+    import logging
 
-    level = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
+    loggers = [logging.getLogger(name) for name in dict.fromkeys(name for name, _, _ in QUIET_NOTICES)]
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not is_quiet_notice(record)
+
+    for logger in loggers:
+        logger.addFilter(keep)
     try:
         yield
     finally:
-        diffusers_logging.set_verbosity(level)
+        for logger in loggers:
+            logger.removeFilter(keep)
 
 
 def describe(backbone: Any, **details: Any) -> dict[str, Any]:

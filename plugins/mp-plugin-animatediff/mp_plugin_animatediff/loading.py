@@ -15,7 +15,7 @@ import torch
 from diffusers import AnimateDiffPipeline, DDIMScheduler, MotionAdapter
 from diffusers.loaders.single_file_utils import convert_animatediff_checkpoint_to_diffusers
 
-from mpcore.backbones import ModelNotFoundError, diffusers_dtype_argument, hub_error, looks_local
+from mpcore.backbones import ModelNotFoundError, diffusers_dtype_argument, hub_error, looks_local, quiet_diffusers
 from mpcore.io.weights import CHECKPOINT_SUFFIXES, CheckpointMismatchError, read_state_dict, shapes, state_dict_diff
 
 # AnimateDiff's own DDIM settings (animate.py: linear betas, leading spacing + offset 1,
@@ -116,7 +116,8 @@ def load_original_motion_module(path: str | Path, dtype: torch.dtype = torch.flo
     if diff:
         raise CheckpointMismatchError(f"motion module {path} does not match the inferred MotionAdapter:\n{diff}")
     adapter.load_state_dict(converted, strict=False)
-    return adapter.to(dtype)
+    with quiet_diffusers():  # ModelMixin.to(dtype) logs the "should be kept in float32: []" notice
+        return adapter.to(dtype)
 
 
 def load_motion_adapter(source: str, dtype: torch.dtype) -> MotionAdapter:
@@ -135,19 +136,25 @@ def load_motion_adapter(source: str, dtype: torch.dtype) -> MotionAdapter:
 def load_pipeline(
     model: str, motion_adapter: str, dtype: torch.dtype, base_config: str | None = None
 ) -> tuple[AnimateDiffPipeline, dict]:
-    """The diffusers AnimateDiff pipeline and the DDIM scheduler config to sample with."""
+    """The diffusers AnimateDiff pipeline and the DDIM scheduler config to sample with.
+
+    Building the pipeline casts its new ``UNetMotionModel`` with ``to(unet.dtype)`` (diffusers'
+    ``UNetMotionModel.from_unet2d``), which logs "There are modules in UNetMotionModel that should be kept in
+    float32: []" on every load: that one notice is dropped here (:func:`mpcore.backbones.quiet_diffusers`)."""
     adapter = load_motion_adapter(motion_adapter, dtype)
     path = Path(model).expanduser()
     try:
         if path.is_file():
             kwargs = {"config": base_config} if base_config else {}
-            pipe = AnimateDiffPipeline.from_single_file(str(path), motion_adapter=adapter, **{DTYPE_ARGUMENT: dtype},
-                                                        **kwargs)
+            with quiet_diffusers():
+                pipe = AnimateDiffPipeline.from_single_file(str(path), motion_adapter=adapter,
+                                                            **{DTYPE_ARGUMENT: dtype}, **kwargs)
             scheduler_config = dict(DDIMScheduler(**ANIMATEDIFF_SCHEDULER).config)
         else:
-            pipe = AnimateDiffPipeline.from_pretrained(
-                str(path) if path.exists() else model, motion_adapter=adapter, **{DTYPE_ARGUMENT: dtype}
-            )
+            with quiet_diffusers():
+                pipe = AnimateDiffPipeline.from_pretrained(
+                    str(path) if path.exists() else model, motion_adapter=adapter, **{DTYPE_ARGUMENT: dtype}
+                )
             # the base model's scheduler config, read as DDIM
             scheduler_config = dict(DDIMScheduler.from_config(pipe.scheduler.config).config)
     except OSError as error:
