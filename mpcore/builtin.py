@@ -42,7 +42,7 @@ def resolve_motionprompt(config: MotionPromptConfig, sampler: SamplerConfig) -> 
     """The settings with the step range the run uses and where it comes from."""
     return {**to_dict(config), "opt_range": list(config.resolved_opt_range(sampler.steps)),
             "opt_range_source": "explicit" if config.opt_range is not None else
-            f"paper range {list(config.paper_opt_range)} at {PAPER_STEPS} steps, scaled to {sampler.steps}"}
+            f"reference range {list(config.reference_opt_range)} at {PAPER_STEPS} steps, scaled to {sampler.steps}"}
 
 
 def token_update_health(result: dict[str, Any]) -> dict[str, Any]:

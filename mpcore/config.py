@@ -21,7 +21,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 PAPER_STEPS = 50
 """The number of DDIM steps the paper's optimization ranges refer to."""
@@ -131,6 +131,9 @@ class MotionPromptConfig:
         L = l_disc * mean_pairs softplus(-D(flow)) + l_tv * TV(flow) + l_reg * ||e_S - e_S_init||^2
     """
 
+    RENAMED: ClassVar[dict[str, str]] = {"paper_opt_range": "reference_opt_range"}
+    """Former setting names -> current ones (``-o`` and folders recorded by an older mpcore still read)."""
+
     num_tokens: int = 1
     init_words: tuple[str, ...] = ("authentic", "real", "clear")
     """Init word of token k: ``init_words[k % len]`` (the mean of its pieces); ``random`` = a random row
@@ -156,8 +159,10 @@ class MotionPromptConfig:
     download); 'tvl1' needs no weights."""
     flow_size: int | None = None
     """Resize decoded frames to this side length before the flow estimator (None = decoded size)."""
-    paper_opt_range: tuple[int, int] = (4, 15)
-    """The backbone's range at PAPER_STEPS steps, used to resolve ``opt_range=None``."""
+    reference_opt_range: tuple[int, int] = (4, 15)
+    """The backbone's range at PAPER_STEPS (50) steps, scaled to the run's step count when ``opt_range`` is
+    not given: the paper's for AnimateDiff, LaVie and VideoCrafter2, a chosen one for the others (e.g. the
+    toy model's, chosen on its development seeds). Formerly ``paper_opt_range`` (still accepted)."""
     estimate: str = "tweedie"
     """How the clean video the discriminator judges is estimated from x_t: 'tweedie' is the paper's
     one-step estimate; 'rollout' takes ``rollout_steps`` differentiable DDIM steps over the rest of
@@ -201,13 +206,13 @@ class MotionPromptConfig:
         if self.guidance_decoder != "tiny":
             reasons["guidance_decoder_path"] = "acts only with guidance_decoder=tiny"
         if self.opt_range is not None:
-            reasons["paper_opt_range"] = f"is only scaled when opt_range is not given (this run: opt_range={self.opt_range})"
+            reasons["reference_opt_range"] = f"is only scaled when opt_range is not given (this run: opt_range={self.opt_range})"
         return {name: why for name, why in reasons.items() if name in given}
 
     def resolved_opt_range(self, steps: int) -> tuple[int, int]:
         if self.opt_range is not None:
             return tuple(self.opt_range)  # type: ignore[return-value]
-        return scale_opt_range(self.paper_opt_range, steps)
+        return scale_opt_range(self.reference_opt_range, steps)
 
     def validate(self, sampler: SamplerConfig, latent_frames: int | None = None) -> None:
         """``latent_frames``: the latent frames of ``sampler.frames`` frames, if the VAE compresses time
@@ -318,7 +323,9 @@ def apply_overrides(config: Any, overrides: list[str] | dict[str, str]) -> Any:
     names = {f.name for f in fields(config)}
     hints = typing.get_type_hints(type(config))
     changes: dict[str, Any] = {}
+    renamed = getattr(type(config), "RENAMED", {})
     for key, raw in items:
+        key = renamed.get(key, key)
         if key not in names:
             raise ConfigError(
                 f"unknown setting {key!r} for {type(config).__name__}; known: {', '.join(sorted(names))}"

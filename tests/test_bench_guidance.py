@@ -71,8 +71,8 @@ def test_real_random_is_accepted_for_every_backbone_at_its_real_size():
         assert callable(module.load_random_real)
         # the guided modes take the backbone's paper settings, range scaled to the steps
         motion = bench.motion_config("fast", backbone)
-        assert motion.paper_opt_range == bench.paper_settings(backbone)["paper_opt_range"]
-        assert motion.resolved_opt_range(12) == scale_opt_range(motion.paper_opt_range, 12)
+        assert motion.reference_opt_range == bench.paper_settings(backbone)["reference_opt_range"]
+        assert motion.resolved_opt_range(12) == scale_opt_range(motion.reference_opt_range, 12)
     # the default stays AnimateDiff, and the existing configs resolve as before
     args = bench.resolve_args(bench.build_parser().parse_args(["--config", "tiny", "--device", "cpu"]))
     assert args.backbone == "animatediff" and bench.video_shape("tiny") == dict(frames=8, height=64, width=64)

@@ -108,3 +108,18 @@ def test_init_words_that_split_are_warned_and_recorded(tmp_path):
                     "--height", "32", "--width", "32", "--steps", "3", "--no-progress", "-o", "opt_range=0,1",
                     "-o", "iterations=1", "--out", str(tmp_path / "plain.mp4")])
     assert plain.exit_code == 0 and "init word" not in plain.output
+
+
+def test_the_toy_range_is_not_called_the_papers_and_the_old_name_still_reads():
+    """The toy manifest said paper_opt_range: [28, 40], a range the paper never used; the field is the reference
+    range at 50 steps (the paper's only for its backbones). -o and folders of the old name still work."""
+    from mpcore.config import MotionPromptConfig, apply_overrides, to_dict
+    from mpcore.jobs.items import with_added_fields
+
+    assert apply_overrides(MotionPromptConfig(), ["paper_opt_range=28,40"]).reference_opt_range == (28, 40)
+    old = {k: list(v) if isinstance(v, tuple) else v for k, v in to_dict(MotionPromptConfig()).items()}
+    old["paper_opt_range"] = old.pop("reference_opt_range")
+    upgraded = with_added_fields({"guidance": "motionprompt", "motionprompt": {**old, "paper_opt_range": [28, 40]}})
+    assert upgraded["motionprompt"]["reference_opt_range"] == [28, 40] and "paper_opt_range" not in upgraded["motionprompt"]
+    toy = plugins.get("backbone", "animatediff").spec.defaults_for("toy")[1]
+    assert "paper_opt_range" not in toy and toy["reference_opt_range"] == (28, 40)

@@ -66,7 +66,7 @@ def test_guided_run_uses_the_bundled_discriminator_and_fast_tvl1(tmp_path):
     assert manifest["flow"]["name"] == "tvl1_fast" and manifest["flow"]["warps"] == 3
     # the diagnostic's choice for the toy model: a 3-call rollout over [14, 20) of 25 steps
     assert manifest["motionprompt"]["estimate"] == "rollout" and manifest["motionprompt"]["rollout_steps"] == 3
-    assert manifest["motionprompt"]["paper_opt_range"] == [28, 40]
+    assert manifest["motionprompt"]["reference_opt_range"] == [28, 40]
     compare = read_video(tmp_path / "guided_compare.mp4")
     assert compare.shape[0] == 8 and compare.shape[2] > 64
     assert any(step["optimized"] and step["iterations"] for step in manifest["result"]["trace"])

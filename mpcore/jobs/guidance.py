@@ -226,7 +226,8 @@ def _replace_checked(config: Any, values: dict[str, Any]) -> Any:
     """``config`` with Python values (strings are parsed as ``-o`` values), unknown names refused."""
     strings = {k: v for k, v in values.items() if isinstance(v, str)}
     config = apply_overrides(config, strings)
-    others = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k not in strings}
+    renamed = getattr(type(config), "RENAMED", {})
+    others = {renamed.get(k, k): tuple(v) if isinstance(v, list) else v for k, v in values.items() if k not in strings}
     names = {f.name for f in dataclasses.fields(config)}
     unknown = sorted(set(others) - names)
     if unknown:

@@ -140,7 +140,8 @@ def with_added_fields(settings: dict[str, Any]) -> dict[str, Any]:
     spec = getattr(plugins.registry("guidance").get(str(settings.get("guidance"))), "spec", None)
     key = (spec.section or "guidance_settings") if spec is not None else None
     if key is not None and spec.config_class is not None and isinstance(settings.get(key), dict):
-        recorded = settings[key]
+        renamed = getattr(spec.config_class, "RENAMED", {})
+        recorded = {renamed.get(k, k): v for k, v in settings[key].items()}
         known = {f.name for f in dataclasses.fields(spec.config_class)}
         config = spec.config_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in recorded.items() if k in known})
         settings[key] = {**json_safe(to_dict(config)), **{k: v for k, v in recorded.items() if k not in known}}

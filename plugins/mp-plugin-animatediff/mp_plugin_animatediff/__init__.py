@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 # steps (stored as the half-open [4, 15), scaled to other step counts), 2 decoded frames, l_disc 1,
 # l_tv 5, l_reg 10, lr 5e-3.
 PAPER_MOTIONPROMPT_DEFAULTS = dict(
-    num_tokens=1, iterations=3, paper_opt_range=(4, 15), decoded_frames=2,
+    num_tokens=1, iterations=3, reference_opt_range=(4, 15), decoded_frames=2,
     l_disc=1.0, l_tv=5.0, l_reg=10.0, lr=0.005,
 )
 

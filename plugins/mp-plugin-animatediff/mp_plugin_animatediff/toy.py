@@ -33,7 +33,7 @@ TOY_SAMPLER_DEFAULTS = dict(frames=8, height=32, width=32, steps=25, cfg_scale=7
 # step 20 of 25 (AUC <= 0.59); a 3-call rollout keeps more and separates from step 14 (AUC 0.64-0.77).
 # The range is given at the paper's 50 steps, (28, 40), so that it scales: [14, 20) at the toy's 25.
 TOY_MOTIONPROMPT_DEFAULTS = dict(PAPER_MOTIONPROMPT_DEFAULTS, flow_estimator="tvl1_fast", estimate="rollout",
-                                 rollout_steps=3, paper_opt_range=(28, 40))
+                                 rollout_steps=3, reference_opt_range=(28, 40))
 
 
 def toy_folder() -> Path:

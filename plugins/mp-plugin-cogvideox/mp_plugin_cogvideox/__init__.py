@@ -27,7 +27,7 @@ COGVIDEOX_SAMPLER_DEFAULTS = dict(frames=49, height=480, width=720, steps=50, cf
 # The T5 encoder RMS-normalises its input, so the loss gradient w.r.t. the row scales as 1/s while the
 # regulariser's (2 l_reg (e - e_init)) scales as s: the paper's balance is l_reg / s^2 = 10 / 2500.
 COGVIDEOX_MOTIONPROMPT_DEFAULTS = dict(
-    num_tokens=1, iterations=3, paper_opt_range=(4, 15), decoded_frames=2,
+    num_tokens=1, iterations=3, reference_opt_range=(4, 15), decoded_frames=2,
     l_disc=1.0, l_tv=5.0, l_reg=0.004, lr=0.25,
 )
 

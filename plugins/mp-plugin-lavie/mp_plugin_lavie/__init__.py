@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 # (stored as the half-open [6, 15), scaled to other step counts), 6 decoded frames, l_disc 1, l_tv 1,
 # l_reg 10, lr 5e-4.
 PAPER_MOTIONPROMPT_DEFAULTS = dict(
-    num_tokens=1, iterations=3, paper_opt_range=(6, 15), decoded_frames=6,
+    num_tokens=1, iterations=3, reference_opt_range=(6, 15), decoded_frames=6,
     l_disc=1.0, l_tv=1.0, l_reg=10.0, lr=0.0005,
 )
 

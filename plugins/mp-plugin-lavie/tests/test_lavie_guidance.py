@@ -108,6 +108,6 @@ def test_paper_defaults_are_the_backbones():
     from mp_plugin_lavie import motionprompt_defaults, sampler_defaults
 
     # the paper's LaVie row: 1 token, K=3, 5 < i < 15 (stored [6, 15)), 6 decoded frames, l_tv 1, l_reg 10, lr 5e-4
-    assert motionprompt_defaults("lavie_base.pt") == dict(num_tokens=1, iterations=3, paper_opt_range=(6, 15),
+    assert motionprompt_defaults("lavie_base.pt") == dict(num_tokens=1, iterations=3, reference_opt_range=(6, 15),
                                                           decoded_frames=6, l_disc=1.0, l_tv=1.0, l_reg=10.0, lr=0.0005)
     assert sampler_defaults("lavie_base.pt") == dict(frames=16, height=320, width=512, steps=50, cfg_scale=7.5)

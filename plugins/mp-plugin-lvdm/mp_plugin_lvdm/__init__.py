@@ -30,7 +30,7 @@ __version__ = "0.1.0"
 # The MotionPrompt paper's VideoCrafter2 settings ("3 < i < 20" of 50 DDIM steps stored as the
 # half-open [4, 20), scaled to other step counts); DynamiCrafter's are the same (see above).
 VIDEOCRAFTER2_MOTIONPROMPT_DEFAULTS = dict(
-    num_tokens=1, iterations=3, paper_opt_range=(4, 20), decoded_frames=6,
+    num_tokens=1, iterations=3, reference_opt_range=(4, 20), decoded_frames=6,
     l_disc=1.0, l_tv=5.0, l_reg=3.0, lr=0.001,
 )
 DYNAMICRAFTER_MOTIONPROMPT_DEFAULTS = dict(VIDEOCRAFTER2_MOTIONPROMPT_DEFAULTS)

@@ -65,7 +65,7 @@ def test_guidance_changes_only_token_rows_and_the_video(backbone_name, variant, 
 
 def test_motionprompt_defaults():
     # the paper's VideoCrafter2 row: 1 token, K=3, 3 < i < 20 (stored [4, 20)), 6 decoded frames, l_tv 5, l_reg 3, lr 1e-3
-    paper = dict(num_tokens=1, iterations=3, paper_opt_range=(4, 20), decoded_frames=6, l_disc=1.0, l_tv=5.0, l_reg=3.0,
+    paper = dict(num_tokens=1, iterations=3, reference_opt_range=(4, 20), decoded_frames=6, l_disc=1.0, l_tv=5.0, l_reg=3.0,
                  lr=0.001)
     assert videocrafter2_motionprompt_defaults("model.ckpt") == paper
     assert dynamicrafter_motionprompt_defaults("model.ckpt") == paper

@@ -34,7 +34,7 @@ __version__ = "0.1.0"
 EMBEDDING_SCALE = 50.0
 """Assumed ratio of UMT5's to CLIP's input-embedding element scale (init std 1.0 vs 0.02; unverified)."""
 WAN_MOTIONPROMPT_DEFAULTS = dict(
-    num_tokens=1, iterations=3, paper_opt_range=(4, 15), decoded_frames=2,
+    num_tokens=1, iterations=3, reference_opt_range=(4, 15), decoded_frames=2,
     l_disc=1.0, l_tv=5.0, l_reg=10.0 / EMBEDDING_SCALE**2, lr=0.005 * EMBEDDING_SCALE,
 )
 # WanPipeline.__call__'s defaults
