@@ -135,6 +135,23 @@ def _mean(values: list[float | None]) -> float | None:
     return float(np.mean(present)) if present else None
 
 
+def _load_metrics(names: list[str], registry, weights: dict[str, str], options: dict[str, dict[str, Any]], device: Any,
+                  warn: Callable[[str], None] | None) -> tuple[dict[str, Callable], dict[str, str]]:
+    """The metrics that load, and why each other one cannot (said once each through ``warn``)."""
+    loaded: dict[str, Callable] = {}
+    unavailable: dict[str, str] = {}
+    for name in names:
+        try:
+            loaded[name] = registry[name].spec.load(weights.get(name), device, **options.get(name, {}))
+        except MetricUnavailable as error:
+            unavailable[name] = error.reason
+            if warn:
+                warn(fit_line(f"warning: metric {name} is unavailable: {error.reason}"))
+    if unavailable and warn:
+        warn("note: unavailable metrics are null; give a metric's weights as a file with --weights METRIC=PATH")
+    return loaded, unavailable
+
+
 def evaluate_videos(
     paths: Iterable[str | Path],
     metric_names: Iterable[str] | str | None,
@@ -160,19 +177,8 @@ def evaluate_videos(
         if given not in names:
             raise EvalError(f"weights/options given for {given!r}, which is not among the evaluated metrics: {', '.join(names)}")
     registry = plugins.registry("metric")
-    loaded: dict[str, Callable] = {}
-    unavailable: dict[str, str] = {}
     paths = [Path(p) for p in paths]
-    for name in names if paths else ():
-        spec = registry[name].spec
-        try:
-            loaded[name] = spec.load(weights.get(name), device, **options.get(name, {}))
-        except MetricUnavailable as error:
-            unavailable[name] = error.reason
-            if warn:
-                warn(fit_line(f"warning: metric {name} is unavailable: {error.reason}"))
-    if unavailable and warn:
-        warn("note: unavailable metrics are null; give a metric's weights as a file with --weights METRIC=PATH")
+    loaded, unavailable = _load_metrics(names if paths else [], registry, weights, options, device, warn)
 
     videos: dict[str, dict[str, float | None]] = {}
     errors: dict[str, dict[str, str]] = {}
