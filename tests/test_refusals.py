@@ -123,3 +123,22 @@ def test_the_toy_range_is_not_called_the_papers_and_the_old_name_still_reads():
     assert upgraded["motionprompt"]["reference_opt_range"] == [28, 40] and "paper_opt_range" not in upgraded["motionprompt"]
     toy = plugins.get("backbone", "animatediff").spec.defaults_for("toy")[1]
     assert "paper_opt_range" not in toy and toy["reference_opt_range"] == (28, 40)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--metrics", "nosuch", "{video}"], ["--metrics", "unknown metric(s): nosuch"]),
+    (["--resamples", "0", "{video}"], ["--resamples"]),
+    ([], ["no videos given"]),
+    (["--compare", "{folder}", "{folder}", "{video}"], ["not both"]),
+    (["--metrics", "temporal_flickering", "--weights", "motion_smoothness=x.pt", "{video}"], ["motion_smoothness"]),
+])
+def test_eval_bad_options_exit_2_like_every_command(args, words, tmp_path):
+    """mpcore eval's bad or contradictory options exited 1; the README's table says 2 for them."""
+    from mpcore.io.video import write_video
+    import numpy as np
+
+    video = write_video(np.zeros((3, 16, 16, 3), np.uint8), tmp_path / "v.mp4")
+    args = [a.format(video=video, folder=tmp_path) for a in args]
+    result = invoke(["eval", *args])
+    assert result.exit_code == 2, result.output
+    assert all(word in result.output for word in words), result.output

@@ -118,14 +118,22 @@ def eval_command(videos, metrics_text, weights_items, option_items, device, json
     from mpcore.io.video import check_location_writable
 
     try:
+        # bad or contradictory options: a usage error (exit 2), as for every command
         if compare and videos:
-            raise EvalError("give either VIDEOS or --compare BASELINE_DIR GUIDED_DIR, not both")
+            raise click.UsageError("give either VIDEOS or --compare BASELINE_DIR GUIDED_DIR, not both")
         if not compare and not videos:
-            raise EvalError("no videos given (VIDEOS... or --compare BASELINE_DIR GUIDED_DIR)")
+            raise click.UsageError("no videos given (VIDEOS... or --compare BASELINE_DIR GUIDED_DIR)")
         if resamples < 1:
-            raise EvalError("--resamples must be >= 1")
-        names = resolve_metrics(metrics_text)
+            raise click.BadParameter(f"{resamples}; give an integer >= 1", param_hint="--resamples")
+        try:
+            names = resolve_metrics(metrics_text)
+        except EvalError as error:
+            raise click.BadParameter(str(error), param_hint="--metrics") from None
         weights, options = _parse_weights(weights_items), _parse_options(option_items)
+        for given in [*weights, *options]:
+            if given not in names:
+                raise click.BadParameter(f"weights/options given for {given!r}, which is not among the evaluated "
+                                         f"metrics: {', '.join(names)}", param_hint="--weights/--metric-option")
         # every output is checked before any video is read or any metric loads
         target = None
         if compare:
