@@ -21,7 +21,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 PAPER_STEPS = 50
 """The number of DDIM steps the paper's optimization ranges refer to."""
@@ -111,15 +111,19 @@ class FreeInitConfig:
         return self.iterations > 1
 
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
+Optimizer = Literal["adam", "adamw", "sgd"]
+OPTIMIZERS = typing.get_args(Optimizer)
 PLACEMENTS = ("start", "end")
 PLACEMENT_ALIASES = {"front": "start"}
 """Former names of placements, still accepted; the config (and so the manifest) keeps the canonical one."""
 RANDOM_INIT = "random"
 """``init_words`` entry meaning: no word, a random row (:func:`mpcore.motionprompt.random_token_embedding`)."""
-ESTIMATES = ("tweedie", "rollout")
-ROLLOUT_PROMPTS = ("guided", "as_sampled")
-GUIDANCE_DECODERS = ("full", "tiny")
+Estimate = Literal["tweedie", "rollout"]
+ESTIMATES = typing.get_args(Estimate)
+RolloutPrompt = Literal["guided", "as_sampled"]
+ROLLOUT_PROMPTS = typing.get_args(RolloutPrompt)
+GuidanceDecoder = Literal["full", "tiny"]
+GUIDANCE_DECODERS = typing.get_args(GuidanceDecoder)
 
 
 @dataclass
@@ -149,7 +153,7 @@ class MotionPromptConfig:
     l_tv: float = 5.0
     l_reg: float = 10.0
     lr: float = 0.005
-    optimizer: str = "adam"
+    optimizer: Optimizer = "adam"
     checkpoint_denoiser: bool = False
     """Gradient checkpointing of the denoiser during optimization ("lean" mode: less memory, more time)."""
     checkpoint_vae: bool = True
@@ -163,7 +167,7 @@ class MotionPromptConfig:
     """The backbone's range at PAPER_STEPS (50) steps, scaled to the run's step count when ``opt_range`` is
     not given: the paper's for AnimateDiff, LaVie and VideoCrafter2, a chosen one for the others (e.g. the
     toy model's, chosen on its development seeds). Formerly ``paper_opt_range`` (still accepted)."""
-    estimate: str = "tweedie"
+    estimate: Estimate = "tweedie"
     """How the clean video the discriminator judges is estimated from x_t: 'tweedie' is the paper's
     one-step estimate; 'rollout' takes ``rollout_steps`` differentiable DDIM steps over the rest of
     the trajectory first (:func:`mpcore.motionprompt.estimate_clean_frames`)."""
@@ -173,7 +177,7 @@ class MotionPromptConfig:
     N is capped at the steps left, so N >= them (e.g. ``rollout_steps`` = ``steps``) is every remaining step: with
     ``rollout_prompt='as_sampled'`` the discriminator then judges exactly the video the current token
     would produce (the upper bound of the estimate; memory grows with N: ``checkpoint_denoiser=true``)."""
-    rollout_prompt: str = "guided"
+    rollout_prompt: RolloutPrompt = "guided"
     """The condition of the rollout's calls at sampling steps past the optimization range: 'guided'
     (the guided prompt P + S with the current token, every call) or 'as_sampled' (the plain prompt P
     there, as the sampler will use it; calls inside the range keep P + S). Measured on the toy model
@@ -184,7 +188,7 @@ class MotionPromptConfig:
     pairs before the step's K updates and after them (same x_t, same pairs, no gradient; the pairs come
     from their own generator, so the video does not change). 0 = off; each probe costs two estimates."""
 
-    guidance_decoder: str = "full"
+    guidance_decoder: GuidanceDecoder = "full"
     """What decodes the guided frames for the loss: 'full' is the backbone's own VAE (the paper's);
     'tiny' a diffusers ``AutoencoderTiny`` of the same latent space (TAESD for SD-family latents) at
     ``guidance_decoder_path``, much cheaper with backward. The final video always goes through the

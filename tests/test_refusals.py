@@ -142,3 +142,14 @@ def test_eval_bad_options_exit_2_like_every_command(args, words, tmp_path):
     result = invoke(["eval", *args])
     assert result.exit_code == 2, result.output
     assert all(word in result.output for word in words), result.output
+
+
+def test_an_init_word_the_tokenizer_does_not_know_is_warned():
+    """On wan, init_words=🦊 became ['▁', '<unk>'] without a word: the token started from the unknown row."""
+    from mpcore.motionprompt import split_init_words
+
+    assert split_init_words(["🦊"], [["▁", "<unk>"]], "<unk>") == [
+        "init word '🦊' is unknown to the tokenizer ['▁', '<unk>']: its token starts from their mean"]
+    assert split_init_words(["authentic", "zz"], [["authentic</w>"], ["z", "z</w>"]], "<|endoftext|>") == [
+        "init word 'zz' is 2 pieces ['z', 'z</w>']: its token starts from their mean"]
+    assert split_init_words(["random"], [None], None) == []  # a random init has no pieces
