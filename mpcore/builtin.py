@@ -23,7 +23,7 @@ def build_motionprompt(config: MotionPromptConfig, context: GuidanceContext):
 
 
 def motionprompt_defaults(backbone_spec: BackboneSpec, model: str | None) -> dict[str, Any]:
-    """The paper's settings for the backbone (its spec's ``motionprompt_defaults``, Table of DESIGN.md)."""
+    """The paper's settings for the backbone (its spec's ``motionprompt_defaults``, the table of docs/guidances.md)."""
     return backbone_spec.defaults_for(model)[1]
 
 

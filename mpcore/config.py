@@ -130,7 +130,7 @@ GUIDANCE_DECODERS = typing.get_args(GuidanceDecoder)
 class MotionPromptConfig:
     """MotionPrompt guidance: learnable prompt tokens optimized against a flow discriminator.
 
-    Loss at an optimized step (DESIGN.md "The method", step 2)::
+    Loss at an optimized step (docs/design.md "The method", step 2)::
 
         L = l_disc * mean_pairs softplus(-D(flow)) + l_tv * TV(flow) + l_reg * ||e_S - e_S_init||^2
     """

@@ -1,7 +1,7 @@
 """What plugins provide: specs registered through the hooks, and the backbone adapter interface.
 
 The sampler and MotionPrompt talk only to :class:`Backbone`, :class:`FlowEstimator` and
-:class:`Discriminator` (DESIGN.md "Contracts").
+:class:`Discriminator` (docs/design.md, "Contracts").
 """
 
 from __future__ import annotations

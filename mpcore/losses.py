@@ -6,9 +6,9 @@ CVPR 2025) optimizes the learnable token embeddings e_S at each guided sampling 
     L(e_S) = l_disc * L_disc(flow) + l_tv * L_TV(flow) + l_reg * L_reg(e_S)
 
 where ``flow`` is the optical flow of the decoded frame pairs of the clean-video estimate made with
-the guided prompt P + S (DESIGN.md, "The method", step 2). :meth:`mpcore.motionprompt.MotionPrompt.objective`
+the guided prompt P + S (docs/design.md, "The method", step 2). :meth:`mpcore.motionprompt.MotionPrompt.objective`
 computes ``flow`` and the weighted sum; this module holds the three terms, each stated as the
-formula it computes (DESIGN.md's statement of the paper's objective).
+formula it computes (the statement of the paper's objective in docs/design.md).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """MotionPrompt guidance: optimize learnable prompt tokens against an optical-flow discriminator.
 
-At each DDIM step i inside the optimization range (DESIGN.md "The method"):
+At each DDIM step i inside the optimization range (docs/design.md, "The method"):
 
 1. encode P + S with the learnable rows -> c*, predict the output with CFG (the unconditional
    output is computed once per step, it does not depend on S);
@@ -200,7 +200,7 @@ def make_optimizer(name: str, params: list[torch.Tensor], lr: float) -> torch.op
 
 def split_init_words(words: list[str], pieces: list[list[str] | None] | None, unknown: str | None) -> list[str]:
     """Warnings for init words the tokenizer does not keep whole: a token starting from the mean of several
-    pieces (or of an unknown-token row) starts from no word's embedding (DESIGN.md step 1)."""
+    pieces (or of an unknown-token row) starts from no word's embedding (docs/design.md, "The method", step 1)."""
     warnings = []
     for word, word_pieces in zip(words, pieces or []):
         if word_pieces is not None and (len(word_pieces) > 1 or (unknown is not None and unknown in word_pieces)):

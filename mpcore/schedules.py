@@ -1,4 +1,4 @@
-"""Noise-schedule adapters: the one owner of each backbone's noise-schedule math (DESIGN.md "Contracts").
+"""Noise-schedule adapters: the one owner of each backbone's noise-schedule math (docs/design.md, "Contracts").
 
 Everything the guided paths compute from a noise schedule goes through a :class:`NoiseSchedule` that the
 backbone hands out for the scheduler the sampler configured (:meth:`mpcore.interfaces.Backbone.noise_schedule`):

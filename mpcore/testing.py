@@ -56,7 +56,7 @@ def check_encode_contract(backbone) -> tuple[torch.Tensor, torch.Tensor]:
 # ----------------------------------------------------------------------------- guided-sampling contract
 # Every backbone plugin runs these on its tiny model(s), as a third-party backbone should (see the plugin
 # template's docstring): guidance-off sampling is held against the backbone's reference elsewhere; these
-# hold the GUIDED paths against the backbone's own scheduler (DESIGN.md "Contracts").
+# hold the GUIDED paths against the backbone's own scheduler (docs/design.md, "Contracts").
 
 
 def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:

@@ -1,7 +1,7 @@
 """Learnable prompt tokens on a Hugging Face text encoder (CLIP in SD-family backbones; T5 / UMT5 in
 the DiT backbones, :class:`T5TextTokens`).
 
-New tokens are added to the tokenizer and the embedding table is resized (DESIGN.md step 1).
+New tokens are added to the tokenizer and the embedding table is resized (docs/design.md, "The method", step 1).
 During optimization a forward hook on the input-embedding module substitutes the learnable rows
 wherever the new ids occur, so gradients reach only those rows and the table itself is never
 touched by the optimizer: every other row stays bit-identical by construction.

@@ -1,7 +1,7 @@
 """Where does the motion signal live? A per-step diagnostic to run before guiding a backbone.
 
 MotionPrompt asks a flow discriminator D whether the clean-video estimate at sampling step i moves
-like a real video (DESIGN.md "The method"). That question has an answer only where (a) the estimate
+like a real video (docs/design.md, "The method"). That question has an answer only where (a) the estimate
 still carries the motion of the video it is heading to, and (b) D separates the estimates of real
 videos from those of the model's own. Neither is guaranteed: in the toy world the one-step Tweedie
 estimate at the paper-style early range carries almost no motion, and a D trained on finished videos

@@ -1,7 +1,7 @@
 """Flow caches: the optical flows of sampled frame pairs, on disk, for training the discriminator.
 
 MotionPrompt's discriminator is trained on flows of random frame pairs from real videos versus
-videos the backbone generated (DESIGN.md "The method"). ``mpcore flows extract`` computes those
+videos the backbone generated (docs/design.md, "The method"). ``mpcore flows extract`` computes those
 flows once and stores them here; ``mpcore disc train`` reads them.
 
 Layout of a cache directory::

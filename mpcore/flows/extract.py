@@ -1,7 +1,7 @@
 """Flow datasets for training the discriminator: flows of random frame pairs of a folder of videos.
 
 MotionPrompt's discriminator learns to tell the optical flow of real videos (DAVIS, WebVid) from
-that of videos the backbone generated (DESIGN.md "The method"). ``mpcore flows extract`` builds one
+that of videos the backbone generated (docs/design.md, "The method"). ``mpcore flows extract`` builds one
 side of that dataset: it finds the videos under a folder (:func:`find_sources`), samples frame pairs
 of each, computes their flows with a flow estimator plugin and stores them in a flow cache
 (:mod:`mpcore.flows.cache`) with :func:`extract_flows`.
