@@ -153,3 +153,12 @@ def test_an_init_word_the_tokenizer_does_not_know_is_warned():
     assert split_init_words(["authentic", "zz"], [["authentic</w>"], ["z", "z</w>"]], "<|endoftext|>") == [
         "init word 'zz' is 2 pieces ['z', 'z</w>']: its token starts from their mean"]
     assert split_init_words(["random"], [None], None) == []  # a random init has no pieces
+
+
+@pytest.mark.parametrize("args, flag", [(["--flow", "nope"], "--flow"), (["--discriminator-type", "nope"],
+                                                                        "--discriminator-type")])
+def test_an_unknown_plugin_is_a_bad_option_like_an_unknown_backbone(args, flag, tmp_path, no_loading):
+    """--backbone nope exited 2 but --flow nope exited 1: both are a bad option naming the installed ones."""
+    result = invoke(["run", "--backbone", "animatediff", "--model", "tiny", "--prompt", "a fox", *SMALL, *args,
+                     "--discriminator", "random", "--out", str(tmp_path / "x.mp4")])
+    assert result.exit_code == 2 and flag in result.output and "installed:" in result.output, result.output

@@ -21,6 +21,14 @@ TINY_DECODER_HOW = ("Pass -o guidance_decoder_path=FOLDER (a diffusers Autoencod
 
 
 
+def plugin_spec(kind: str, name: str, flag: str):
+    """A plugin's spec; an unknown name is a bad option (exit 2) listing the installed ones."""
+    try:
+        return plugins.get(kind, name).spec
+    except plugins.UnknownPluginError as error:
+        raise OptionError(str(error), flag) from None
+
+
 def plan_flow(plan, model: str | None, flow: str | None, flow_weights: str | None,
                flow_options: dict[str, Any], settings) -> None:
     """The flow estimator: ``--flow``, else ``-o flow_estimator``, else the discriminator's ``trained_on``
@@ -38,7 +46,7 @@ def plan_flow(plan, model: str | None, flow: str | None, flow_weights: str | Non
         config.flow_estimator = trained
     elif not set_by_user and model == TINY_MODEL:
         config.flow_estimator = "tvl1"
-    plan.flow_spec = plugins.get("flow", config.flow_estimator).spec
+    plan.flow_spec = plugin_spec("flow", config.flow_estimator, "--flow")
     declared = plan.flow_spec.options
     unknown = sorted(set(flow_options) - set(declared)) if declared is not None else []
     if unknown:
@@ -70,7 +78,7 @@ def plan_discriminator(plan, backbone_spec, model: str | None, discriminator: st
             if isinstance(config, dict):
                 disc_type = disc_type or config.get("type")
                 plan.trained_on = read_trained_on(config.get("trained_on"), str(config_path))
-    plan.disc_spec = plugins.get("discriminator", disc_type or "vit").spec
+    plan.disc_spec = plugin_spec("discriminator", disc_type or "vit", "--discriminator-type")
     if discriminator == "random" and plan.disc_spec.random is None:
         raise OptionError(f"discriminator plugin {plan.disc_spec.name!r} cannot build a random discriminator",
                           "--discriminator")
