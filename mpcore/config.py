@@ -139,6 +139,7 @@ class MotionPromptConfig:
     """Former setting names -> current ones (``-o`` and folders recorded by an older mpcore still read)."""
 
     num_tokens: int = 1
+    """Learnable tokens S added to the prompt (the paper: 1)."""
     init_words: tuple[str, ...] = ("authentic", "real", "clear")
     """Init word of token k: ``init_words[k % len]`` (the mean of its pieces); ``random`` = a random row
     (the paper's appendix B.1 ablation, :func:`mpcore.motionprompt.random_token_embedding`)."""
@@ -146,14 +147,21 @@ class MotionPromptConfig:
     """Where the tokens go: ``end`` (P + S, the paper's; right before EOS / ``</s>``) or ``start`` (S + P;
     right after CLIP's BOS, first for T5). ``front`` is accepted as an alias of ``start``."""
     iterations: int = 3
+    """Token updates K at each optimized step (the paper: 3)."""
     opt_range: tuple[int, int] | None = None
     """Half-open [start, stop) of sampling-step indices; None = the backbone default scaled to steps."""
     decoded_frames: int = 2
+    """Frames of the clean estimate decoded per update, as frame pairs (decoded_frames / 2 flows)."""
     l_disc: float = 1.0
+    """Weight of the discriminator term, mean over pairs of softplus(-D(flow))."""
     l_tv: float = 5.0
+    """Weight of the flow's anisotropic total variation (mean over pixels)."""
     l_reg: float = 10.0
+    """Weight of ||e_S - e_S_init||^2, which keeps the token near its init embedding."""
     lr: float = 0.005
+    """Learning rate of the token update."""
     optimizer: Optimizer = "adam"
+    """The optimizer of the token rows (the only parameters optimized)."""
     checkpoint_denoiser: bool = False
     """Gradient checkpointing of the denoiser during optimization ("lean" mode: less memory, more time)."""
     checkpoint_vae: bool = True
@@ -181,7 +189,7 @@ class MotionPromptConfig:
     """The condition of the rollout's calls at sampling steps past the optimization range: 'guided'
     (the guided prompt P + S with the current token, every call) or 'as_sampled' (the plain prompt P
     there, as the sampler will use it; calls inside the range keep P + S). Measured on the toy model
-    (64 pairs, README "The rollout's prompt past the range"): no measure differs between the two, so the
+    (64 pairs; docs/toy-world.md): no measure differs between the two, so the
     existing behaviour stays the default."""
     probe_pairs: int = 0
     """The gate's probe: at every optimized step, the discriminator term on this many held-out frame
