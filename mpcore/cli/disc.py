@@ -24,16 +24,17 @@ from typing import Any
 import click
 
 from mpcore import plugins
-from mpcore.cli.common import device_from_option
+from mpcore.cli.common import as_click_error, device_from_option
 from mpcore.io.console import echo
 from mpcore.config import ConfigError, parse_override
 
 
 def _spec(name: str):
+    """The discriminator plugin's spec; an unknown ``--type`` is a bad option (exit 2) listing the installed ones."""
     try:
         return plugins.get("discriminator", name).spec
     except plugins.UnknownPluginError as error:
-        raise click.ClickException(str(error)) from None
+        raise click.BadParameter(str(error), param_hint="--type") from None
 
 
 def _arch_options(items: tuple[str, ...]) -> dict[str, Any]:
@@ -87,7 +88,8 @@ def train_command(real, fake, out, disc_type, arch, pretrained, epochs, batch_si
     Under `accelerate launch` / `torchrun`: DDP with the global batch kept at --batch-size; only the
     main process writes the outputs."""
     from mpcore.jobs import distributed
-    from mpcore.disc.data import DiscTrainError
+    from mpcore.disc.checkpoint import Outputs
+    from mpcore.disc.data import DiscOptionError, DiscTrainError
     from mpcore.disc.train import TrainConfig, train_discriminator
 
     if resume and overwrite:
@@ -95,7 +97,11 @@ def train_command(real, fake, out, disc_type, arch, pretrained, epochs, batch_si
     config = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
                          val_fraction=val_fraction, seed=seed, balance=balance, num_workers=num_workers)
     try:
-        config.validate()
+        Outputs.for_weights(out)  # only --out's own checks: a .safetensors file path
+    except DiscTrainError as error:
+        raise click.BadParameter(str(error), param_hint="--out") from None
+    try:
+        config.validate()  # a DiscOptionError naming the flag
         options = _arch_options(arch)
         spec = _spec(disc_type)
         dist = distributed.init(device)
@@ -103,6 +109,8 @@ def train_command(real, fake, out, disc_type, arch, pretrained, epochs, batch_si
         log = train_discriminator(spec, real, fake, out, config, options, pretrained=pretrained, device=resolved,
                                   resume=resume, overwrite=overwrite, progress=progress, echo=echo,
                                   command=["mpcore", *sys.argv[1:]], dist=dist)
+    except DiscOptionError as error:  # a bad option (--epochs 0, --arch preset=nope): exit 2 naming it
+        raise click.BadParameter(str(error), param_hint=error.option) from None
     except DiscTrainError as error:
         raise click.ClickException(str(error)) from None
     if not dist.is_main:
@@ -169,12 +177,20 @@ def eval_command(disc_path, real, fake, disc_type, as_json, batch_size, device, 
     if not path.is_file():
         raise click.BadParameter(f"{path}: no such file (train one with `mpcore disc train`)", param_hint="--disc")
     config_path = path.with_suffix(".json")
-    if disc_type is None and config_path.is_file():
+    if disc_type is not None:
+        spec = _spec(disc_type)
+    else:  # the type NAME.json names (else vit): a type not installed is the file's problem, not an option's
+        named = None
+        if config_path.is_file():
+            try:
+                named = json.loads(config_path.read_text()).get("type")
+            except (json.JSONDecodeError, AttributeError):
+                named = None  # the plugin's load reports the broken config
         try:
-            disc_type = json.loads(config_path.read_text()).get("type")
-        except (json.JSONDecodeError, AttributeError):
-            disc_type = None  # the plugin's load reports the broken config
-    spec = _spec(disc_type or "vit")
+            spec = plugins.get("discriminator", named or "vit").spec
+        except plugins.UnknownPluginError as error:
+            where = f"{config_path} names its type" if named else "the default type"
+            raise click.ClickException(f"{error} ({where}; --type NAME picks another)") from None
     resolved = device_from_option(device)
     try:
         caches = open_caches(real, fake, same_size=False)
@@ -209,7 +225,10 @@ def _backbone_option_values(backbone: str, items: tuple[str, ...]) -> dict[str, 
         declared = {option.name: option for option in plugins.get("backbone", backbone).spec.options}
     except plugins.UnknownPluginError:
         return values  # the recipe reports the unknown backbone
-    return {key: declared[key].type(value) if key in declared else value for key, value in values.items()}
+    try:
+        return {key: declared[key].type(value) if key in declared else value for key, value in values.items()}
+    except click.BadParameter as error:  # the backbone option's own type refused the value
+        raise click.BadParameter(error.message, param_hint="--backbone-option") from None
 
 
 def recipe_options(command):
@@ -283,24 +302,32 @@ def recipe_command(real_videos, prompts, out, backbone, model, seeds, frames, he
     one estimator, --size and --gap), `mpcore disc train` and `mpcore disc eval` (on held-out prompts and
     real videos) do, into --out. Run the same command again to resume: finished stages are skipped. Other
     settings on an existing --out are refused, naming what differs."""
-    from mpcore.cli.common import as_click_error
     from mpcore.cli.flows import _parse_options, parse_gap, parse_size
-    from mpcore.jobs.generate import parse_seeds
+    from mpcore.disc.data import DiscOptionError
+    from mpcore.flows.extract import ExtractOptionError
+    from mpcore.jobs.generate import GenerateError, parse_seeds
     from mpcore.jobs.recipe import RecipeSettings, recipe_errors, train_discriminator_recipe
 
     try:
+        seed_list = tuple(parse_seeds(seeds))
+    except GenerateError as error:
+        raise click.BadParameter(str(error), param_hint="--seeds") from None
+    try:
         settings = RecipeSettings(
             real_videos=real_videos, prompts=prompts, out=out, backbone=backbone, model=model,
-            seeds=tuple(parse_seeds(seeds)), frames=frames, height=height, width=width, steps=steps, cfg=cfg,
+            seeds=seed_list, frames=frames, height=height, width=width, steps=steps, cfg=cfg,
             negative_prompt=negative_prompt, video_format=video_format,
             backbone_options=_backbone_option_values(backbone, backbone_options), estimator=estimator,
-            flow_weights=flow_weights, flow_options=_parse_options(flow_options), flow_size=parse_size(size),
+            flow_weights=flow_weights, flow_options=_parse_options(flow_options, flag="--flow-option"),
+            flow_size=parse_size(size),
             gap=parse_gap(gap), pairs_per_video=pairs_per_video, test_fraction=test_fraction, disc_type=disc_type,
             arch=_arch_options(arch), pretrained=pretrained, epochs=epochs, batch_size=batch_size, lr=lr,
             momentum=momentum, weight_decay=weight_decay, val_fraction=val_fraction, balance=balance, seed=seed,
             device=device, dtype=dtype, offload=offload, flow_batch_size=flow_batch_size, num_workers=num_workers)
         result = train_discriminator_recipe(settings, progress=progress, echo=echo)
-    except recipe_errors() as error:
+    except (DiscOptionError, ExtractOptionError) as error:  # from a stage's job (the checks raise RecipeOptionError)
+        raise click.BadParameter(str(error), param_hint=error.option) from None
+    except recipe_errors() as error:  # a RecipeOptionError naming its flag exits 2, the rest 1
         raise as_click_error(error) from None
     if as_json:
         from mpcore.io.manifest import json_safe

@@ -35,18 +35,28 @@ from mpcore.config import parse_override
 
 
 def _estimator_spec(name: str):
+    """The flow plugin's spec; an unknown name is a bad option (exit 2) listing the installed ones."""
     try:
         return plugins.get("flow", name).spec
     except plugins.UnknownPluginError as error:
-        raise click.ClickException(str(error)) from None
+        raise click.BadParameter(str(error), param_hint="-e/--estimator") from None
 
 
-def _parse_options(options: tuple[str, ...]) -> dict[str, Any]:
-    """``("size=large", "num_flow_updates=12")`` -> ``{"size": "large", "num_flow_updates": 12}``."""
+def _parse_options(options: tuple[str, ...], spec=None, flag: str = "--option") -> dict[str, Any]:
+    """``("size=large", "num_flow_updates=12")`` -> ``{"size": "large", "num_flow_updates": 12}``; with the
+    estimator's ``spec``, a key it does not declare is refused (a plugin that declares none is checked when it
+    loads). Errors name ``flag``, the option that gave them."""
     for option in options:
         if "=" not in option:
-            raise click.BadParameter(f"invalid option {option!r}: expected KEY=VALUE, e.g. --option size=large", param_hint="--option")
-    return {key: parse_scalar(value) for key, value in map(parse_override, options)}
+            raise click.BadParameter(f"invalid option {option!r}: expected KEY=VALUE, e.g. {flag} size=large",
+                                     param_hint=flag)
+    parsed = {key: parse_scalar(value) for key, value in map(parse_override, options)}
+    declared = None if spec is None else spec.options
+    unknown = sorted(set(parsed) - set(declared)) if declared is not None else []
+    if unknown:
+        raise click.BadParameter(f"unknown option(s) of the {spec.name} flow estimator: {', '.join(unknown)}; "
+                                 f"it takes: {', '.join(declared) or 'none'}", param_hint=flag)
+    return parsed
 
 
 def _check_out_file(path: str, suffix: str | None = None) -> Path:
@@ -155,7 +165,7 @@ def eval_command(estimator, weights, options, device, as_json, out, resolutions,
 
     # ---- cheap checks first
     spec = _estimator_spec(estimator)
-    parsed = _parse_options(options)
+    parsed = _parse_options(options, spec)
     try:
         resolution_list = flow_eval.parse_names(resolutions, flow_eval.RESOLUTIONS, "resolution")
     except ValueError as error:
@@ -224,7 +234,7 @@ def show_command(image_a, image_b, estimator, weights, options, device, out, siz
     (hue = direction, saturation = magnitude relative to the largest; white = still), beside
     the two frames with a color-wheel legend unless --flow-only."""
     spec = _estimator_spec(estimator)
-    parsed = _parse_options(options)
+    parsed = _parse_options(options, spec)
     out_path = _check_out_file(out, ".png")
     if size is not None and (size < 8 or size % 2):
         raise click.BadParameter(f"must be an even number >= 8; got {size}", param_hint="--size")
@@ -375,7 +385,7 @@ def extract_command(videos_dir, out, estimator, weights, options, device, pairs_
 
     # ---- cheap checks first (nothing is loaded before these pass)
     spec = _estimator_spec(estimator)
-    parsed = _parse_options(options)
+    parsed = _parse_options(options, spec)
     gap_range = parse_gap(gap)
     frame_size = parse_size(size)
     if label is not None and not label.strip():
@@ -383,6 +393,8 @@ def extract_command(videos_dir, out, estimator, weights, options, device, pairs_
     try:
         out_path = flow_extract.check_cache_path(out, overwrite)
         sources = flow_extract.find_sources(videos_dir)
+    except flow_extract.ExtractOptionError as error:  # a --videos folder that does not exist: a bad option
+        raise click.BadParameter(str(error), param_hint=error.option) from None
     except flow_extract.ExtractError as error:
         raise click.ClickException(str(error)) from None
     if not sources:

@@ -28,6 +28,16 @@ class DiscTrainError(ValueError):
     """A discriminator training/eval request that cannot run (the message says what to do)."""
 
 
+class DiscOptionError(DiscTrainError):
+    """A training setting that is invalid as given (``--epochs 0``, ``--arch preset=nope``), naming the flag
+    that sets it (``option``): the CLI exits 2, as for an :class:`mpcore.jobs.options.OptionError` (which this
+    package cannot import: :mod:`mpcore.jobs` imports it)."""
+
+    def __init__(self, message: str, option: str | None = None):
+        super().__init__(message)
+        self.option = option
+
+
 def derived_seed(seed: int, *parts: Any) -> int:
     """A 63-bit seed from ``seed`` and ``parts`` (e.g. ("epoch", 3)): independent streams per use."""
     digest = hashlib.sha256(":".join(str(p) for p in (seed, *parts)).encode()).digest()

@@ -68,6 +68,7 @@ from mpcore.disc.checkpoint import (
 from mpcore.disc.data import (
     FAKE,
     REAL,
+    DiscOptionError,
     DiscTrainError,
     Split,
     balance_summary,
@@ -108,8 +109,9 @@ class TrainConfig:
     """DataLoader worker processes reading flows from the caches."""
 
     def validate(self) -> "TrainConfig":
-        def fail(name: str, allowed: str) -> None:
-            raise DiscTrainError(f"invalid training config: {name} = {getattr(self, name)!r}; allowed: {allowed}")
+        def fail(name: str, allowed: str) -> None:  # each field is the flag of its name (lr: --lr)
+            raise DiscOptionError(f"invalid training config: {name} = {getattr(self, name)!r}; allowed: {allowed}",
+                                  "--" + name.replace("_", "-"))
 
         def is_int(value: Any) -> bool:
             return isinstance(value, int) and not isinstance(value, bool)
@@ -302,7 +304,8 @@ def _check_request(spec, out: str | os.PathLike, resume: bool, overwrite: bool) 
     """The cheap checks on the outputs: the plugin can train, the folder is writable, an earlier
     run's files are neither overwritten by accident nor missing on ``resume``."""
     if spec.build is None or spec.save is None:
-        raise DiscTrainError(f"the discriminator plugin {spec.name!r} cannot be trained here: its spec has no build/save")
+        raise DiscOptionError(f"the discriminator plugin {spec.name!r} cannot be trained here: its spec has no "
+                              "build/save", "--type")
     outputs = Outputs.for_weights(out)
     check_writable(outputs.weights.parent)
     check_existing(outputs, resume, overwrite)
@@ -336,13 +339,22 @@ def _rng_devices(device: torch.device) -> list[int]:
     return []
 
 
+def build_model(spec, arch_options: dict[str, Any], pretrained: bool, seed: int):
+    """``spec.build``: the plugin's trainable model. Options it refuses (its ``ValueError``, as the
+    :class:`mpcore.interfaces.DiscriminatorSpec` contract says) are a :class:`DiscOptionError` naming
+    ``--arch``; pretrained weights it cannot get or load (``RuntimeError``, ``OSError``) a :class:`DiscTrainError`."""
+    try:
+        return spec.build(dict(arch_options), pretrained=pretrained, seed=seed)
+    except ValueError as error:
+        raise DiscOptionError(f"could not build the {spec.name!r} discriminator: {error}", "--arch") from error
+    except (RuntimeError, OSError) as error:
+        raise DiscTrainError(f"could not build the {spec.name!r} discriminator: {error}") from error
+
+
 def _build(run: _Run):
     """The first expensive step: the plugin's trainable model (seeded), on the device, its DDP
     wrapper when distributed, and the SGD optimizer. Returns (model, model to train, optimizer)."""
-    try:
-        model = run.spec.build(run.arch_options, pretrained=run.pretrained, seed=run.config.seed)
-    except (ValueError, RuntimeError, OSError) as error:  # plugins raise these for bad options / weights
-        raise DiscTrainError(f"could not build the {run.spec.name!r} discriminator: {error}") from error
+    model = build_model(run.spec, run.arch_options, run.pretrained, run.config.seed)
     model = model.to(run.device)
     model.train()
     model.trained_on = run.training_data  # spec.save writes it into the config JSON (interfaces.Discriminator)

@@ -68,6 +68,16 @@ class ExtractError(ValueError):
     """A problem with the whole run (not one video); the message says what to do."""
 
 
+class ExtractOptionError(ExtractError):
+    """An option that is invalid as given (a ``--videos`` folder that does not exist), naming the flag
+    (``option``): the CLI exits 2, as for an :class:`mpcore.jobs.options.OptionError` (which this package
+    cannot import: :mod:`mpcore.jobs` imports it)."""
+
+    def __init__(self, message: str, option: str | None = None):
+        super().__init__(message)
+        self.option = option
+
+
 class EstimatorContractError(RuntimeError):
     """The flow estimator broke the contract (wrong output shape): a bug, not a property of a video."""
 
@@ -102,7 +112,7 @@ def _natural_key(name: str) -> list[Any]:
     return [(0, int(part), part) if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
 
 
-def find_sources(root: str | os.PathLike) -> list[Source]:
+def find_sources(root: str | os.PathLike, option: str = "--videos") -> list[Source]:
     """All candidate videos under ``root`` (recursive), sorted by relative path: deterministic.
 
     * files ending in .mp4 .avi .webm .mov .mkv (ffmpeg) or .gif (Pillow);
@@ -115,12 +125,13 @@ def find_sources(root: str | os.PathLike) -> list[Source]:
       it exists (``Full-Resolution`` holds the same sequences again);
     * hidden files and folders (names starting with ".") are ignored, other files too.
 
-    Raises :class:`ExtractError` if ``root`` is not a directory.
+    Raises :class:`ExtractOptionError` naming ``option`` (the flag that gave ``root``) if ``root`` is not a
+    directory.
     """
     root = Path(root)
     if not root.is_dir():
         what = "does not exist" if not root.exists() else "is not a directory"
-        raise ExtractError(f"--videos {root} {what}; give a folder of videos or of frame folders")
+        raise ExtractOptionError(f"{option} {root} {what}; give a folder of videos or of frame folders", option)
     found: list[tuple[str, Path, str, tuple[str, ...], str | None]] = []  # rel, path, kind, frames, problem
     _walk(root, "", found, set())
     found.sort(key=lambda item: item[0])

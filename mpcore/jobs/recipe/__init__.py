@@ -21,10 +21,12 @@ Resuming: every stage whose output is complete and made from the current inputs 
 its own logic: generate skips finished items, a flow cache exists only once complete (it records the
 digest of the videos it was made from: a cache of other videos is extracted again), training resumes
 from its per-epoch checkpoint, and a stage whose inputs changed runs again. Before any work every
-cheap check runs (settings, plugins, prompt file, a readable real video, the held-out split) and the
+cheap check runs (settings, plugins, prompt file, a readable real video, the held-out split), the
 outputs already in the folder are checked against the settings: another recipe's settings, or a stage
 made with other settings (e.g. a flow cache of another estimator or frame size), are refused, naming
-what differs. One process (no ``accelerate``/``torchrun`` split).
+what differs, and the discriminator is built once to check its architecture options. A bad setting
+is a :class:`RecipeOptionError` (also an :class:`mpcore.jobs.options.OptionError`) naming its flag.
+One process (no ``accelerate``/``torchrun`` split).
 
 Modules: :mod:`~mpcore.jobs.recipe.settings` (:class:`RecipeSettings`, the folder's :class:`Layout`),
 :mod:`~mpcore.jobs.recipe.plan` (the checks before any work), :mod:`~mpcore.jobs.recipe.stages` (each
@@ -39,10 +41,10 @@ from typing import Any, Callable
 
 from mpcore.io.console import echo as console_echo
 from mpcore.jobs.recipe.settings import (FORMAT, RECIPE_FILE, RUNTIME_FIELDS, VERSION, Layout, RecipeError,
-                                         RecipeSettings, differences)
+                                         RecipeOptionError, RecipeSettings, differences)
 
-__all__ = ["RecipeError", "RecipeSettings", "Layout", "train_discriminator_recipe", "check_recipe_file", "recipe_errors",
-           "RECIPE_FILE", "RUNTIME_FIELDS"]
+__all__ = ["RecipeError", "RecipeOptionError", "RecipeSettings", "Layout", "train_discriminator_recipe",
+           "check_recipe_file", "recipe_errors", "RECIPE_FILE", "RUNTIME_FIELDS"]
 
 
 def recipe_errors() -> tuple[type[Exception], ...]:
@@ -90,7 +92,9 @@ def train_discriminator_recipe(settings: RecipeSettings, progress: bool = True,
 
     ``echo`` gets one line per stage (skipped or running, and why); ``progress`` shows each stage's
     progress bars. Raises :class:`RecipeError` (or the stage's own error: ``GenerateError``,
-    ``ExtractError``, ``DiscTrainError``, ...) with what to do; the refusals come before any work.
+    ``ExtractError``, ``DiscTrainError``, ...) with what to do; the refusals come before any work. A bad
+    setting raises a :class:`RecipeOptionError`, also an :class:`mpcore.jobs.options.OptionError` naming
+    the flag.
     """
     from mpcore.io.manifest import build_manifest, write_json_atomic
     from mpcore.jobs.recipe import plan as planning, stages

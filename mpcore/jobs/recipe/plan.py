@@ -1,6 +1,8 @@
 """The checks of :mod:`mpcore.jobs.recipe` before any work (:func:`plan`): the plugins and their options,
-the prompt file, a readable real video, the held-out split, the device, and the outputs already in the
-recipe folder against the settings (another estimator's flow cache, another training config, ...)."""
+the prompt file, a readable real video, the held-out split, the device, the outputs already in the
+recipe folder against the settings (another estimator's flow cache, another training config, ...), and
+the discriminator's architecture options (built once). A bad setting is a :class:`RecipeOptionError`
+naming its ``mpcore disc recipe`` flag."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from typing import Any, Callable
 from mpcore import plugins
 from mpcore.flows.cache import INDEX
 from mpcore.jobs.recipe import run_api
-from mpcore.jobs.recipe.settings import Layout, RecipeError, RecipeSettings, differences
+from mpcore.jobs.recipe.settings import Layout, RecipeError, RecipeOptionError, RecipeSettings, differences
 
 CACHE_LABELS = {"real": "real", "generated": "fake", "real_test": "real", "generated_test": "fake"}
 
@@ -63,10 +65,13 @@ def held_out(keys: list[str], fraction: float, seed: int, what: str) -> set[str]
 
 def _real_sources(settings: RecipeSettings) -> tuple[list[Any], list[Any]]:
     """The real videos split into (train, test), after proving one of them readable."""
-    from mpcore.flows.extract import find_sources, read_frames
+    from mpcore.flows.extract import ExtractOptionError, find_sources, read_frames
 
     folder = Path(settings.real_videos).expanduser()
-    sources = find_sources(folder)  # ExtractError for a missing folder
+    try:
+        sources = find_sources(folder, "--real-videos")
+    except ExtractOptionError as error:  # a folder that does not exist
+        raise RecipeOptionError(str(error), error.option) from None
     usable = [source for source in sources if source.kind != "invalid"]
     problems = [f"{source.rel}: {source.problem}" for source in sources if source.kind == "invalid"]
     for source in usable:
@@ -83,30 +88,56 @@ def _real_sources(settings: RecipeSettings) -> tuple[list[Any], list[Any]]:
     return [s for s in sources if s.id not in test], [s for s in usable if s.id in test]
 
 
+def _spec(kind: str, name: str, option: str):
+    """A plugin's spec; an unknown name is a bad option (naming ``option``) listing the installed ones."""
+    try:
+        return plugins.get(kind, name).spec
+    except plugins.UnknownPluginError as error:
+        raise RecipeOptionError(str(error), option) from None
+
+
 def _specs(settings: RecipeSettings) -> tuple[Any, Any]:
     """The flow estimator's and the discriminator's specs; the backbone's and the options' names checked."""
-    try:
-        backbone = plugins.get("backbone", settings.backbone).spec
-        flow = plugins.get("flow", settings.estimator).spec
-        disc = plugins.get("discriminator", settings.disc_type).spec
-    except plugins.UnknownPluginError as error:
-        raise RecipeError(str(error)) from None
+    backbone = _spec("backbone", settings.backbone, "--backbone")
+    flow = _spec("flow", settings.estimator, "-e/--estimator")
+    disc = _spec("discriminator", settings.disc_type, "--type")
     declared = {"backbone": {option.name for option in backbone.options},
                 "flow": set(settings.flow_options if flow.options is None else flow.options)}  # None: not declared
-    for kind, given, name in (("backbone", settings.backbone_options, backbone.name),
-                              ("flow", settings.flow_options, flow.name)):
+    for kind, given, name, option in (("backbone", settings.backbone_options, backbone.name, "--backbone-option"),
+                                      ("flow", settings.flow_options, flow.name, "--flow-option")):
         unknown = sorted(set(given) - declared[kind])
         if unknown:
             known = ", ".join(sorted(declared[kind])) or "none"
-            raise RecipeError(f"unknown option(s) {', '.join(unknown)} of {kind} {name!r}; known: {known}")
+            raise RecipeOptionError(f"unknown option(s) {', '.join(unknown)} of {kind} {name!r}; known: {known}",
+                                    option)
     if disc.build is None or disc.save is None:
-        raise RecipeError(f"the discriminator plugin {disc.name!r} cannot be trained: its spec has no build/save")
+        raise RecipeOptionError(f"the discriminator plugin {disc.name!r} cannot be trained: its spec has no build/save",
+                                "--type")
     return flow, disc
 
 
+def _check_arch(settings: RecipeSettings, disc_spec: Any, layout: Layout) -> None:
+    """Build the discriminator once, as the disc stage will, so that the architecture options its plugin refuses
+    (``--arch preset=nope``) and pretrained weights it cannot get (a ``DiscTrainError``) are refused before any
+    work, not after the videos and flows are made. Skipped once the recipe has weights."""
+    if layout.weights.is_file():
+        return
+    import torch
+
+    from mpcore.disc.data import DiscOptionError
+    from mpcore.disc.train import build_model
+
+    try:
+        with torch.random.fork_rng(devices=[]):  # the caller's RNG state is left as it was
+            build_model(disc_spec, settings.arch, settings.pretrained, settings.seed)
+    except DiscOptionError as error:
+        raise RecipeOptionError(str(error), error.option) from None
+
+
 def plan(settings: RecipeSettings, layout: Layout, progress: bool, echo: Callable[[str], None]) -> Plan:
-    """Every check that needs no model: plugins and their options, the prompt file, a readable real video,
-    the held-out split, the device, and the outputs already in the folder against the settings."""
+    """Every check before any work: plugins and their options, the prompt file, a readable real video, the
+    held-out split, the device, the outputs already in the folder against the settings, and last the
+    discriminator's architecture (built once, no backbone or flow model is loaded)."""
     from mpcore.io.prompts import read_prompts
     from mpcore.jobs.generate import generation_items
 
@@ -117,6 +148,7 @@ def plan(settings: RecipeSettings, layout: Layout, progress: bool, echo: Callabl
     result = Plan(settings, layout, progress, echo, generation_items(prompts, list(settings.seeds)), test_prompts,
                   real_train, real_test, run_api.resolve_device(settings.device), flow_spec, disc_spec)
     _check_outputs(result)
+    _check_arch(settings, disc_spec, layout)  # the one check that builds something: last
     return result
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mpcore.config import ConfigError
+from mpcore.jobs.options import OptionError
 
 FORMAT = "mpcore-disc-recipe"
 VERSION = 1
@@ -19,8 +20,23 @@ on a resume (generate records the device and dtype itself and refuses a change o
 VIDEO_FORMATS = ("mp4", "gif", "frames")
 
 
+FLAGS = {"video_format": "--format", "flow_size": "--size", "eval_batch_size": None}
+"""Setting -> the ``mpcore disc recipe`` flag that sets it, where that is not ``--`` + the name with dashes
+(None: no flag)."""
+
+
 class RecipeError(ConfigError):
     """A recipe that cannot run as given: bad settings, a folder of other settings, unusable inputs."""
+
+
+class RecipeOptionError(RecipeError, OptionError):
+    """A setting that is invalid as given (``test_fraction`` 1, an unknown estimator): a :class:`RecipeError`
+    and an :class:`mpcore.jobs.options.OptionError` naming the flag (the CLI exits 2)."""
+
+
+def flag(name: str) -> str | None:
+    """The ``mpcore disc recipe`` flag of setting ``name`` (``test_fraction`` -> ``--test-fraction``)."""
+    return FLAGS.get(name, "--" + name.replace("_", "-"))
 
 
 @dataclass(frozen=True)
@@ -90,7 +106,7 @@ class RecipeSettings:
         from mpcore.disc.data import DiscTrainError
 
         def fail(name: str, allowed: str) -> None:
-            raise RecipeError(f"recipe setting {name} = {getattr(self, name)!r}; allowed: {allowed}")
+            raise RecipeOptionError(f"recipe setting {name} = {getattr(self, name)!r}; allowed: {allowed}", flag(name))
 
         def ints(value: Any, count: int) -> bool:
             return (isinstance(value, (tuple, list)) and len(value) == count
@@ -115,8 +131,8 @@ class RecipeSettings:
             fail("test_fraction", "a number in [0, 1) (0: evaluate on the training caches)")
         try:
             self.train_config().validate()
-        except DiscTrainError as error:
-            raise RecipeError(f"recipe {error}") from None
+        except DiscTrainError as error:  # a DiscOptionError, naming the flag (the same in `disc train`)
+            raise RecipeOptionError(f"recipe {error}", getattr(error, "option", None)) from None
         return self
 
     def recorded(self) -> dict[str, Any]:
