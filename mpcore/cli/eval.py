@@ -87,6 +87,29 @@ def match_pairs(baseline_dir: Path, guided_dir: Path) -> tuple[list[tuple[str, s
     return [(str(baseline[n]), str(guided[n])) for n in common], unmatched
 
 
+def _checked_options(videos, compare, resamples: int, metrics_text: str, weights_items, option_items):
+    """(metric names, weights, options); a bad or contradictory option is a usage error (exit 2), as for every
+    command."""
+    from mpcore.analysis.evaluate import EvalError, resolve_metrics
+
+    if compare and videos:
+        raise click.UsageError("give either VIDEOS or --compare BASELINE_DIR GUIDED_DIR, not both")
+    if not compare and not videos:
+        raise click.UsageError("no videos given (VIDEOS... or --compare BASELINE_DIR GUIDED_DIR)")
+    if resamples < 1:
+        raise click.BadParameter(f"{resamples}; give an integer >= 1", param_hint="--resamples")
+    try:
+        names = resolve_metrics(metrics_text)
+    except EvalError as error:
+        raise click.BadParameter(str(error), param_hint="--metrics") from None
+    weights, options = _parse_weights(weights_items), _parse_options(option_items)
+    for given in [*weights, *options]:
+        if given not in names:
+            raise click.BadParameter(f"weights/options given for {given!r}, which is not among the evaluated "
+                                     f"metrics: {', '.join(names)}", param_hint="--weights/--metric-option")
+    return names, weights, options
+
+
 @click.command("eval")
 @click.argument("videos", nargs=-1, type=click.Path())
 @click.option("--metrics", "metrics_text", default="all", show_default=True,
@@ -112,28 +135,13 @@ def eval_command(videos, metrics_text, weights_items, option_items, device, json
 
     A metric whose weights are missing is reported as unavailable (values null), with a warning.
     """
-    from mpcore.analysis.evaluate import (EvalError, evaluate_videos, expand_videos, no_videos_message,
-                                          resolve_metrics)
+    from mpcore.analysis.evaluate import EvalError, evaluate_videos, expand_videos, no_videos_message
     from mpcore.io.manifest import write_json_atomic
     from mpcore.io.video import check_location_writable
 
     try:
-        # bad or contradictory options: a usage error (exit 2), as for every command
-        if compare and videos:
-            raise click.UsageError("give either VIDEOS or --compare BASELINE_DIR GUIDED_DIR, not both")
-        if not compare and not videos:
-            raise click.UsageError("no videos given (VIDEOS... or --compare BASELINE_DIR GUIDED_DIR)")
-        if resamples < 1:
-            raise click.BadParameter(f"{resamples}; give an integer >= 1", param_hint="--resamples")
-        try:
-            names = resolve_metrics(metrics_text)
-        except EvalError as error:
-            raise click.BadParameter(str(error), param_hint="--metrics") from None
-        weights, options = _parse_weights(weights_items), _parse_options(option_items)
-        for given in [*weights, *options]:
-            if given not in names:
-                raise click.BadParameter(f"weights/options given for {given!r}, which is not among the evaluated "
-                                         f"metrics: {', '.join(names)}", param_hint="--weights/--metric-option")
+        names, weights, options = _checked_options(videos, compare, resamples, metrics_text, weights_items,
+                                                   option_items)
         # every output is checked before any video is read or any metric loads
         target = None
         if compare:
