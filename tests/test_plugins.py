@@ -114,13 +114,6 @@ def test_python_m_mpcore_plugins_json():
     assert all(row["version"] for row in listed.values())
 
 
-def test_readme_shows_the_template_plugin_exactly():
-    readme = (ROOT / "README.md").read_text()
-    template = ROOT / "plugins" / "mp-plugin-template"
-    assert (template / "pyproject.toml").read_text().rstrip() in readme
-    assert (template / "mp_plugin_template" / "__init__.py").read_text().rstrip() in readme
-
-
 def test_plugins_can_add_cli_commands(monkeypatch, tmp_path):
     _fake_entry_points(monkeypatch, tmp_path, {
         "mp_hello_command": """
