@@ -65,7 +65,7 @@ def run_params() -> list[click.Parameter]:
                "-o KEY=VALUE. Default: mpcore's own, MotionPrompt."),
         O(["--flow"], default=None,
           help="Flow estimator plugin name (= -o flow_estimator=NAME). Default: the one the discriminator was "
-               "trained on (its trained_on), else the backbone's (raft; tvl1 with --model tiny/toy)."),
+               "trained on (its trained_on), else the backbone's (raft; tvl1 with --model tiny)."),
         O(["--flow-weights"], default=None, help="Flow estimator weights: path, plugin-specific name, or 'random'."),
         O(["--flow-option", "flow_options"], multiple=True, metavar="KEY=VALUE", help="Flow estimator option (repeatable)."),
         O(["--discriminator"], default=None, help="Discriminator .safetensors (config JSON beside it), or 'random'."),
