@@ -48,16 +48,10 @@ def resolve_motionprompt(config: MotionPromptConfig, sampler: SamplerConfig) -> 
 def token_update_health(result: dict[str, Any]) -> dict[str, Any]:
     """How many token updates MotionPrompt attempted in its range, how many it skipped and why, from
     its result (``skipped_updates`` and the per-iteration ``skipped``/``skip_reason`` of the trace)."""
-    records = [record for entry in result.get("trace", []) for record in entry.get("iterations", [])]
-    reasons: dict[str, int] = {}
-    for record in records:
-        if record.get("skipped"):
-            reason = record.get("skip_reason", "unknown")
-            reasons[reason] = reasons.get(reason, 0) + 1
-    skipped = int(result.get("skipped_updates", sum(reasons.values())))
-    return {"name": "MotionPrompt", "unit": "token updates", "updates": len(records), "skipped": skipped,
-            "skip_reasons": reasons, "all_skipped": bool(records) and skipped >= len(records),
-            "advice": "Lower the learning rate (-o lr=...) or the loss weights (-o l_disc/l_tv/l_reg=...) and run again."}
+    from mpcore.sampling import count_trace_updates
+
+    return count_trace_updates(result, "MotionPrompt", "token updates", "Lower the learning rate (-o lr=...) or the "
+                               "loss weights (-o l_disc/l_tv/l_reg=...) and run again.", result.get("skipped_updates"))
 
 
 @hookimpl

@@ -58,6 +58,22 @@ class Guidance(Protocol):
     def finish(self) -> dict[str, Any]: ...
 
 
+def count_trace_updates(result: dict[str, Any], name: str, unit: str, advice: str,
+                        skipped: int | None = None) -> dict[str, Any]:
+    """A guidance's update counts (``GuidanceSpec.health``) from a trace whose guided steps list their updates
+    under ``iterations``, each with ``skipped`` and ``skip_reason`` when it was skipped. ``skipped``: the
+    guidance's own count, when it keeps one; default: the skipped records."""
+    records = [record for entry in result.get("trace", []) for record in entry.get("iterations", [])]
+    reasons: dict[str, int] = {}
+    for record in records:
+        if record.get("skipped"):
+            reason = record.get("skip_reason", "unknown")
+            reasons[reason] = reasons.get(reason, 0) + 1
+    skipped = sum(reasons.values()) if skipped is None else int(skipped)
+    return {"name": name, "unit": unit, "updates": len(records), "skipped": skipped, "skip_reasons": reasons,
+            "all_skipped": bool(records) and skipped >= len(records), "advice": advice}
+
+
 @dataclass
 class SampleResult:
     latents: torch.Tensor

@@ -237,14 +237,8 @@ def latent_update_health(result: dict[str, Any]) -> dict[str, Any]:
     """FlowMo's updates of x_t from its result (``GuidanceSpec.health``): one per iteration record of the
     guided steps. An update is skipped, x_t kept as published, when the loss or its gradient is non-finite
     or the gradient is zero (:meth:`FlowMo.update`); ``skip_reason`` says which."""
-    records = [record for entry in result.get("trace", []) for record in entry.get("iterations", [])]
-    reasons: dict[str, int] = {}
-    for record in records:
-        if record.get("skipped"):
-            reason = record.get("skip_reason", "unknown")
-            reasons[reason] = reasons.get(reason, 0) + 1
-    skipped = sum(reasons.values())
-    return {"name": "FlowMo", "unit": "latent updates", "updates": len(records), "skipped": skipped,
-            "skip_reasons": reasons, "all_skipped": bool(records) and skipped >= len(records),
-            "advice": "A zero gradient means the loss does not depend on x_t at these steps (e.g. a constant "
-                      "video); a non-finite one, lower the learning rate (-o lr=...) and run again."}
+    from mpcore.sampling import count_trace_updates
+
+    return count_trace_updates(result, "FlowMo", "latent updates", "A zero gradient means the loss does not depend "
+                               "on x_t at these steps (e.g. a constant video); a non-finite one, lower the learning "
+                               "rate (-o lr=...) and run again.")
