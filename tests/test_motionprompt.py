@@ -291,7 +291,7 @@ def test_a_zero_loss_weight_removes_its_term(zeroed, tiny_backbone, sampler_conf
     weights = {"disc": config.l_disc, "tv": config.l_tv, "reg": config.l_reg}
     assert all(float(getattr(terms, name).detach()) > 0 for name in weights)
     expected = sum(w * getattr(terms, name) for name, w in weights.items() if w > 0)
-    assert float(terms.total) == pytest.approx(float(expected), rel=1e-6)
+    assert float(terms.total.detach()) == pytest.approx(float(expected.detach()), rel=1e-6)
     # and the gradient is that of the remaining terms only
     terms.total.backward()
     grad = guidance.tokens.grad.clone()
