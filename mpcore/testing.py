@@ -4,6 +4,8 @@ sampler and MotionPrompt without RAFT/TV-L1 or a trained ViT."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -361,3 +363,28 @@ def run_guided_contract(backbone, config, training_noising, scheduler_factory=No
         "guidance_off_bitwise": check_guidance_off_is_plain(backbone, config, prompt),
         "placement_ids_seen": float(len(check_token_placement_seen_by_encoder(backbone, config))),
     }
+
+
+def check_wrapped_samples_like_run(name: str, wrapped, prompt: str, settings: dict, out) -> Any:
+    """The contract of ``BackboneSpec.wrap`` on a plugin's tiny model: ``wrapped`` (``mpcore.wrap_pipeline`` of the
+    pipeline ``load(model="tiny")`` builds) samples exactly what ``mpcore run --backbone NAME --model tiny
+    --guidance none`` with ``settings`` (``RunOptions`` fields: seed, steps, frames, ...) writes as lossless frames
+    at ``out`` (through the run job itself), and the same latents as ``mpcore.load_backbone(NAME, model="tiny")``.
+    Returns the wrapped backbone's :class:`mpcore.jobs.execute.Generation`; raises AssertionError otherwise."""
+    import numpy as np
+
+    from mpcore.io.video import read_video
+    from mpcore.jobs import run, setup
+    from mpcore.jobs.execute import generate
+    from mpcore.jobs.load import load_backbone
+    from mpcore.jobs.options import RunOptions
+
+    generation = generate(wrapped, prompt, guidance=None, progress=False, **settings)
+    run_setup = setup.prepare(RunOptions(backbone=name, model="tiny", guidance="none", progress=False, **settings))
+    run.run_one(run_setup, setup.load(run_setup), prompt, run_setup.sampler.seed, out, report=None)
+    assert generation.video.dtype == np.uint8, generation.video.dtype
+    assert np.array_equal(read_video(out), generation.video), "the wrapped pipeline's video differs from mpcore run's"
+    loaded = generate(load_backbone(name, model="tiny", device="cpu", progress=False), prompt, guidance=None,
+                      progress=False, **settings)
+    assert torch.equal(loaded.latents, generation.latents), "the wrapped pipeline's latents differ from the loaded model's"
+    return generation
