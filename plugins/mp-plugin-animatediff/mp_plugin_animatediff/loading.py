@@ -4,7 +4,9 @@ Base model (SD-1.5 family): a diffusers folder, a hub id, or a single-file LDM c
 (``.safetensors``/``.ckpt``, e.g. community bases such as RealisticVision). Motion adapter: a
 diffusers ``MotionAdapter`` folder or hub id, or an original motion-module file
 (``mm_sd_v15_v2.ckpt`` / ``v3_sd15_mm.ckpt``), whose configuration is read off its keys and shapes.
-Facts: ../shared/reference/animatediff/FACTS.md.
+The original layout is AnimateDiff's motion module (github.com/guoyww/AnimateDiff,
+``animatediff/models/motion_module.py``); its mapping to diffusers is diffusers'
+``scripts/convert_animatediff_motion_module_to_diffusers.py``.
 """
 
 from __future__ import annotations
@@ -78,7 +80,8 @@ def check_source(name: str, what: str, flag: str) -> None:
 
 
 def motion_adapter_config_from_keys(state: dict[str, torch.Tensor]) -> dict:
-    """Read a MotionAdapter configuration off an original motion-module state dict (FACTS.md §2-4)."""
+    """Read a MotionAdapter configuration off an original motion-module state dict (the key
+    layout of AnimateDiff's motion_module.py; adapter settings as diffusers' conversion script sets them)."""
     prefix = "down_blocks.{}.motion_modules.{}.temporal_transformer.norm.weight"
     channels = []
     while prefix.format(len(channels), 0) in state:
@@ -97,7 +100,7 @@ def motion_adapter_config_from_keys(state: dict[str, torch.Tensor]) -> dict:
         motion_num_attention_heads=MOTION_HEADS,
         motion_norm_num_groups=MOTION_NORM_GROUPS,
         motion_max_seq_length=pe[0].shape[1] if pe else 32,
-        # v2 has a mid-block motion module, v3 does not (FACTS.md trap 2)
+        # v2 has a mid-block motion module, v3 does not (motion_module_mid_block in inference-v2/-v3.yaml)
         use_motion_mid_block="mid_block.motion_modules.0.temporal_transformer.norm.bias" in state,
     )
 

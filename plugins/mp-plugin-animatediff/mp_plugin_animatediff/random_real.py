@@ -2,8 +2,9 @@
 the weight values), no download.
 
 The architecture of ``stable-diffusion-v1-5`` + ``guoyww/animatediff-motion-adapter-v1-5-2``: SD-1.5's
-UNet (``unet/config.json``) with the v2 motion adapter (21 motion modules, mid block included;
-FACTS.md §2-4), SD's VAE and CLIP ViT-L/14's text tower, the exact CLIP tokenizer; sampled at 16 frames
+UNet (``unet/config.json``) with the v2 motion adapter (21 motion modules, mid block included, as in
+``mm_sd_v15_v2.ckpt`` and AnimateDiff's configs/inference/inference-v2.yaml, github.com/guoyww/AnimateDiff),
+SD's VAE and CLIP ViT-L/14's text tower, the exact CLIP tokenizer; sampled at 16 frames
 of 512x512. Assembled as :func:`mp_plugin_animatediff.backbone.load` assembles a downloaded model: an
 ``AnimateDiffPipeline`` whose ``UNetMotionModel`` holds the motion modules (no separate adapter copy,
 as :func:`~mp_plugin_animatediff.backbone.drop_adapter_copy` leaves a loaded model), the AnimateDiff
@@ -43,7 +44,7 @@ SD15_UNET_CONFIG: dict[str, Any] = dict(
     block_out_channels=(320, 640, 1280, 1280), layers_per_block=2, downsample_padding=1, mid_block_scale_factor=1,
     act_fn="silu", norm_num_groups=32, norm_eps=1e-5, cross_attention_dim=768, attention_head_dim=8,
 )
-# guoyww/animatediff-motion-adapter-v1-5-2's config.json (FACTS.md §4, meta.json; 453,209,280 parameters)
+# guoyww/animatediff-motion-adapter-v1-5-2's config.json (453,209,280 parameters)
 MOTION_ADAPTER_V152_CONFIG: dict[str, Any] = dict(
     block_out_channels=(320, 640, 1280, 1280), motion_layers_per_block=2, motion_mid_block_layers_per_block=1,
     motion_num_attention_heads=MOTION_HEADS, motion_norm_num_groups=MOTION_NORM_GROUPS, motion_max_seq_length=32,

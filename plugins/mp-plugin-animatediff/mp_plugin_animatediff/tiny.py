@@ -101,8 +101,9 @@ def save_tiny(folder: str | Path, seed: int = 0) -> tuple[Path, Path]:
 
 
 def original_motion_module_state(adapter: MotionAdapter) -> dict[str, torch.Tensor]:
-    """The adapter's weights in the original AnimateDiff ``.ckpt`` layout (FACTS.md §2/§4, inverted),
-    including the stored ``pos_encoder.pe`` buffers of every attention block."""
+    """The adapter's weights in the original AnimateDiff ``.ckpt`` layout (diffusers'
+    convert_animatediff_motion_module_to_diffusers.py mapping, inverted), including the stored
+    ``pos_encoder.pe`` buffers of every attention block."""
     state = {}
     for key, value in adapter.state_dict().items():
         parts = key.split(".")
@@ -129,8 +130,9 @@ def original_motion_module_state(adapter: MotionAdapter) -> dict[str, torch.Tens
 # ----------------------------------------------------------------------------- single-file (LDM) layout
 # The CompVis/LDM key layout of SD-1.5 single-file checkpoints (``model.diffusion_model.*``,
 # ``first_stage_model.*``, ``cond_stage_model.transformer.*``), written from the tiny model so
-# the single-file loading path can be tested offline. Mapping facts: FACTS.md §6 and the layout
-# of the LDM UNet (input_blocks / middle_block / output_blocks) and VAE (down / mid / up).
+# the single-file loading path can be tested offline. Mapping: diffusers' LDM converters (which
+# AnimateDiff copies in animatediff/utils/convert_from_ckpt.py) and the layout of the LDM UNet
+# (input_blocks / middle_block / output_blocks) and VAE (down / mid / up).
 
 _RESNET = [("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("time_emb_proj", "emb_layers.1"),
            ("norm2", "out_layers.0"), ("conv2", "out_layers.3"), ("conv_shortcut", "skip_connection")]

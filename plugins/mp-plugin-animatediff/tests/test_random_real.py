@@ -1,11 +1,12 @@
 """AnimateDiff at the real size with random weights (benchmarks' ``--config real-random``).
 
 The real architecture is built on the meta device (nothing allocated) and compared with the official
-manifests: ``tests/data/diffusers_motion_adapter_v2.json`` is shared/reference/animatediff's diffusers
-``MotionAdapter`` state dict of animatediff-motion-adapter-v1-5-2 (567 keys), and
+manifests: ``tests/data/diffusers_motion_adapter_v2.json`` is the diffusers
+``MotionAdapter`` state dict of guoyww/animatediff-motion-adapter-v1-5-2 (567 keys), and
 ``tests/data/sd15_unet_state_dict.json`` is SD-1.x's ``UNet2DConditionModel`` state dict: the 686 keys of
-shared/reference/lavie/state_dict.json that are not LaVie's temporal ones (FACTS.md §2 of both sheets:
-identical in name and shape to diffusers' SD-1.x UNet). The materialized path runs at small widths.
+LaVie's UNet (``plugins/mp-plugin-lavie/tests/data/lavie_base_state_dict.json``) that are not its temporal
+ones, which are identical in name and shape to diffusers' SD-1.x UNet, as is the non-motion part of
+AnimateDiff's UNet3D. The materialized path runs at small widths.
 """
 
 from __future__ import annotations

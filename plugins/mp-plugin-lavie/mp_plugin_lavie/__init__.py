@@ -23,7 +23,8 @@ PAPER_MOTIONPROMPT_DEFAULTS = dict(
     l_disc=1.0, l_tv=1.0, l_reg=10.0, lr=0.0005,
 )
 
-# LaVie base: 16 frames at 320x512 (FACTS.md §6); the paper samples with 50 DDIM steps
+# LaVie base: 16 frames at 320x512 (base/configs/sample.yaml of github.com/Vchitect/LaVie);
+# the paper samples with 50 DDIM steps
 sampler_defaults = defaults_by_model(dict(frames=16, height=320, width=512, steps=50, cfg_scale=7.5),
                                      tiny="mp_plugin_lavie.tiny:TINY_SAMPLER_DEFAULTS")
 motionprompt_defaults = defaults_by_model(PAPER_MOTIONPROMPT_DEFAULTS)

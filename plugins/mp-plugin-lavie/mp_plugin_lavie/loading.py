@@ -1,4 +1,5 @@
-"""Loading LaVie as users download it (facts: shared/reference/lavie/FACTS.md).
+"""Loading LaVie as users download it (as the official code does: github.com/Vchitect/LaVie,
+``base/download.py``, ``base/models/__init__.py``, ``base/pipelines/sample.py``).
 
 - ``lavie_base.pt`` (Hugging Face ``YaohuiW/LaVie``): the UNet only, ``torch.save``'d as
   ``{"ema": state_dict, ...}``; LaVie's ``find_model`` takes ``checkpoint["ema"]`` when present, else
@@ -27,10 +28,11 @@ BASE_SUBFOLDERS = ("vae", "tokenizer", "text_encoder")
 SD14_HUB_ID = "CompVis/stable-diffusion-v1-4"
 LAVIE_HUB_ID = "YaohuiW/LaVie"
 
-# FACTS.md §6: linear betas 1e-4..0.02 (not SD's scaled_linear), 1000 training steps, epsilon
-# prediction, clip_sample False; SD v1.4's steps_offset 1 and set_alpha_to_one False (LaVie's "ddim"
-# option; with 50 steps the timesteps are 981, 961, ..., 1). LaVie's own default sampler is ancestral
-# DDPM; MotionPrompt (and mpcore's loop) samples with DDIM, eta 0 by default.
+# LaVie's base/configs/sample.yaml and pipeline_videogen.py: linear betas 1e-4..0.02 (not SD's
+# scaled_linear), 1000 training steps, epsilon prediction, clip_sample False; SD v1.4's steps_offset 1
+# and set_alpha_to_one False (LaVie's "ddim" option; with 50 steps the timesteps are 981, 961, ..., 1).
+# LaVie's own default sampler is ancestral DDPM; MotionPrompt (and mpcore's loop) samples with DDIM,
+# eta 0 by default.
 LAVIE_SCHEDULER: dict[str, Any] = dict(
     num_train_timesteps=1000,
     beta_start=0.0001,
@@ -43,7 +45,7 @@ LAVIE_SCHEDULER: dict[str, Any] = dict(
     timestep_spacing="leading",
 )
 
-# FACTS.md §6: LaVie's script samples with DDPMScheduler on the betas above; diffusers 0.16's DDPM
+# LaVie's base/pipelines/sample.py samples with DDPMScheduler on the betas above; diffusers 0.16's DDPM
 # ignored steps_offset, so its 50 timesteps are 980, 960, ..., 0 (steps_offset 0 gives the same here).
 LAVIE_DDPM_SCHEDULER: dict[str, Any] = dict(
     num_train_timesteps=1000,

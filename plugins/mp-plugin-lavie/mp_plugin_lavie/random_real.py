@@ -2,10 +2,11 @@
 weight values), no download.
 
 The architecture of ``lavie_base.pt`` (our UNet3D at SD v1.4's UNet config with LaVie's temporal
-attention: the 830 keys of FACTS.md §2) + SD v1.4's VAE and CLIP ViT-L/14 text tower, the exact CLIP
-tokenizer; sampled at 16 frames of 320x512. Assembled as :func:`mp_plugin_lavie.backbone.load`
-assembles a downloaded model. The rotary embedding is built for real (its ``freqs`` are fixed
-frequencies, not weights), as :func:`mp_plugin_lavie.loading.load_unet` builds it.
+attention: the 830 keys of its state dict, listed in tests/data/lavie_base_state_dict.json) + SD v1.4's
+VAE and CLIP ViT-L/14 text tower, the exact CLIP tokenizer; sampled at 16 frames of 320x512. Assembled
+as :func:`mp_plugin_lavie.backbone.load` assembles a downloaded model. The rotary embedding is built
+for real (its ``freqs`` are fixed frequencies, not weights), as
+:func:`mp_plugin_lavie.loading.load_unet` builds it.
 
 Built with the parameters on the meta device and then materialized with a cheap deterministic init on
 the target device, in the target dtype (:func:`mpcore.backbones.materialize`); ``device="meta"`` stops
@@ -44,7 +45,7 @@ def random_real_components(seed: int = 0, device: str | torch.device = "cpu", dt
     """``unet``, ``vae``, ``text_encoder``, ``tokenizer`` at ``arch`` (default :data:`REAL_ARCH`) with
     random weights, deterministic in ``seed``. ``device="meta"``: parameters on the meta device."""
     arch = {**REAL_ARCH, **(arch or {})}
-    rotary = make_rotary()  # real: its freqs are the fixed frequencies of FACTS.md §2
+    rotary = make_rotary()  # real: its freqs are fixed, 1/10000^(arange(0,32,2)/32)
     with parameters_on_meta():
         unet = LaVieUNet3D(arch["unet"], rotary_emb=rotary)
         vae = sd_vae(arch["vae"])

@@ -1,11 +1,13 @@
 """The LaVie base UNet3D: Stable Diffusion v1.4's UNet inflated with temporal attention.
 
-Written from the fact sheet ``shared/reference/lavie/FACTS.md`` (LaVie, Wang et al. 2023,
+Written from the official LaVie code (github.com/Vchitect/LaVie, ``base/models/unet.py``,
+``unet_blocks.py``, ``attention.py``, ``resnet.py``; LaVie, Wang et al. 2023,
 "LaVie: High-Quality Video Generation with Cascaded Latent Diffusion Models", base stage), on
 current diffusers building blocks. Its ``state_dict()`` is exactly the 830 keys of the released
-``lavie_base.pt`` (FACTS.md §2), in the same order.
+``lavie_base.pt`` (listed in tests/data/lavie_base_state_dict.json), in the same order.
 
-The layout between blocks is (B, C, F, H, W). What is per frame and what is not (FACTS.md §4, §5):
+The layout between blocks is (B, C, F, H, W). What is per frame and what is not (as in the official
+``base/models/resnet.py`` and ``base/models/attention.py``):
 
 - every convolution is a 2D convolution applied to each frame (:class:`FrameConv2d`); there is no
   temporal convolution;
@@ -42,7 +44,7 @@ from torch.utils.checkpoint import checkpoint
 
 from mpcore.config import ConfigError
 
-# SD v1.4's unet/config.json (CompVis/stable-diffusion-v1-4), FACTS.md §3.
+# SD v1.4's unet/config.json (CompVis/stable-diffusion-v1-4), which LaVie's from_pretrained_2d reads.
 SD14_UNET_CONFIG: dict[str, Any] = {
     "sample_size": 64,
     "in_channels": 4,
@@ -63,7 +65,7 @@ SD14_UNET_CONFIG: dict[str, Any] = {
     "attention_head_dim": 8,
 }
 
-# What LaVie's from_pretrained_2d sets on top (FACTS.md §1, §3; meta.json "unet_config").
+# What LaVie's from_pretrained_2d sets on top (base/models/unet.py in github.com/Vchitect/LaVie).
 LAVIE_TEMPORAL: dict[str, Any] = {
     "mid_block_type": "UNetMidBlock3DCrossAttn",
     "use_first_frame": False,
@@ -71,7 +73,8 @@ LAVIE_TEMPORAL: dict[str, Any] = {
 }
 
 # Fixed by the checkpoint's shapes: one RotaryEmbedding(32) (freqs [16]) and a [32 buckets, heads]
-# relative position bias table in every temporal attention (FACTS.md §2, §5).
+# relative position bias table in every temporal attention (the checkpoint's key list;
+# TemporalAttention and RelativePositionBias in LaVie's base/models/attention.py).
 ROTARY_DIM = 32
 ROTARY_THETA = 10000
 REL_POS_BUCKETS = 32
@@ -216,7 +219,8 @@ class FrameConv2d(nn.Conv2d):
 
 class ResnetBlock3D(nn.Module):
     """SD's ResNet block on videos. Its GroupNorms see (B, C, F, H, W): statistics are pooled over
-    channels-in-group, frames and pixels, as LaVie's are (FACTS.md §4); convolutions are per frame."""
+    channels-in-group, frames and pixels, as LaVie's are (plain nn.GroupNorm on the
+    5-D tensor in its base/models/resnet.py); convolutions are per frame."""
 
     def __init__(self, in_channels: int, out_channels: int, temb_channels: int, groups: int, eps: float,
                  output_scale_factor: float = 1.0):
@@ -276,7 +280,8 @@ class RelativePositionBias(nn.Module):
 
 
 class TemporalAttention(nn.Module):
-    """Self-attention over the frames of each pixel (FACTS.md §5).
+    """Self-attention over the frames of each pixel (``TemporalAttention`` in LaVie's
+    ``base/models/attention.py``).
 
     ``softmax(rot(q * d^-1/2) . rot(k) + bias(i - j)) v``: q/k/v without bias, rotary on q (after
     the scale, which commutes with it) and k, the relative position bias added unscaled; no mask.
@@ -316,7 +321,7 @@ class TemporalAttention(nn.Module):
 
 class TransformerBlock3D(nn.Module):
     """attn1 (spatial self) -> attn2 (text cross) -> attn_temp (over frames) -> GEGLU feed-forward,
-    each pre-LayerNorm with a residual (FACTS.md §5)."""
+    each pre-LayerNorm with a residual (``BasicTransformerBlock`` in LaVie's base/models/attention.py)."""
 
     def __init__(self, dim: int, heads: int, dim_head: int, cross_attention_dim: int, rotary_emb: RotaryEmbedding,
                  upcast_attention: bool = False):
@@ -461,9 +466,9 @@ class MidBlock3D(nn.Module):
 
 
 class LaVieUNet3D(nn.Module):
-    """``eps = unet(x_t (B, 4, F, h, w), t, text (B, L, 768))`` (FACTS.md §6: one text condition per
-    video, repeated per frame inside; the timestep embedding is SD's: 320 sinusoidal channels, cos
-    first, then Linear-SiLU-Linear to 1280)."""
+    """``eps = unet(x_t (B, 4, F, h, w), t, text (B, L, 768))`` (as LaVie's pipeline_videogen.py calls
+    it: one text condition per video, repeated per frame inside; the timestep embedding is SD's: 320
+    sinusoidal channels, cos first, then Linear-SiLU-Linear to 1280)."""
 
     def __init__(self, config: dict[str, Any] | None = None, rotary_emb: RotaryEmbedding | None = None):
         super().__init__()
@@ -503,7 +508,7 @@ class LaVieUNet3D(nn.Module):
                                 heads=rev_heads[i] if cross_attn else None, cross_attention_dim=cross,
                                 rotary_emb=rotary if cross_attn else None, upcast_attention=upcast))
         self.up_blocks = nn.ModuleList(up)
-        # registered after the up blocks: the checkpoint's key order (FACTS.md §2)
+        # registered after the up blocks: the checkpoint's key order (tests/data/lavie_base_state_dict.json)
         self.mid_block = MidBlock3D(channels[-1], temb, groups, eps, heads[-1], cross, rotary,
                                     output_scale_factor=config["mid_block_scale_factor"], upcast_attention=upcast)
 

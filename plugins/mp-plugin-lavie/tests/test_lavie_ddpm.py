@@ -1,5 +1,5 @@
-"""--scheduler ddpm: LaVie's own ancestral DDPM sampler on its linear betas (FACTS.md §6), through
-:func:`mpcore.sampling.scheduler_factory`; ddim unchanged."""
+"""--scheduler ddpm: LaVie's own ancestral DDPM sampler on its linear betas (LaVie's
+base/pipelines/sample.py), through :func:`mpcore.sampling.scheduler_factory`; ddim unchanged."""
 
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ def test_ddpm_steps_equal_ddpm_scheduler_loop_and_lavie_timesteps(tiny_lavie, sa
     assert isinstance(scheduler, DDPMScheduler)
     assert scheduler.config == tiny_lavie.make_ddpm_scheduler().config  # LaVie's own DDPM wins over the generic one
     scheduler.set_timesteps(50)
-    assert scheduler.timesteps[:2].tolist() == [980, 960] and scheduler.timesteps[-1].item() == 0  # FACTS §6
+    # diffusers 0.16's DDPM, as LaVie's sample.py ran it, ignored steps_offset: 980, 960, ..., 0
+    assert scheduler.timesteps[:2].tolist() == [980, 960] and scheduler.timesteps[-1].item() == 0
     ours = sample(tiny_lavie, "a fox", sampler_config, progress=False, make_scheduler=ddpm).latents
     assert torch.equal(ours, ddpm_reference_loop(tiny_lavie, "a fox", sampler_config))
     assert torch.equal(ours, sample(tiny_lavie, "a fox", sampler_config, progress=False, make_scheduler=ddpm).latents)

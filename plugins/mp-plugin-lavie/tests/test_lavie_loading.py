@@ -71,7 +71,8 @@ def test_loaded_from_files_samples_like_the_in_memory_tiny_model(saved_tiny):
 
 
 def test_scheduler_is_lavies():
-    """Linear betas 1e-4..0.02, epsilon, DDIM timesteps 981..1 for 50 steps (FACTS.md §6)."""
+    """Linear betas 1e-4..0.02, epsilon, DDIM timesteps 981..1 for 50 steps (LaVie's
+    base/configs/sample.yaml and pipeline_videogen.py on SD v1.4's scheduler config)."""
     from mp_plugin_lavie.backbone import load
 
     scheduler = load("tiny").make_scheduler()

@@ -1,7 +1,7 @@
 """LaVie at the real size with random weights (benchmarks' ``--config real-random``): the UNet built on
 the meta device (nothing allocated) has exactly the 830 keys and shapes of ``lavie_base.pt``
-(tests/data/lavie_base_state_dict.json, shared/reference/lavie), the VAE and text encoder are SD v1.4's;
-the materialized path runs at small widths."""
+(tests/data/lavie_base_state_dict.json, built from base/models/unet.py of github.com/Vchitect/LaVie),
+the VAE and text encoder are SD v1.4's; the materialized path runs at small widths."""
 
 from __future__ import annotations
 

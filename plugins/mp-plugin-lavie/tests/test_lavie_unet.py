@@ -23,8 +23,8 @@ from mp_plugin_lavie.unet import (
 )
 from mpcore.config import ConfigError
 
-# A copy of shared/reference/lavie/state_dict.json: every key of the official lavie_base.pt UNet
-# state dict -> [shape, dtype], in module order (built from LaVie's own code on the meta device).
+# Every key of the official lavie_base.pt UNet state dict -> [shape, dtype], in module order (built
+# from LaVie's own code, base/models/unet.py of github.com/Vchitect/LaVie, on the meta device).
 REFERENCE = Path(__file__).resolve().parent / "data" / "lavie_base_state_dict.json"
 
 
@@ -43,7 +43,7 @@ def test_expected_map_at_the_real_config_equals_the_official_manifest():
 
 
 def test_spatial_keys_are_diffusers_sd14_unet_keys():
-    """686 keys are a diffusers UNet2DConditionModel's at SD v1.4's config (FACTS.md §2)."""
+    """686 keys are a diffusers UNet2DConditionModel's at SD v1.4's config."""
     from diffusers import UNet2DConditionModel
 
     with torch.device("meta"):

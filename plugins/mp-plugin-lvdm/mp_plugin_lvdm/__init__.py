@@ -1,9 +1,9 @@
 """The lvdm family for mpcore: VideoCrafter2 (text-to-video) and DynamiCrafter (image-to-video; 256, 512,
 1024), registered as backbones ``videocrafter2`` and ``dynamicrafter`` through the ``mpcore`` entry points.
 
-Our own implementation (:mod:`mp_plugin_lvdm.unet`, ``vae``, ``clip``, ``model``) written from the fact
-sheets in shared/reference/{videocrafter2,dynamicrafter}/FACTS.md; it loads the official ``model.ckpt``
-files strictly and offline::
+Our own implementation (:mod:`mp_plugin_lvdm.unet`, ``vae``, ``clip``, ``model``) written from lvdm's code
+in VideoCrafter2 (github.com/AILab-CVC/VideoCrafter) and DynamiCrafter (github.com/Doubiiu/DynamiCrafter);
+it loads the official ``model.ckpt`` files strictly and offline::
 
     mpcore run --backbone videocrafter2 --model checkpoints/base_512_v2/model.ckpt --prompt "..."
     mpcore run --backbone dynamicrafter --variant 512 --model dynamicrafter_512/model.ckpt --image start.png --prompt "..."

@@ -14,7 +14,7 @@ from mp_plugin_lvdm.schedule import LVDMDDIMScheduler, ScaledAlphaBarSchedule, m
 from mpcore.backbones import describe, freeze
 from mpcore.interfaces import Backbone
 
-# Sampling as shipped (FACTS §6 of videocrafter2, §5 of dynamicrafter)
+# Sampling as shipped (VideoCrafter's scripts/run_text2video.sh, DynamiCrafter's scripts/run.sh)
 VC2_FPS = 28  # scripts/run_text2video.sh --fps 28
 DC_SETTINGS = {
     "256": dict(spacing="uniform", guidance_rescale=0.0, size=(256, 256)),
@@ -62,7 +62,7 @@ class LVDMBackbone(Backbone):
 
     def latent_scale(self, t=0) -> float:
         """scale_factor x scale_arr[t]: the network's clean latent at t is scaled by scale_arr[t]
-        (FACTS trap 1), so a Tweedie estimate is divided by both before decoding."""
+        (lvdm's use_scale / use_dynamic_rescale), so a Tweedie estimate is divided by both before decoding."""
         if self.scale_arr is None:
             return self.scale_factor
         return self.scale_factor * float(self.scale_arr[int(t)])

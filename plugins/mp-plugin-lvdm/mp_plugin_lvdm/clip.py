@@ -1,10 +1,12 @@
 """OpenCLIP parts: the text encoder (``cond_stage_model``), the image embedder (``embedder``), the
 Resampler (``image_proj_model``) and learnable tokens on OpenCLIP's tokenizer.
 
-Facts: shared/reference/videocrafter2/FACTS.md §5 (penultimate layer then ``ln_final``, pad id 0,
-text_projection/logit_scale/last block kept but unused) and shared/reference/dynamicrafter/FACTS.md §4
-(257 tokens of the last visual block without ``ln_post``/``proj``, kornia-style antialiased bicubic
-resize to 224, CLIP mean/std; the Resampler with inner dim 768 and dim_head**-0.25 on q and k).
+As ``lvdm/modules/encoders/condition.py`` of VideoCrafter2 (github.com/AILab-CVC/VideoCrafter:
+``FrozenOpenCLIPEmbedder``, penultimate layer then ``ln_final``, pad id 0, text_projection/logit_scale/last
+block kept but unused) and of DynamiCrafter (github.com/Doubiiu/DynamiCrafter:
+``FrozenOpenCLIPImageEmbedderV2``, 257 tokens of the last visual block without ``ln_post``/``proj``,
+kornia-style antialiased bicubic resize to 224, CLIP mean/std; ``lvdm/modules/encoders/resampler.py``, the
+Resampler with inner dim 768 and dim_head**-0.25 on q and k).
 The residual attention blocks are open_clip's own (``open_clip.transformer``), whose keys are the
 checkpoint's; weights all come from the checkpoint (nothing is downloaded).
 """

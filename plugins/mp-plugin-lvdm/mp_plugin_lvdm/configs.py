@@ -1,12 +1,11 @@
 """The official inference configs (schema of the lvdm YAML files), embedded, and reading a user's YAML.
 
-Facts: shared/reference/videocrafter2/FACTS.md §2-§5 (``configs/inference_t2v_512_v2.0.yaml`` of
-VideoCrafter) and shared/reference/dynamicrafter/FACTS.md §2-§4 (``configs/inference_{256,512,1024}_v1.0.yaml``
-of DynamiCrafter). A user's ``--model-config PATH`` is a YAML (or JSON) file of the same schema:
-``model.params`` with ``unet_config.params``, ``first_stage_config.params.ddconfig``,
-``cond_stage_config.params``, and for DynamiCrafter ``img_cond_stage_config`` and
-``image_proj_stage_config.params``. Only the keys that shape the model or the sampler are read;
-``target`` entries are informative.
+From ``configs/inference_t2v_512_v2.0.yaml`` of VideoCrafter2 (github.com/AILab-CVC/VideoCrafter) and
+``configs/inference_{256,512,1024}_v1.0.yaml`` of DynamiCrafter (github.com/Doubiiu/DynamiCrafter). A
+user's ``--model-config PATH`` is a YAML (or JSON) file of the same schema: ``model.params`` with
+``unet_config.params``, ``first_stage_config.params.ddconfig``, ``cond_stage_config.params``, and for
+DynamiCrafter ``img_cond_stage_config`` and ``image_proj_stage_config.params``. Only the keys that shape
+the model or the sampler are read; ``target`` entries are informative.
 
 Extension (not in the official files): ``cond_stage_config.params.arch`` and
 ``img_cond_stage_config.params.arch`` may be a dict of an OpenCLIP model config (``embed_dim``,

@@ -1,4 +1,5 @@
-"""The input image of DynamiCrafter, prepared as its inference script does (FACTS §4 "Concat latent"):
+"""The input image of DynamiCrafter, prepared as its inference script does (scripts/evaluation/inference.py
+of github.com/Doubiiu/DynamiCrafter, ``load_data_prompts``):
 ``Resize(min(H, W))`` (short side, PIL bilinear with antialias) -> ``CenterCrop((H, W))`` (zero padding if
 the resized image is smaller) -> ``ToTensor`` -> ``Normalize(0.5, 0.5)``: (1, 3, H, W) in [-1, 1]."""
 

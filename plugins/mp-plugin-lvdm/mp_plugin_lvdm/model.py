@@ -2,7 +2,9 @@
 
 Top-level keys: 12 schedule buffers (+ ``scale_arr`` [1400] with use_scale / use_dynamic_rescale),
 ``model.diffusion_model.*`` (UNet), ``first_stage_model.*`` (VAE), ``cond_stage_model.*`` (OpenCLIP
-text), and for DynamiCrafter ``embedder.*`` + ``image_proj_model.*`` (FACTS §1 of both sheets).
+text), and for DynamiCrafter ``embedder.*`` + ``image_proj_model.*`` (the checkpoints' key lists,
+tests/data/*_state_dict.json; lvdm/models/ddpm3d.py in github.com/AILab-CVC/VideoCrafter and
+github.com/Doubiiu/DynamiCrafter).
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def schedule_buffers(params: dict[str, Any]) -> dict[str, torch.Tensor]:
             "posterior_mean_coef1": betas * np.sqrt(ac_prev) / (1.0 - ac),
             "posterior_mean_coef2": (1.0 - ac_prev) * np.sqrt(alphas) / (1.0 - ac),
         }
-    if params.get("parameterization", "eps") == "v":  # lvdm stores zeros for any v-model (FACTS trap 9)
+    if params.get("parameterization", "eps") == "v":  # lvdm stores zeros for any v-model (ddpm3d.py)
         values["sqrt_recip_alphas_cumprod"] = np.zeros_like(ac)
         values["sqrt_recipm1_alphas_cumprod"] = np.zeros_like(ac)
     buffers = {k: torch.tensor(values[k], dtype=torch.float32) for k in SCHEDULE_BUFFERS}

@@ -1,6 +1,7 @@
 """lvdm's DDIM sampler as a diffusers ``DDIMScheduler`` (so mpcore's loop and MotionPrompt drive it).
 
-Facts: shared/reference/videocrafter2/FACTS.md §6 and shared/reference/dynamicrafter/FACTS.md §5.
+As ``lvdm/models/samplers/ddim.py`` and ``lvdm/models/utils_diffusion.py`` in VideoCrafter2
+(github.com/AILab-CVC/VideoCrafter) and DynamiCrafter (github.com/Doubiiu/DynamiCrafter).
 
 - ᾱ are the checkpoint's ``alphas_cumprod`` buffer (not recomputed); the final step's ᾱ_prev is ᾱ₀
   (``set_alpha_to_one=False``); timesteps "uniform" = diffusers "leading" + ``steps_offset=1``
@@ -111,8 +112,8 @@ def make_scheduler(params: dict[str, Any], spacing: str, alphas_cumprod: torch.T
 
 
 class ScaledAlphaBarSchedule(AlphaBarSchedule):
-    """lvdm's noise-schedule math with its latent scale schedule (FACTS trap 1): the network's clean latent
-    at t is ``scale_arr[t]`` times the clean latent.
+    """lvdm's noise-schedule math with its latent scale schedule (``scale_arr`` in ddpm3d.py): the network's
+    clean latent at t is ``scale_arr[t]`` times the clean latent.
 
     - transition t -> s: the x0 estimate is moved to s's space, ``x0 * s_s / s_t`` (``ddim.py``'s
       ``pred_x0 / scale_t * scale_prev``), before ``sqrt(a_s) x0 + sqrt(1 - a_s) eps``;

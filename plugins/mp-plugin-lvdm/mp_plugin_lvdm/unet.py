@@ -1,10 +1,11 @@
-"""The lvdm 3D UNet of VideoCrafter2 and DynamiCrafter, written from the fact sheets.
+"""The lvdm 3D UNet of VideoCrafter2 and DynamiCrafter, written from their code.
 
-Facts: shared/reference/videocrafter2/FACTS.md §3 (block layout, ResBlock with the temporal conv
-``temopral_conv`` (sic), SpatialTransformer, TemporalTransformer, ``init_attn``, [cos, sin] sinusoids,
-fps embedding) and shared/reference/dynamicrafter/FACTS.md §3 (8 input channels, frame-stride/fps
-embedding, per-frame image tokens, image cross-attention ``to_k_ip``/``to_v_ip`` with the 256
-model's learnable ``alpha``). Module and parameter names follow the checkpoint's keys.
+``lvdm/modules/networks/openaimodel3d.py`` and ``lvdm/modules/attention.py`` of VideoCrafter2
+(github.com/AILab-CVC/VideoCrafter: block layout, ResBlock with the temporal conv ``temopral_conv``
+(sic), SpatialTransformer, TemporalTransformer, ``init_attn``, [cos, sin] sinusoids, fps embedding) and
+of DynamiCrafter (github.com/Doubiiu/DynamiCrafter: 8 input channels, frame-stride/fps embedding,
+per-frame image tokens, image cross-attention ``to_k_ip``/``to_v_ip`` with the 256 model's learnable
+``alpha``). Module and parameter names follow the checkpoint's keys.
 
 Layout inside: latents (B, C, T, H, W) are processed as (B*T, C, H, W) by the spatial layers and
 reshaped to (B, C, T, H, W) inside the temporal conv / temporal transformer.
@@ -25,7 +26,7 @@ IMAGE_TOKENS_PER_FRAME = 16
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: int = 10000) -> torch.Tensor:
-    """Sinusoidal embedding, **[cos, sin]** order (FACTS §3 "Timestep and fps embeddings")."""
+    """Sinusoidal embedding, **[cos, sin]** order (lvdm/models/utils_diffusion.py)."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half)
     args = timesteps[:, None].float() * freqs[None]

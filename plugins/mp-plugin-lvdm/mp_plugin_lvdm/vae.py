@@ -1,8 +1,9 @@
 """The LDM KL autoencoder in the checkpoint's own key layout (``first_stage_model.*``).
 
-Facts: shared/reference/videocrafter2/FACTS.md §4. diffusers' ``AutoencoderKL`` is the same network
-under other names (``down_blocks.N.resnets`` vs ``down.N.block``, Linear attention vs 1x1 convs), so
-the lvdm layout is written out here rather than converted key by key.
+As lvdm's code in VideoCrafter2 (github.com/AILab-CVC/VideoCrafter, ``lvdm/models/autoencoder.py``,
+``lvdm/modules/networks/ae_modules.py``): the standard LDM/SD KL-f8 autoencoder. diffusers'
+``AutoencoderKL`` is the same network under other names (``down_blocks.N.resnets`` vs ``down.N.block``,
+Linear attention vs 1x1 convs), so the lvdm layout is written out here rather than converted key by key.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 DynamiCrafter 256 / 512: the rollout and clean estimate against lvdm's own DDIM with its scale schedule
 (``x0 * s_prev / s_t``; DynamiCrafter 512 also zero terminal SNR, v-prediction, trailing timesteps), and
 the diffusion against lvdm's training ``q_sample``: ``sqrt(a_t) scale_arr[t] x0 + sqrt(1 - a_t) eps``
-(videocrafter2 FACTS §2, dynamicrafter FACTS "Dynamic rescale"), written here from the model's buffers."""
+(``lvdm/models/ddpm3d.py`` of VideoCrafter2 and DynamiCrafter), written here from the model's buffers."""
 
 import pytest
 import torch

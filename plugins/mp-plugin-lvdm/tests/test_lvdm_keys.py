@@ -1,5 +1,6 @@
 """The key -> shape maps at the official configs equal the official checkpoints' manifests
-(shared/reference/*/state_dict.json, copied to tests/data), built on the meta device."""
+(tests/data/*_state_dict.json, from VideoCrafter2's and DynamiCrafter's own code at those configs),
+built on the meta device."""
 
 from __future__ import annotations
 

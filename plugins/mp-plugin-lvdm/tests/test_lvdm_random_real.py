@@ -1,7 +1,7 @@
 """VideoCrafter2 and DynamiCrafter at the real size with random weights (benchmarks' ``--config
 real-random``): the whole model built on the meta device (nothing allocated) has exactly the keys and
-shapes of the official ``model.ckpt`` (tests/data/*_state_dict.json, shared/reference), with the
-schedule buffers computed; the materialized path runs at the tiny widths."""
+shapes of the official ``model.ckpt`` (tests/data/*_state_dict.json, built from the official configs and
+code), with the schedule buffers computed; the materialized path runs at the tiny widths."""
 
 from __future__ import annotations
 
