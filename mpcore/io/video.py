@@ -99,13 +99,21 @@ def check_output_writable(out: str | Path, create: bool = True) -> Path:
         raise OutputError(f"cannot create output directory {str(parent)!r}: {exc.strerror or exc}") from exc
     if not parent.is_dir():
         raise OutputError(f"output directory {str(parent)!r} is not a directory")
+    problem = _write_problem(parent)
+    if problem:
+        raise OutputError(f"output directory {str(parent)!r} is not writable: {problem}")
+    return path
+
+
+def _write_problem(folder: Path) -> str | None:
+    """Why a file cannot be created in ``folder`` (proved by creating and removing one), or None."""
     try:
-        handle, probe = tempfile.mkstemp(prefix=".mpcore-write-test-", dir=parent)
+        handle, probe = tempfile.mkstemp(prefix=".mpcore-write-test-", dir=folder)
         os.close(handle)
         os.remove(probe)
     except OSError as exc:
-        raise OutputError(f"output directory {str(parent)!r} is not writable: {exc.strerror or exc}") from exc
-    return path
+        return str(exc.strerror or exc)
+    return None
 
 
 def check_location_writable(out: str | Path, folder: bool = False) -> Path:
@@ -124,13 +132,9 @@ def check_location_writable(out: str | Path, folder: bool = False) -> Path:
         target = target.parent
     if not target.is_dir():
         raise OutputError(f"cannot write {str(path)!r}: {str(target)!r} is a file, not a folder")
-    try:
-        handle, probe = tempfile.mkstemp(prefix=".mpcore-write-test-", dir=target)
-        os.close(handle)
-        os.remove(probe)
-    except OSError as exc:
-        raise OutputError(f"cannot write {str(path)!r}: folder {str(target)!r} is not writable "
-                          f"({exc.strerror or exc})") from None
+    problem = _write_problem(target)
+    if problem:
+        raise OutputError(f"cannot write {str(path)!r}: folder {str(target)!r} is not writable ({problem})")
     return path
 
 

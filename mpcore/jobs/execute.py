@@ -99,7 +99,7 @@ def generate(backbone, prompt: str, *, guidance=None, seed: int | None = None, l
     betas; ``free_init``: FreeInit passes (an int) or a :class:`mpcore.FreeInitConfig`. Raises mpcore's errors
     (:class:`mpcore.ConfigError` and its :class:`mpcore.OptionError`, :class:`mpcore.SamplingError`) with one
     line saying what to change."""
-    from mpcore.jobs.options import SAMPLER_FLAGS, OptionError, resolve_sampler
+    from mpcore.jobs.options import OptionError, check_sampler, resolve_sampler
 
     origin = getattr(backbone, "origin", None)
     if origin is None:
@@ -112,8 +112,8 @@ def generate(backbone, prompt: str, *, guidance=None, seed: int | None = None, l
         given = [k for k, v in flags.items() if v is not None and k != "seed"]
         if given:
             raise OptionError(f"give either sampler= or {', '.join(given)}, not both")
-        sampler = resolve_sampler(origin.spec, origin.model, {k: getattr(sampler, SAMPLER_FLAGS[k]) for k in SAMPLER_FLAGS})
         sampler = dataclasses.replace(sampler, seed=sampler.seed if seed is None else seed)
+        check_sampler(origin.spec, sampler)
     if isinstance(free_init, int):
         free_init = FreeInitConfig(iterations=free_init)
     if free_init is not None:

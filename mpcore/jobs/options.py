@@ -153,8 +153,13 @@ def resolve_sampler(spec, model: str | None, flags: dict[str, Any]) -> SamplerCo
         raise OptionError(f"unknown sampler setting(s) {', '.join(unknown)}; known: {', '.join(SAMPLER_FLAGS)}")
     sampler = apply_overrides(SamplerConfig(**defaults), {SAMPLER_FLAGS[k]: str(v) for k, v in flags.items()
                                                          if v is not None})
+    check_sampler(spec, sampler)
+    return sampler
+
+
+def check_sampler(spec, sampler: SamplerConfig) -> None:
+    """``sampler`` against what the backbone takes: sizes and frames, and at most its training timesteps."""
     sampler.validate(spec.spatial_multiple, spec.temporal_compression)
     if sampler.steps > spec.num_train_timesteps:  # --steps, or a backbone default
         raise OptionError(f"{sampler.steps} DDIM steps; at most {spec.num_train_timesteps} (the {spec.name} "
                           "scheduler's training timesteps; the paper uses 50)", "--steps")
-    return sampler
