@@ -122,6 +122,10 @@ Estimate = Literal["tweedie", "rollout"]
 ESTIMATES = typing.get_args(Estimate)
 RolloutPrompt = Literal["guided", "as_sampled"]
 ROLLOUT_PROMPTS = typing.get_args(RolloutPrompt)
+RolloutGradient = Literal["every_call", "last_call"]
+ROLLOUT_GRADIENTS = typing.get_args(RolloutGradient)
+StepOutput = Literal["fresh", "last_iteration"]
+STEP_OUTPUTS = typing.get_args(StepOutput)
 GuidanceDecoder = Literal["full", "tiny"]
 GUIDANCE_DECODERS = typing.get_args(GuidanceDecoder)
 
@@ -191,6 +195,17 @@ class MotionPromptConfig:
     there, as the sampler will use it; calls inside the range keep P + S). Measured on the toy model
     (64 pairs; docs/toy-world.md): no measure differs between the two, so the
     existing behaviour stays the default."""
+    rollout_gradient: RolloutGradient = "every_call"
+    """Which of the rollout's calls the token's gradient goes through: 'every_call' (exact: the calls run
+    with gradient at every iteration) or 'last_call' (a cheaper variant: the calls before the last run once
+    per sampling step without gradient, with the token as it stood before the step's updates, and each
+    update differentiates the last call's conditional branch alone; no denoiser checkpointing needed).
+    Judged against 'every_call' on the toy model in benchmarks/results/cost_variants.md."""
+    step_output: StepOutput = "fresh"
+    """The model output the sampling step takes after the K updates: 'fresh' (the method as published: one
+    more conditional forward with the updated token) or 'last_iteration' (a cheaper variant: the CFG output
+    at x_t that the K-th update computed, i.e. the token one update stale; one forward less per optimized
+    step). Judged against 'fresh' on the toy model in benchmarks/results/cost_variants.md."""
     probe_pairs: int = 0
     """The gate's probe: at every optimized step, the discriminator term on this many held-out frame
     pairs before the step's K updates and after them (same x_t, same pairs, no gradient; the pairs come
@@ -213,7 +228,7 @@ class MotionPromptConfig:
         them rather than ignoring them silently)."""
         reasons = {}
         if self.estimate != "rollout":
-            for name in ("rollout_steps", "rollout_prompt"):
+            for name in ("rollout_steps", "rollout_prompt", "rollout_gradient"):
                 reasons[name] = f"acts only with estimate=rollout (this run: estimate={self.estimate})"
         if self.guidance_decoder != "tiny":
             reasons["guidance_decoder_path"] = "acts only with guidance_decoder=tiny"
@@ -263,6 +278,16 @@ class MotionPromptConfig:
         )
         _require(self.rollout_prompt in ROLLOUT_PROMPTS, "rollout_prompt", self.rollout_prompt,
                  " | ".join(ROLLOUT_PROMPTS))
+        _require(self.rollout_gradient in ROLLOUT_GRADIENTS, "rollout_gradient", self.rollout_gradient,
+                 " | ".join(ROLLOUT_GRADIENTS))
+        _require(self.step_output in STEP_OUTPUTS, "step_output", self.step_output, " | ".join(STEP_OUTPUTS))
+        last_call = self.rollout_gradient == "last_call" and self.estimate_calls() > 1
+        _require(not (last_call and self.rollout_prompt == "as_sampled"), "rollout_gradient", self.rollout_gradient,
+                 "every_call with rollout_prompt=as_sampled (the last call, past the range, conditions on the plain "
+                 "prompt there: the token would get no gradient); or set rollout_prompt=guided")
+        _require(not (last_call and self.step_output == "last_iteration"), "step_output", self.step_output,
+                 "fresh with rollout_gradient=last_call (its first call runs once per step, before the updates: no "
+                 "output with an updated token exists to reuse); or set rollout_gradient=every_call")
         _require(
             0 <= self.probe_pairs and 2 * self.probe_pairs <= frames,
             "probe_pairs",

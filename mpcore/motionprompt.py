@@ -56,6 +56,57 @@ def rollout_indices(num_steps: int, step: int, calls: int) -> list[int]:
     return [step + (k * remaining) // calls for k in range(calls)]
 
 
+@dataclass
+class CleanEstimate:
+    """A clean-video estimate of selected frames (:func:`estimate_clean_frames`)."""
+
+    frames: torch.Tensor
+    """(B * len(frame_index), C, h, w) float32, VAE latent scale undone, ready to decode; differentiable
+    w.r.t. the condition where grad is enabled."""
+    output_at_t: torch.Tensor
+    """The CFG model output of the estimate's first call, at the x and step it started from, detached (with
+    ``step_output='last_iteration'`` the sampling step takes it instead of a fresh forward)."""
+
+
+@dataclass
+class RolloutStart:
+    """Where a rollout's last call starts (``rollout_gradient='last_call'``): computed once per sampling step
+    without gradient (:func:`rollout_to_last_call`)."""
+
+    latents: torch.Tensor
+    """x at the last call's noise level (no gradient)."""
+    index: int
+    """The last call's sampling-step index."""
+    uncond_output: torch.Tensor | None
+    """The unconditional output at (``latents``, its timestep); None without CFG."""
+
+
+def rollout_condition(cond: torch.Tensor, index: int, plain_cond: torch.Tensor | None,
+                      plain_from: int | None) -> torch.Tensor:
+    """The condition of a rollout call at sampling step ``index``: ``plain_cond`` from ``plain_from`` on
+    (``rollout_prompt='as_sampled'``), else ``cond``."""
+    return plain_cond if plain_cond is not None and plain_from is not None and index >= plain_from else cond
+
+
+def rollout_moves(backbone: Backbone, schedule: NoiseSchedule, latents: torch.Tensor, indices: list[int],
+                  cond: torch.Tensor, uncond: torch.Tensor, cfg_scale: float, uncond_output: torch.Tensor | None = None,
+                  plain_cond: torch.Tensor | None = None, plain_from: int | None = None,
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The deterministic moves of a rollout along ``indices`` (:func:`rollout_indices`): from x at
+    ``indices[0]``, a CFG call then the backbone's own :meth:`~mpcore.schedules.NoiseSchedule.transition`
+    (DDIM with eta = 0, lvdm's scale schedule, or the flow ODE's Euler step) to each next index. Returns x at
+    ``indices[-1]`` and the first call's output (None if there is no move); differentiable where grad is on."""
+    timesteps = schedule.timesteps
+    x, first_output = latents, None
+    for k, index in enumerate(indices[:-1]):
+        call_cond = rollout_condition(cond, index, plain_cond, plain_from)
+        output = cfg_output(backbone, x, timesteps[index], call_cond, uncond, cfg_scale, uncond_output if k == 0 else None)
+        if k == 0:
+            first_output = output.detach()
+        x = schedule.transition(x, output, index, indices[k + 1])
+    return x, first_output
+
+
 def estimate_clean_frames(
     backbone: Backbone,
     schedule: NoiseSchedule,
@@ -69,36 +120,47 @@ def estimate_clean_frames(
     uncond_output: torch.Tensor | None = None,
     plain_cond: torch.Tensor | None = None,
     plain_from: int | None = None,
-) -> torch.Tensor:
+) -> CleanEstimate:
     """Clean-video estimate of the frames ``frame_index`` from x_t at sampling step ``step``.
 
     ``calls = 1``: the one-step Tweedie estimate x0_hat = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t) (the
     v form for v-prediction, x_t - sigma_t v for flow matching), MotionPrompt's as published.
     ``calls = N > 1``: a rollout of N model calls along :func:`rollout_indices`: N - 1 deterministic
-    moves to the next call's noise level (the backbone's own :meth:`~mpcore.schedules.NoiseSchedule.transition`:
-    DDIM with eta = 0, with lvdm's scale schedule, or the flow ODE's Euler step), each after a CFG call on
-    all frames, then the Tweedie estimate at the last one; differentiable end to end, so the gradient
-    reaches ``cond`` through every call. ``plain_cond``/``plain_from``: calls at sampling steps >=
-    ``plain_from`` condition on ``plain_cond`` (the plain prompt the sampler will use after the
-    optimization range) instead of ``cond``.
-    Returns (B * len(frame_index), C, h, w) in float32 with the VAE latent scale undone
-    (:func:`mpcore_kernels.subset_tweedie`), ready to decode. ``uncond_output`` is the unconditional
-    output at (x_t, t) if already computed (it is reused only for the first call: later calls see an
-    x that depends on ``cond``).
+    moves to the next call's noise level (:func:`rollout_moves`), then the Tweedie estimate at the last
+    one; differentiable end to end, so the gradient reaches ``cond`` through every call.
+    ``plain_cond``/``plain_from``: calls at sampling steps >= ``plain_from`` condition on ``plain_cond``
+    (the plain prompt the sampler will use after the optimization range) instead of ``cond``.
+    The frames come from :func:`mpcore_kernels.subset_tweedie` (fused gather, VAE latent scale undone).
+    ``uncond_output`` is the unconditional output at (x_t, t) if already computed (it is reused only for the
+    first call: later calls see an x that depends on ``cond``).
     """
-    timesteps = schedule.timesteps
-    indices = rollout_indices(len(timesteps), step, calls)
-    x = latents
-    for k, index in enumerate(indices):
-        t = timesteps[index]
-        call_cond = plain_cond if plain_cond is not None and plain_from is not None and index >= plain_from else cond
-        output = cfg_output(backbone, x, t, call_cond, uncond, cfg_scale, uncond_output if k == 0 else None)
-        if k == len(indices) - 1:
-            # Tweedie x0 of the selected frames only -> (B * K, C, h, w), fp32, VAE latent scale undone
-            return subset_tweedie(x, output, frame_index, prediction_type=backbone.prediction_type,
-                                  latent_scale=schedule.latent_scale(index), **schedule.tweedie_level(index))
-        x = schedule.transition(x, output, index, indices[k + 1])
-    raise AssertionError("unreachable")
+    indices = rollout_indices(len(schedule.timesteps), step, calls)
+    x, first_output = rollout_moves(backbone, schedule, latents, indices, cond, uncond, cfg_scale, uncond_output,
+                                    plain_cond, plain_from)
+    last = indices[-1]
+    output = cfg_output(backbone, x, schedule.timesteps[last], rollout_condition(cond, last, plain_cond, plain_from),
+                        uncond, cfg_scale, uncond_output if len(indices) == 1 else None)
+    # Tweedie x0 of the selected frames only -> (B * K, C, h, w), fp32, VAE latent scale undone
+    frames = subset_tweedie(x, output, frame_index, prediction_type=backbone.prediction_type,
+                            latent_scale=schedule.latent_scale(last), **schedule.tweedie_level(last))
+    return CleanEstimate(frames=frames, output_at_t=output.detach() if first_output is None else first_output)
+
+
+@torch.no_grad()
+def rollout_to_last_call(backbone: Backbone, schedule: NoiseSchedule, latents: torch.Tensor, step: int,
+                         cond: torch.Tensor, uncond: torch.Tensor, cfg_scale: float, calls: int,
+                         uncond_output: torch.Tensor | None = None) -> RolloutStart:
+    """``rollout_gradient='last_call'``: the moves of a ``calls``-call rollout from x_t at ``step``
+    (:func:`rollout_moves`) without gradient, and the unconditional output where the last call starts (it
+    no longer depends on the token, so the K updates share it)."""
+    indices = rollout_indices(len(schedule.timesteps), step, calls)
+    x, _ = rollout_moves(backbone, schedule, latents, indices, cond, uncond, cfg_scale, uncond_output)
+    last = indices[-1]
+    if len(indices) == 1:
+        last_uncond = uncond_output
+    else:
+        last_uncond = backbone.predict(x, schedule.timesteps[last], uncond) if cfg_scale > 1.0 else None
+    return RolloutStart(latents=x, index=last, uncond_output=last_uncond)
 
 
 def select_frame_pairs(num_frames: int, num_pairs: int, generator: torch.Generator) -> list[tuple[int, int]]:
@@ -183,6 +245,8 @@ class LossTerms:
     disc: torch.Tensor
     tv: torch.Tensor
     reg: torch.Tensor
+    output_at_t: torch.Tensor | None = None
+    """The estimate's model output at (x_t, t) (:attr:`CleanEstimate.output_at_t`), detached."""
 
     def as_floats(self) -> dict[str, float]:
         return {k: float(getattr(self, k).detach()) for k in ("total", "disc", "tv", "reg")}
@@ -272,6 +336,8 @@ class MotionPrompt:
         self.probe_generator = torch.Generator().manual_seed(sampler.seed + PROBE_SEED_OFFSET)
         self.skipped_updates = 0
         self.plain_cond = None
+        self.rollout_start: RolloutStart | None = None
+        self.last_output_at_t: torch.Tensor | None = None
         self.trace = []
 
     def override(self) -> dict[int, torch.Tensor]:
@@ -306,17 +372,22 @@ class MotionPrompt:
         cfg = self.config
         cond = self.encode_guided_prompt()  # c* = encode(P + S)
         frame_index = [f for pair in pairs for f in pair]
-        plain = self.plain_condition() if cfg.rollout_prompt == "as_sampled" and cfg.estimate_calls() > 1 else None
-        x0_frames = estimate_clean_frames(self.backbone, self.schedule, latents, step, cond, uncond,
-                                          self.sampler.cfg_scale, frame_index, cfg.estimate_calls(), uncond_output,
-                                          plain_cond=plain, plain_from=self.opt_range[1])
-        images = self.decode_frames(x0_frames)
+        if self.rollout_start is not None:  # rollout_gradient='last_call': only the last call sees the token
+            start = self.rollout_start
+            estimate = estimate_clean_frames(self.backbone, self.schedule, start.latents, start.index, cond, uncond,
+                                             self.sampler.cfg_scale, frame_index, 1, start.uncond_output)
+        else:
+            plain = self.plain_condition() if cfg.rollout_prompt == "as_sampled" and cfg.estimate_calls() > 1 else None
+            estimate = estimate_clean_frames(self.backbone, self.schedule, latents, step, cond, uncond,
+                                             self.sampler.cfg_scale, frame_index, cfg.estimate_calls(), uncond_output,
+                                             plain_cond=plain, plain_from=self.opt_range[1])
+        images = self.decode_frames(estimate.frames)
         flow = pair_flow(self.flow_estimator, images, cfg.flow_size)
         disc = losses.adversarial(self.discriminator(flow))
         tv = losses.total_variation(flow)
         reg = losses.token_regularizer(self.tokens, self.init_embeddings)
         total = cfg.l_disc * disc + cfg.l_tv * tv + cfg.l_reg * reg
-        return LossTerms(total=total, disc=disc, tv=tv, reg=reg)
+        return LossTerms(total=total, disc=disc, tv=tv, reg=reg, output_at_t=estimate.output_at_t)
 
     def encode_guided_prompt(self) -> torch.Tensor:
         """c*: the guided prompt P + S encoded with the current learnable token rows (differentiable
@@ -342,7 +413,8 @@ class MotionPrompt:
     def optimize_step(
         self, latents: torch.Tensor, step: int, uncond: torch.Tensor, uncond_output: torch.Tensor | None
     ) -> list[dict[str, Any]]:
-        """K optimizer iterations at one sampling step; returns the per-iteration loss terms."""
+        """K optimizer iterations at one sampling step; returns the per-iteration loss terms. The last
+        iteration's model output at x_t is kept in ``last_output_at_t``."""
         iterations = []
         num_pairs = self.config.decoded_frames // 2
         latents = latents.detach()
@@ -351,6 +423,7 @@ class MotionPrompt:
             self.optimizer.zero_grad(set_to_none=True)
             terms = self.objective(latents, step, uncond, uncond_output, pairs)
             record = {**terms.as_floats(), "pairs": pairs, "skipped": False}
+            self.last_output_at_t = terms.output_at_t
             skip_reason = self.update_tokens(terms.total)
             if skip_reason is not None:
                 self.skipped_updates += 1
@@ -393,6 +466,7 @@ class MotionPrompt:
             self.trace.append(entry)
             return None  # before and after the range: the original prompt P
         uncond_output = self.predict_uncond(latents, t, uncond)
+        self.rollout_start = self.start_rollout(latents, step, uncond, uncond_output)
         probe_pairs = None
         if self.config.probe_pairs:
             probe_pairs = select_frame_pairs(latents.shape[2], self.config.probe_pairs, self.probe_generator)
@@ -406,7 +480,26 @@ class MotionPrompt:
         self.trace.append(entry)
         last = entry["iterations"][-1]
         info = {"loss": f"{last['total']:.4g}", "cos": f"{entry['cosine'][0]:.4f}"}
-        return StepCondition(cond=guided_cond, uncond_output=uncond_output, info=info)
+        return StepCondition(cond=guided_cond, uncond_output=uncond_output, info=info, model_output=self.step_output())
+
+    def start_rollout(self, latents, step, uncond, uncond_output) -> RolloutStart | None:
+        """With ``rollout_gradient='last_call'`` (and a rollout of several calls): the calls before the last,
+        once for the step, without gradient, with the token as it stands before the step's updates."""
+        cfg = self.config
+        if cfg.rollout_gradient != "last_call" or cfg.estimate_calls() == 1:
+            return None
+        with torch.no_grad():
+            cond = self.encode_guided_prompt()
+        return rollout_to_last_call(self.backbone, self.schedule, latents, step, cond, uncond, self.sampler.cfg_scale,
+                                    cfg.estimate_calls(), uncond_output)
+
+    def step_output(self) -> torch.Tensor | None:
+        """The model output the sampling step takes: with ``step_output='last_iteration'``, the output at x_t
+        of the K-th update (token one update stale) if finite; None = a fresh forward with the updated token."""
+        output = self.last_output_at_t
+        if self.config.step_output != "last_iteration" or output is None or not torch.isfinite(output).all():
+            return None
+        return output
 
     @torch.no_grad()
     def predict_uncond(self, latents: torch.Tensor, t: torch.Tensor, uncond: torch.Tensor) -> torch.Tensor | None:

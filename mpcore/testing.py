@@ -144,7 +144,8 @@ def check_clean_estimate_matches_scheduler(backbone, config, prompt: str = "a fo
             _, x0 = _step(scheduler, output, t, x)
             if x0 is None:
                 return None
-            ours = estimate_clean_frames(backbone, schedule, x, index, cond, uncond, config.cfg_scale, frames, calls=1)
+            ours = estimate_clean_frames(backbone, schedule, x, index, cond, uncond, config.cfg_scale, frames,
+                                         calls=1).frames
         reference = (x0.float() / schedule.predicted_original_scale(index))[0].transpose(0, 1)
         error = relative_error(ours, reference)
         assert error <= tolerance, f"clean estimate at step {index}: relative error {error:.3g} > {tolerance}"
@@ -177,7 +178,7 @@ def check_rollout_matches_scheduler(backbone, config, prompt: str = "a fox runni
         reference = (schedule.clean_estimate(x, output, last) / schedule.latent_scale(last))[0].transpose(0, 1)
         ours = estimate_clean_frames(backbone, backbone.noise_schedule(_fresh_scheduler(backbone, config.steps,
                                                                                         scheduler_factory)),
-                                     x_start, start, cond, uncond, config.cfg_scale, frames, calls=calls)
+                                     x_start, start, cond, uncond, config.cfg_scale, frames, calls=calls).frames
     error = relative_error(ours, reference)
     assert error <= tolerance, f"rollout from step {start} ({calls} calls): relative error {error:.3g} > {tolerance}"
     return error
@@ -200,12 +201,15 @@ def check_diffuse_matches_training(backbone, config, training_noising, tolerance
     return worst
 
 
-def check_rollout_gradient_reaches_every_call(backbone, config, prompt: str = "a fox running",
-                                              calls: int = 3) -> float:
+def check_rollout_gradients(backbone, config, prompt: str = "a fox running", calls: int = 3,
+                            tolerance: float = 1e-5) -> dict[str, float]:
     """The gradient of a rollout estimate w.r.t. the condition flows through every model call: it differs
     from the gradient through the last call alone (the earlier calls' outputs cut off; a ``.detach()``
-    there makes them equal). Returns their relative difference."""
-    from mpcore.motionprompt import estimate_clean_frames, rollout_indices
+    there makes them equal). And ``rollout_gradient='last_call'`` (:func:`mpcore.motionprompt.rollout_to_last_call`,
+    then the one-call estimate from where it starts) is exactly that last-call gradient, on the same
+    estimate as the full rollout. Returns {"every_call_difference", "last_call_gradient_error",
+    "last_call_estimate_error"}."""
+    from mpcore.motionprompt import estimate_clean_frames, rollout_indices, rollout_to_last_call
     from mpcore.sampling import cfg_output
 
     cond, uncond = _conditions(backbone, config, prompt)
@@ -216,27 +220,61 @@ def check_rollout_gradient_reaches_every_call(backbone, config, prompt: str = "a
     weights = torch.randn((x_start.shape[2], *x_start.shape[1:2], *x_start.shape[3:]),
                           generator=torch.Generator().manual_seed(61)).to(backbone.device)
 
-    def gradient(x, step, n):
+    def gradient(x, step, n, uncond_output=None):
         c = cond.detach().clone().requires_grad_(True)
         with torch.enable_grad():
-            estimate = estimate_clean_frames(backbone, schedule, x, step, c, uncond, config.cfg_scale, frames, calls=n)
+            estimate = estimate_clean_frames(backbone, schedule, x, step, c, uncond, config.cfg_scale, frames, calls=n,
+                                             uncond_output=uncond_output).frames
             (estimate * weights).sum().backward()
-        return c.grad.detach().float()
+        return c.grad.detach().float(), estimate.detach().float()
 
     indices = rollout_indices(config.steps, start, calls)
     assert len(indices) == calls > 1, "the check needs a rollout of at least 2 calls"
-    full = gradient(x_start, start, calls)
+    full, full_estimate = gradient(x_start, start, calls)
     with torch.no_grad():  # x at the last call, reached without gradient
         x = x_start
         for index, next_index in zip(indices[:-1], indices[1:]):
             x = schedule.transition(x, cfg_output(backbone, x, schedule.timesteps[index], cond, uncond,
                                                   config.cfg_scale), index, next_index)
-    last_only = gradient(x, indices[-1], 1)
+    last_only, _ = gradient(x, indices[-1], 1)
     difference = relative_error(full, last_only)
     assert torch.isfinite(full).all() and full.abs().sum() > 0, "no gradient reached the condition"
     assert difference > 1e-3, ("the rollout's gradient is the last call's alone: the earlier calls pass no gradient "
                                f"(relative difference {difference:.3g})")
-    return difference
+    rollout_start = rollout_to_last_call(backbone, schedule, x_start, start, cond, uncond, config.cfg_scale, calls)
+    assert rollout_start.index == indices[-1], f"last_call starts at step {rollout_start.index}, not {indices[-1]}"
+    variant, variant_estimate = gradient(rollout_start.latents, rollout_start.index, 1, rollout_start.uncond_output)
+    gradient_error = relative_error(variant, last_only)
+    estimate_error = relative_error(variant_estimate, full_estimate)
+    assert gradient_error <= tolerance, f"rollout_gradient=last_call: gradient relative error {gradient_error:.3g}"
+    assert estimate_error <= tolerance, f"rollout_gradient=last_call: estimate relative error {estimate_error:.3g}"
+    return {"every_call_difference": difference, "last_call_gradient_error": gradient_error,
+            "last_call_estimate_error": estimate_error}
+
+
+def check_stale_step_output(backbone, config, prompt: str = "a fox running", tolerance: float = 1e-5) -> float:
+    """``step_output='last_iteration'``: over a one-step range, K = 2 updates with the step taking the second
+    update's output at x_t (token after ONE update) sample the same latents as K = 1 with a fresh forward
+    (also after one update), and differ from K = 2 fresh by far more (the check is not vacuous). Returns the
+    relative error of the first pair."""
+    from mpcore.config import MotionPromptConfig
+    from mpcore.motionprompt import MotionPrompt
+    from mpcore.sampling import sample
+
+    step = config.steps // 2
+
+    def run(iterations: int, step_output: str) -> torch.Tensor:
+        settings = MotionPromptConfig(iterations=iterations, step_output=step_output, opt_range=(step, step + 1),
+                                      decoded_frames=2, lr=0.05, l_reg=0.0, flow_estimator="stand-in")
+        guidance = MotionPrompt(settings, DifferenceFlow(), LinearDiscriminator())
+        return sample(backbone, prompt, config, guidance, progress=False).latents.float()
+
+    stale, fresh_one, fresh_two = run(2, "last_iteration"), run(1, "fresh"), run(2, "fresh")
+    error = relative_error(stale, fresh_one)
+    assert error <= tolerance, f"step_output=last_iteration is not the output after K - 1 updates: {error:.3g}"
+    difference = relative_error(fresh_two, fresh_one)
+    assert difference > max(10 * error, 1e-6), f"the second update changed the step by {difference:.3g}: check vacuous"
+    return error
 
 
 class _ShiftOnce:
@@ -358,7 +396,8 @@ def run_guided_contract(backbone, config, training_noising, scheduler_factory=No
         "clean_estimate_error": check_clean_estimate_matches_scheduler(backbone, config, prompt),
         "rollout_error": check_rollout_matches_scheduler(backbone, config, prompt, scheduler_factory=scheduler_factory),
         "diffuse_error": check_diffuse_matches_training(backbone, config, training_noising),
-        "rollout_gradient_difference": check_rollout_gradient_reaches_every_call(backbone, config, prompt),
+        **{f"rollout_{k}": v for k, v in check_rollout_gradients(backbone, config, prompt).items()},
+        "stale_step_error": check_stale_step_output(backbone, config, prompt),
         "latent_change_survival": measure_latent_change_survival(backbone, config, prompt, min_fraction=min_survival),
         "guidance_off_bitwise": check_guidance_off_is_plain(backbone, config, prompt),
         "placement_ids_seen": float(len(check_token_placement_seen_by_encoder(backbone, config))),

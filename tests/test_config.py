@@ -120,3 +120,30 @@ def test_overrides_are_parsed_by_the_field_types_of_any_config():
                        ("strength=fast", "float")]:
         with pytest.raises(ConfigError, match=words.replace("|", "\\|")):
             apply_overrides(ThirdParty(), [bad])
+
+
+@pytest.mark.parametrize("settings,field,advice", [
+    (dict(estimate="rollout", rollout_gradient="last_call", rollout_prompt="as_sampled"), "rollout_gradient",
+     "rollout_prompt=guided"),
+    (dict(estimate="rollout", rollout_gradient="last_call", step_output="last_iteration"), "step_output",
+     "rollout_gradient=every_call"),
+    (dict(step_output="stale"), "step_output", "fresh | last_iteration"),
+    (dict(estimate="rollout", rollout_gradient="first_call"), "rollout_gradient", "every_call | last_call"),
+])
+def test_the_cheaper_variants_refuse_what_they_cannot_do(settings, field, advice):
+    """Issue 31's variants: a last-call rollout whose last call would see the plain prompt (no gradient at all),
+    or that would reuse an output computed before the step's updates, is refused naming the field and the fix."""
+    sampler = SamplerConfig(steps=25, frames=8, height=32, width=32)
+    with pytest.raises(ConfigError, match=advice) as error:
+        MotionPromptConfig(**settings).validate(sampler)
+    assert error.value.field == field
+    # each alone, and the stale step with the one-step estimate, are valid
+    for valid in (dict(estimate="rollout", rollout_gradient="last_call"), dict(step_output="last_iteration"),
+                  dict(estimate="rollout", step_output="last_iteration")):
+        MotionPromptConfig(**valid).validate(sampler)
+
+
+def test_rollout_gradient_without_a_rollout_is_named_as_ineffective():
+    assert "rollout_gradient" in MotionPromptConfig().ineffective({"rollout_gradient", "step_output"})
+    assert "step_output" not in MotionPromptConfig().ineffective({"rollout_gradient", "step_output"})
+    assert MotionPromptConfig(estimate="rollout").ineffective({"rollout_gradient"}) == {}

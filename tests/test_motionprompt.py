@@ -192,9 +192,9 @@ def test_rollout_over_every_remaining_step_is_the_sampler(tiny_backbone, sampler
         cond = tiny_backbone.encode_prompt(["a fox"])
         uncond = tiny_backbone.encode_prompt([""])
         frames = estimate_clean_frames(tiny_backbone, tiny_backbone.noise_schedule(scheduler), x_T, 0, cond, uncond, sampler_config.cfg_scale,
-                                       [1, 2], calls=sampler_config.steps)
+                                       [1, 2], calls=sampler_config.steps).frames
         one_step = estimate_clean_frames(tiny_backbone, tiny_backbone.noise_schedule(scheduler), x_T, 0, cond, uncond, sampler_config.cfg_scale,
-                                         [1, 2], calls=1)
+                                         [1, 2], calls=1).frames
     expected = final[0, :, [1, 2]].permute(1, 0, 2, 3) / tiny_backbone.latent_scale(0)
     assert torch.allclose(frames, expected, atol=1e-4)
     assert not torch.allclose(one_step, expected, atol=1e-2)  # the one-step estimate is not the sample
@@ -210,7 +210,8 @@ def test_rollout_of_one_call_is_the_tweedie_estimate(tiny_backbone, sampler_conf
         eps = tiny_backbone.predict(x_t, t, cond)
         a = float(scheduler.alphas_cumprod[int(t)])
         tweedie = (x_t - (1 - a) ** 0.5 * eps) / a**0.5 / tiny_backbone.latent_scale(t)
-        frames = estimate_clean_frames(tiny_backbone, tiny_backbone.noise_schedule(scheduler), x_t, 2, cond, cond, 1.0, [3, 0], calls=1)
+        frames = estimate_clean_frames(tiny_backbone, tiny_backbone.noise_schedule(scheduler), x_t, 2, cond, cond, 1.0, [3, 0],
+                                       calls=1).frames
     assert torch.allclose(frames, tweedie[0, :, [3, 0]].permute(1, 0, 2, 3), atol=1e-5)
 
 
@@ -440,11 +441,94 @@ def test_rollout_through_every_remaining_step_is_the_video_the_token_gives(tiny_
     with torch.no_grad():
         x0 = estimate_clean_frames(tiny_backbone, guidance.schedule, latents, 2, cond, uncond, sampler_config.cfg_scale,
                                    frames, calls=sampler_config.steps, uncond_output=uncond_output,
-                                   plain_cond=guidance.plain_condition(), plain_from=3)
+                                   plain_cond=guidance.plain_condition(), plain_from=3).frames
         guided_throughout = estimate_clean_frames(tiny_backbone, guidance.schedule, latents, 2, cond, uncond,
                                                   sampler_config.cfg_scale, frames, calls=sampler_config.steps,
-                                                  uncond_output=uncond_output)
+                                                  uncond_output=uncond_output).frames
     finished = (final[0].permute(1, 0, 2, 3) / tiny_backbone.latent_scale(0)).float()
     torch.testing.assert_close(x0, finished, rtol=1e-4, atol=1e-4)
     # the plain prompt past the range is what makes it exact: the guided prompt there gives another video
     assert (guided_throughout - finished).abs().max() > 1e-3
+
+
+# ----------------------------------------------------------------------------- cheaper variants (issue 31)
+
+
+def _count_model_calls(backbone, run) -> list[tuple[bool, int]]:
+    """(with gradient, batch size) of every denoiser call while ``run()`` samples."""
+    calls = []
+    predict = backbone.predict
+
+    def counting(latents, t, cond):
+        calls.append((torch.is_grad_enabled(), latents.shape[0]))
+        return predict(latents, t, cond)
+
+    backbone.predict = counting
+    try:
+        run()
+    finally:
+        backbone.predict = predict
+    return calls
+
+
+def test_stale_step_output_saves_one_forward_per_optimized_step(tiny_backbone, sampler_config, motion_config,
+                                                                flow_estimator, discriminator):
+    """step_output='last_iteration': the same gradient calls, and exactly one no-gradient call fewer at each of
+    the 2 optimized steps (the fresh conditional forward); the video changes (the step's token is one update
+    stale). That it is the output after K - 1 updates is :func:`mpcore.testing.check_stale_step_output`, run on
+    every backbone by its guided contract."""
+    def run(step_output):
+        config = dataclasses.replace(motion_config, step_output=step_output, lr=0.05)
+        result = {}
+        calls = _count_model_calls(tiny_backbone, lambda: result.setdefault("latents", sample(
+            tiny_backbone, "a fox", sampler_config, MotionPrompt(config, flow_estimator, discriminator),
+            progress=False).latents))
+        return calls, result["latents"]
+
+    fresh_calls, fresh = run("fresh")
+    stale_calls, stale = run("last_iteration")
+    assert [c for c in stale_calls if c[0]] == [c for c in fresh_calls if c[0]]
+    assert len([c for c in fresh_calls if not c[0]]) - len([c for c in stale_calls if not c[0]]) == 2
+    assert not torch.equal(fresh, stale)
+
+
+def test_last_call_rollout_runs_the_earlier_calls_once_per_step(tiny_backbone, sampler_config, motion_config,
+                                                                flow_estimator, discriminator):
+    """rollout_gradient='last_call', 3-call rollout, K = 2, 2 optimized steps: the gradient calls are the last
+    call's conditional branch alone (batch 1), K per step; every_call runs all three calls with gradient at
+    every iteration (the later two as CFG batches of 2)."""
+    def gradient_calls(rollout_gradient):
+        config = dataclasses.replace(motion_config, estimate="rollout", rollout_steps=3,
+                                     rollout_gradient=rollout_gradient)
+        calls = _count_model_calls(tiny_backbone, lambda: sample(
+            tiny_backbone, "a fox", sampler_config, MotionPrompt(config, flow_estimator, discriminator), progress=False))
+        return [batch for grad, batch in calls if grad], len([1 for grad, _ in calls if not grad])
+
+    last_grad, last_plain = gradient_calls("last_call")
+    every_grad, every_plain = gradient_calls("every_call")
+    assert last_grad == [1] * (2 * 2)
+    assert sorted(every_grad) == sorted([1, 2, 2] * (2 * 2))
+    # once per step without gradient: the call at x_t, the middle CFG call, the unconditional one at the last call
+    assert last_plain - every_plain == 2 * 3
+
+
+def test_last_call_rollout_has_the_exact_value_and_another_gradient(tiny_backbone, sampler_config, motion_config,
+                                                                   flow_estimator, discriminator):
+    """At the step's start (token not yet updated) the last-call objective has the exact rollout's value; its
+    gradient reaches the token and differs from the exact one (the earlier calls' paths are cut)."""
+    latents = torch.randn(1, 4, sampler_config.frames, 8, 8, generator=torch.Generator().manual_seed(0))
+    uncond = tiny_backbone.encode_prompt([""]).detach()
+    values = {}
+    for rollout_gradient in ("every_call", "last_call"):
+        config = dataclasses.replace(motion_config, estimate="rollout", rollout_steps=3, rollout_gradient=rollout_gradient)
+        guidance, _ = _prepared(tiny_backbone, config, flow_estimator, discriminator, sampler_config)
+        t = guidance.schedule.timesteps[1]
+        uncond_output = guidance.predict_uncond(latents, t, uncond)
+        guidance.rollout_start = guidance.start_rollout(latents, 1, uncond, uncond_output)
+        assert (guidance.rollout_start is None) == (rollout_gradient == "every_call")
+        terms = guidance.objective(latents, 1, uncond, uncond_output, [(0, 1)])
+        terms.total.backward()
+        values[rollout_gradient] = (float(terms.disc.detach()), guidance.tokens.grad.clone())
+    assert values["last_call"][0] == pytest.approx(values["every_call"][0], rel=1e-5)
+    assert values["last_call"][1].abs().sum() > 0
+    assert not torch.allclose(values["last_call"][1], values["every_call"][1], rtol=1e-3)
