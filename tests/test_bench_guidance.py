@@ -44,7 +44,8 @@ def test_bench_guidance_smoke(tmp_path):
     assert tiny["iterations"] == 3 and tiny["skipped_updates"] == 0 and max(tiny["token_drift_l2"]) > 0
     ratio = data["ratios"]["fast/baseline"]
     assert ratio["time"] > 0 and ratio["mem_total"] > 0
-    assert {t["mode"] for t in data["targets"]} == {"fast", "lean", "fast-tiny", "lean-tiny"}
+    assert {t["mode"] for t in data["targets"]} == {"fast", "lean", "fast-tiny", "lean-tiny", "fast-stale",
+                                                    "rollout-last", "rollout-stale"}
     assert {t["quantity"] for t in data["targets"] if t["mode"].startswith("lean")} == {"time", "mem_total"}
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*.tmp"))
 
@@ -87,3 +88,44 @@ def test_mid_and_real_stay_animatediff_only():
         with pytest.raises(SystemExit, match="AnimateDiff only"):
             bench.resolve_args(bench.build_parser().parse_args(
                 ["--config", config, "--backbone", "videocrafter2", "--device", "cpu", "--model", "x"]))
+
+
+def _row(mode: str, wall_s: float, peak: int) -> dict:
+    return {"mode": mode, "wall_s": wall_s, "peak_mem_bytes": peak, "peak_increase_bytes": peak // 2}
+
+
+def test_the_cheaper_rollouts_are_judged_against_the_one_step_guidance():
+    """Issue 31: the variants' targets are ratios to different rows: the stale step to the unguided run, the
+    cheaper rollouts to the one-step guidance (fast). A ratio taken to the wrong row fails here."""
+    bench = load_bench()
+    rows = [_row("baseline", 10.0, 100), _row("fast", 20.0, 200), _row("fast-stale", 16.0, 200),
+            _row("rollout", 60.0, 400), _row("rollout-last", 30.0, 220)]
+    ratios = bench.compute_ratios(rows, cpu=False)
+    assert ratios["fast-stale/baseline"]["time"] == 1.6 and ratios["rollout-last/fast"]["time"] == 1.5
+    assert ratios["rollout/fast"]["time"] == 3.0 and "fast/fast" not in ratios
+    checks = {(c["mode"], c["quantity"]): c for c in bench.check_targets(ratios)}
+    assert checks[("fast-stale", "time")]["met"] is True and checks[("fast-stale", "time")]["reference"] == "baseline"
+    assert checks[("rollout-last", "time")]["met"] is True and checks[("rollout-last", "time")]["value"] == 1.5
+    assert checks[("rollout-stale", "time")]["met"] is None  # not measured
+    assert checks[("fast", "time")]["met"] is False  # 2.0x > 1.8x
+
+
+def test_each_mode_changes_only_what_it_names():
+    bench = load_bench()
+    fast, stale, last = (bench.motion_config(m) for m in ("fast", "fast-stale", "rollout-last"))
+    assert (fast.step_output, stale.step_output) == ("fresh", "last_iteration")
+    assert (last.estimate, last.rollout_steps, last.rollout_gradient) == ("rollout", 3, "last_call")
+    assert bench.motion_config("rollout").rollout_gradient == "every_call"
+    toy = bench.motion_config("rollout", model="toy")  # the toy's own settings: its range and flow estimator
+    assert toy.reference_opt_range == (28, 40) and toy.flow_estimator == "tvl1_fast"
+
+
+def test_resume_keeps_only_rows_measured_with_the_same_settings(tmp_path):
+    bench = load_bench()
+    args = bench.resolve_args(bench.build_parser().parse_args(["--config", "mid", "--device", "cpu", "--repeats", "3"]))
+    partial = tmp_path / "partial.json"
+    partial.write_text(json.dumps({"settings": bench.run_settings(args), "rows": [_row("baseline", 1.0, 1)]}))
+    assert list(bench.resumed_rows(partial, args)) == ["baseline"]
+    other = bench.resolve_args(bench.build_parser().parse_args(["--config", "mid", "--device", "cpu", "--repeats", "1"]))
+    assert bench.resumed_rows(partial, other) == {}
+    assert bench.resumed_rows(tmp_path / "missing.json", args) == {}
