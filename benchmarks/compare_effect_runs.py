@@ -9,6 +9,11 @@ noise, this pairs the videos of arm ``--arm-a`` of run A with those of ``--arm-b
 
     python benchmarks/compare_effect_runs.py results/bench_effect_rollout_guided.json \\
         results/bench_effect_rollout_as_sampled.json --label-a guided --label-b as_sampled --tag rollout_prompt
+
+When both arms are MotionPrompt runs whose manifests are still on disk (the paths in the runs' ``per_video``),
+it also pairs their discriminator-term drop over the optimization range (:func:`mpcore.analysis.diagnose.term_drops`,
+what the method optimizes) and applies issue 31's rule for a cheaper variant B of an exact method A: B's mean
+drop within 10% of A's, and no measure (none uses the discriminator) with a CI of B - A excluding 0.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import sys
 from pathlib import Path
 
 import click
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -25,7 +31,11 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_effect import LOWER_IS_BETTER, NEUTRAL  # noqa: E402
 
-from mpcore.analysis.compare import paired_comparison  # noqa: E402
+from mpcore.analysis.compare import bootstrap_ci, paired_comparison  # noqa: E402
+from mpcore.analysis.diagnose import term_drops  # noqa: E402
+
+DROP_TOLERANCE = 0.10
+"""A variant's mean discriminator-term drop over the range must be within this fraction of the exact method's."""
 from mpcore.io.files import write_text_atomic  # noqa: E402
 
 
@@ -41,6 +51,50 @@ def compare(run_a: dict, run_b: dict, arm_a: str, arm_b: str, resamples: int) ->
     pairs = [(f"a/{n}", f"b/{n}") for n in names]
     return paired_comparison({"videos": {f"a/{n}": a[n] for n in names}},
                              {"videos": {f"b/{n}": b[n] for n in names}}, pairs, seed=0, resamples=resamples)
+
+
+def range_drops(run: dict, arm: str) -> dict[str, float] | None:
+    """Each video's discriminator-term drop over the range, by ``pXXXX_sYYYY``, from its manifest (None if
+    the manifests are gone or the arm's videos have no MotionPrompt trace)."""
+    drops = {}
+    for path in run["per_video"][arm]:
+        manifest = Path(path).with_suffix(".json")
+        if not manifest.exists():
+            return None
+        result = json.loads(manifest.read_text()).get("result") or {}
+        drop = term_drops(result, "disc")["over_range"] if "trace" in result else None
+        if drop is not None:
+            drops[Path(path).stem] = drop
+    return drops or None
+
+
+def judge_variant(comparison: dict, drops_a: dict[str, float], drops_b: dict[str, float], resamples: int) -> dict:
+    """Issue 31's rule for variant B of exact method A (paired by video): B's mean drop of the discriminator term
+    over the range within DROP_TOLERANCE of A's, and no measure's 95% CI of B - A excluding 0."""
+    names = sorted(set(drops_a) & set(drops_b))
+    a = np.array([drops_a[n] for n in names])
+    b = np.array([drops_b[n] for n in names])
+    ratio = float(b.mean() / a.mean())
+    rng = np.random.default_rng(0)  # paired bootstrap of the ratio of means
+    picks = rng.integers(0, len(names), size=(resamples, len(names)))
+    ratios = b[picks].mean(1) / a[picks].mean(1)
+    differing = [name for name, row in comparison["metrics"].items() if row["ci"][0] > 0 or row["ci"][1] < 0]
+    drop_kept = abs(ratio - 1.0) <= DROP_TOLERANCE
+    return {"n": len(names), "drop_a": float(a.mean()), "drop_b": float(b.mean()), "ratio": ratio,
+            "ratio_ci": [float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))],
+            "difference_ci": list(bootstrap_ci(b - a, 0, resamples)), "drop_within_tolerance": drop_kept,
+            "measures_differing": differing, "kept": drop_kept and not differing}
+
+
+def judgement_lines(judgement: dict, label_a: str, label_b: str) -> list[str]:
+    verdict = "KEPT" if judgement["kept"] else "NOT kept"
+    return [f"Variant rule (issue 31): **{verdict}**.",
+            f"- discriminator term's drop over the range: {label_a} {judgement['drop_a']:+.4g}, {label_b} "
+            f"{judgement['drop_b']:+.4g}; ratio {judgement['ratio']:.3f} [{judgement['ratio_ci'][0]:.3f}, "
+            f"{judgement['ratio_ci'][1]:.3f}] (within {DROP_TOLERANCE:.0%}: {judgement['drop_within_tolerance']}); "
+            f"{label_b} - {label_a} {judgement['difference_ci'][0]:+.4g} .. {judgement['difference_ci'][1]:+.4g} "
+            f"(95% CI, {judgement['n']} videos)",
+            f"- measures whose CI of {label_b} - {label_a} excludes 0: {', '.join(judgement['measures_differing']) or 'none'}"]
 
 
 def table(comparison: dict, label_a: str, label_b: str) -> list[str]:
@@ -71,8 +125,13 @@ def main(run_a, run_b, arm_a, arm_b, label_a, label_b, tag, resamples, out):
     summary = {"a": {"run": run_a.name, "arm": arm_a, "label": label_a, "overrides": first.get("overrides")},
                "b": {"run": run_b.name, "arm": arm_b, "label": label_b, "overrides": second.get("overrides")},
                "comparison": comparison}
-    text = "\n".join([f"# {label_b} vs {label_a} ({len(comparison['pairs'])} paired videos)", "",
-                      f"A: {run_a.name} arm {arm_a}; B: {run_b.name} arm {arm_b}", ""] + table(comparison, label_a, label_b))
+    lines = [f"# {label_b} vs {label_a} ({len(comparison['pairs'])} paired videos)", "",
+             f"A: {run_a.name} arm {arm_a}; B: {run_b.name} arm {arm_b}", ""] + table(comparison, label_a, label_b)
+    drops_a, drops_b = range_drops(first, arm_a), range_drops(second, arm_b)
+    if drops_a and drops_b:
+        summary["variant_rule"] = judge_variant(comparison, drops_a, drops_b, resamples)
+        lines += [""] + judgement_lines(summary["variant_rule"], label_a, label_b)
+    text = "\n".join(lines)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(json.dumps(summary, indent=1), out / f"compare_{tag}.json")
     write_text_atomic(text + "\n", out / f"compare_{tag}.md")

@@ -216,7 +216,7 @@ def diagnose_steps(
             for name, calls in estimates.items():
                 for kind, x_t in (("real", x_real), ("own", recorder.latents[step])):
                     x0 = estimate_clean_frames(backbone, schedule, x_t, step, cond, uncond, sampler.cfg_scale,
-                                               frame_index, calls)
+                                               frame_index, calls).frames
                     images = backbone.decode(x0.to(backbone.dtype)).float()
                     flow = pair_flow(flow_estimator, images, motion.flow_size)
                     raw[name][step][f"logit_{kind}"] += discriminator(flow).float().tolist()
@@ -383,6 +383,27 @@ def plot(result: dict[str, Any], recommendation: dict[str, Any], out_png: str | 
 # ----------------------------------------------------------------------------- the gate
 
 
+def term_drops(result: dict[str, Any], term: str = "disc") -> dict[str, Any]:
+    """One guided video's drops of its loss ``term`` (see :func:`gate`): ``over_iterations`` (mean over its
+    optimized steps, from the probe where recorded) and ``over_range``; None where its trace cannot tell.
+    ``sources``: where the iteration drops came from ('probe', 'iterations')."""
+    steps = [e for e in result.get("trace", []) if e.get("optimized")]
+    drops, sources = [], set()
+    for entry in steps:
+        if "probe" in entry:
+            sources.add("probe")
+            drops.append(entry["probe"][f"{term}_before"] - entry["probe"][f"{term}_after"])
+            continue
+        sources.add("iterations")
+        values = [r[term] for r in entry.get("iterations", []) if not r.get("skipped") and math.isfinite(r[term])]
+        if len(values) >= 2:
+            drops.append(values[0] - values[-1])
+    first = [r[term] for r in steps[0]["iterations"] if not r.get("skipped")] if steps else []
+    last = [r[term] for r in steps[-1]["iterations"] if not r.get("skipped")] if steps else []
+    over_range = first[0] - last[-1] if first and last and len(steps) > 1 else None
+    return {"over_iterations": float(np.mean(drops)) if drops else None, "over_range": over_range, "sources": sources}
+
+
 def gate(results: list[dict[str, Any]], term: str = "disc", seed: int = 0, resamples: int = 10000) -> dict[str, Any]:
     """Does guidance lower its loss ``term`` (the guidance spec's ``gate``; MotionPrompt's: ``disc``, the
     discriminator term) where it runs? From guided runs' traces
@@ -404,23 +425,12 @@ def gate(results: list[dict[str, Any]], term: str = "disc", seed: int = 0, resam
     per_iteration, per_range = [], []
     sources: set[str] = set()
     for result in results:
-        steps = [e for e in result.get("trace", []) if e.get("optimized")]
-        drops = []
-        for entry in steps:
-            if "probe" in entry:
-                sources.add("probe")
-                drops.append(entry["probe"][f"{term}_before"] - entry["probe"][f"{term}_after"])
-                continue
-            sources.add("iterations")
-            values = [r[term] for r in entry.get("iterations", []) if not r.get("skipped") and math.isfinite(r[term])]
-            if len(values) >= 2:
-                drops.append(values[0] - values[-1])
-        if drops:
-            per_iteration.append(float(np.mean(drops)))
-        first = [r[term] for r in steps[0]["iterations"] if not r.get("skipped")] if steps else []
-        last = [r[term] for r in steps[-1]["iterations"] if not r.get("skipped")] if steps else []
-        if first and last and len(steps) > 1:
-            per_range.append(first[0] - last[-1])
+        drops = term_drops(result, term)
+        sources.update(drops["sources"])
+        if drops["over_iterations"] is not None:
+            per_iteration.append(drops["over_iterations"])
+        if drops["over_range"] is not None:
+            per_range.append(drops["over_range"])
 
     def summary(values: list[float]) -> dict[str, Any]:
         if not values:
