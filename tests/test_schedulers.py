@@ -109,7 +109,8 @@ def test_flow_matching_clean_estimate_is_x0_at_every_step(step, calls):
     x_t = (1 - sigma) * x0 + sigma * eps  # rectified flow: x_t on the straight path
     frames = [3, 0, 4]
     cond = torch.zeros(1, 3, 4)
-    estimate = estimate_clean_frames(backbone, backbone.noise_schedule(scheduler), x_t, step, cond, cond, 1.0, frames, calls=calls)
+    estimate = estimate_clean_frames(backbone, backbone.noise_schedule(scheduler), x_t, step, cond, cond, 1.0, frames,
+                                     calls=calls).frames
     expected = x0[0][:, frames].permute(1, 0, 2, 3) / 0.5
     torch.testing.assert_close(estimate, expected, atol=1e-5, rtol=1e-5)
 
@@ -138,7 +139,8 @@ def test_ddim_rollout_estimate_is_x0(prediction_type):
     a = scheduler.alphas_cumprod[int(scheduler.timesteps[2])]
     x_t = a.sqrt() * x0 + (1 - a).sqrt() * eps
     cond = torch.zeros(1, 3, 4)
-    estimate = estimate_clean_frames(backbone, backbone.noise_schedule(scheduler), x_t, 2, cond, cond, 1.0, [1, 2], calls=3)
+    estimate = estimate_clean_frames(backbone, backbone.noise_schedule(scheduler), x_t, 2, cond, cond, 1.0, [1, 2],
+                                     calls=3).frames
     torch.testing.assert_close(estimate, x0[0][:, [1, 2]].permute(1, 0, 2, 3), atol=1e-4, rtol=1e-4)
 
 
