@@ -2,21 +2,32 @@
 """Every GPU figure of mpcore in one run: ``python benchmarks/gpu_check.py --out DIR`` on one GPU.
 
 No download: the backbones are their official architectures with random weights (timing and memory do
-not depend on the weight values). About 5-8 minutes on one modern GPU. Three parts, one JSON and one
-markdown table:
+not depend on the weight values). About 9 minutes on one H100 80 GB -- an ESTIMATE from the models'
+FLOPs, not a measurement (no GPU was at hand; README "gpu_check.py" derives it). Three parts, one JSON
+and one markdown table:
 
 (a) **kernels** -- the sweep of ``bench_kernels.py`` (its ``main``): the torch reference vs
     ``torch.compile`` vs Triton for ``flow_tv`` and ``subset_tweedie``, forward, backward and both, at
     S = 128, 512, 1024 (``--kernel-sizes``), float32 inputs; GB/s of the byte model against the device's
     copy bandwidth measured in the same run.
 (b) **guidance** -- ``bench_guidance.py``'s workers (each mode in its own fresh process, its own
-    ``torch.cuda.max_memory_allocated`` peak): unguided ``baseline`` vs MotionPrompt ``fast`` (no
-    checkpointing) and ``lean`` (denoiser + VAE checkpointing) with each backbone's paper settings, for
-    AnimateDiff at 16x512x512 and VideoCrafter2 at 16x320x512 (``--config real-random``), 10 DDIM steps
-    (``--steps``, 10-20 recommended) with the paper's optimization range scaled to them
-    (:func:`mpcore.config.scale_opt_range`: AnimateDiff's 3 < i < 15 of 50 is [1, 3) of 10), in float16
-    and, where the GPU supports it, bfloat16. A mode that fails (e.g. out of memory) is a row with its
-    error; the others still run.
+    ``torch.cuda.max_memory_allocated`` peak) with each backbone's paper settings at its real size
+    (``--config real-random``), 10 DDIM steps (``--steps``, 10-20 recommended) with the paper's
+    optimization range scaled to them (:func:`mpcore.config.scale_opt_range`: AnimateDiff's 3 < i < 15 of
+    50 is [1, 3) of 10), in the dtype ``mpcore run`` loads each backbone in on CUDA (:data:`BACKBONE_MODES`,
+    :func:`default_dtypes`):
+
+    * AnimateDiff 16x512x512, float16: unguided ``baseline``, MotionPrompt ``fast`` (no checkpointing),
+      ``lean`` (denoiser + VAE checkpointing), ``fast-stale`` (the sampling step reuses the last
+      update's output), ``rollout`` (a 3-call differentiable rollout estimate), ``rollout-last`` (its
+      gradient through the last call only) and ``flowmo`` (FlowMo at its plugin's defaults);
+    * VideoCrafter2 16x320x512, float16: ``baseline``, ``fast``, ``lean``;
+    * Wan 2.1 1.3B 81x480x832 and CogVideoX-2b 49x480x720, bfloat16: ``baseline`` and ``lean``, the
+      one MotionPrompt mode that fits 80 GB there (estimate; the causal VAEs refuse the -tiny modes).
+
+    ``--backbones`` / ``--modes`` / ``--dtypes`` replace these lists for every backbone; bfloat16 on a GPU
+    without it is a recorded skip. A mode that fails (e.g. out of memory) is a row with its error; the
+    others still run.
 (c) **environment** -- device name and memory, torch / CUDA / triton / diffusers / transformers /
     mpcore versions, git commit, time taken per part.
 
@@ -25,13 +36,17 @@ Results: ``<out>/gpu_check_<device>.json`` and ``<out>/gpu_check_<device>.md`` (
 code is 1 if any part or row failed (the files are written first), else 0.
 
 ``--smoke`` runs the same three parts at reduced size, on the CPU by default: the kernels' smoke sweep
-(S = 16, 32; torch and Triton providers, Triton rows skipped off CUDA), the backbones' tiny random
-models at 8x64x64 for 3 steps in float32 (about a minute on 2 cores; ``tests/test_gpu_check.py``).
+(S = 16, 32; torch and Triton providers, Triton rows skipped off CUDA), and every backbone and mode of
+(b) on the backbones' tiny random models (8x64x64; Wan and CogVideoX 9x64x64) for 3 steps in float32
+(one optimized step per guided mode, a full 3-call rollout), less AnimateDiff's ``lean`` and
+VideoCrafter2's ``fast``, which other backbones cover (:data:`SMOKE_MODES`; about 2.5 minutes on 2 cores,
+``tests/test_gpu_check.py``).
 
 Examples::
 
     python benchmarks/gpu_check.py --out gpu_results                   # one GPU, the full check
     python benchmarks/gpu_check.py --smoke --out /tmp/gpu_check_smoke  # CPU, reduced size
+    python benchmarks/gpu_check.py --parts guidance --backbones wan --modes fast   # one case
 """
 
 from __future__ import annotations
@@ -57,16 +72,36 @@ from mpcore.io.manifest import git_revision
 REPO = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
 
-BACKBONES = ("animatediff", "videocrafter2")
-MODES = ("baseline", "fast", "lean")
+BACKBONES = ("animatediff", "videocrafter2", "wan", "cogvideox")
+CORE_MODES = ("baseline", "fast", "lean")
+"""The modes of a backbone not in :data:`BACKBONE_MODES`."""
+BACKBONE_MODES = {
+    # bench_guidance's modes by name. AnimateDiff, the cheapest real-size backbone, carries the guided
+    # modes users run besides fast and lean (its rollout, without denoiser checkpointing, is expected to
+    # run out of memory on 80 GB). Wan and CogVideoX: lean alone, the one MotionPrompt mode that fits 80 GB
+    # at their real size. Estimates: README "gpu_check.py"
+    "animatediff": ("baseline", "fast", "lean", "fast-stale", "rollout", "rollout-last", "flowmo"),
+    "wan": ("baseline", "lean"),
+    "cogvideox": ("baseline", "lean"),
+}
+SMOKE_MODES = {
+    # --smoke: every backbone and every mode of BACKBONE_MODES, in two workers fewer (the test's time):
+    # AnimateDiff's lean is covered by the three others', VideoCrafter2's fast by AnimateDiff's
+    "animatediff": ("baseline", "fast", "fast-stale", "rollout", "rollout-last", "flowmo"),
+    "videocrafter2": ("baseline", "lean"),
+    "wan": ("baseline", "lean"),
+    "cogvideox": ("baseline", "lean"),
+}
 DEFAULT_STEPS = 10
 SMOKE_STEPS = 3
+"""The fewest steps with a full 3-call rollout from the one optimized step (step 0)."""
 KERNEL_SIZES = (128, 512, 1024)
 # the sweep's settings on the GPU: fewer sizes, repeats and seconds per row than bench_kernels' defaults
 # (torch.compile compiles once per kernel and size), so the whole check fits in the budget
 KERNEL_ARGS = ["--repeats", "50", "--warmup", "5", "--budget-s", "2"]
-BUDGET_S = 8 * 60
-"""The time one modern GPU should need for the whole check (reported, never enforced)."""
+BUDGET_S = 10 * 60
+"""The time one H100 should need for the whole check at the defaults (estimated about 9 minutes, see the
+module's doc; reported, never enforced)."""
 
 
 def _load_script(name: str):
@@ -88,6 +123,38 @@ def _split(text: str | None) -> list[str] | None:
     return None if text is None else [item.strip() for item in text.split(",") if item.strip()]
 
 
+def default_dtypes(backbone: str, cuda: bool) -> list[str]:
+    """The model dtypes measured for ``backbone`` unless ``--dtypes`` is given: on CUDA its plugin's
+    ``cuda_dtype``, what ``mpcore run`` loads it in (float16; Wan and CogVideoX bfloat16), on the CPU float32."""
+    from mpcore import plugins
+
+    return [plugins.get("backbone", backbone).spec.cuda_dtype] if cuda else ["float32"]
+
+
+def guidance_cases(args) -> list[dict[str, Any]]:
+    """The (backbone, dtype, modes) cases of the guidance part: ``--dtypes`` / ``--modes`` for every
+    backbone if given, else each backbone's defaults (:data:`BACKBONE_MODES`, ``--smoke``:
+    :data:`SMOKE_MODES`; :func:`default_dtypes`); the baseline first in every mode list (the ratios need it)."""
+    dtypes = _split(args.dtypes) or None
+    unknown = set(dtypes or []) - {"float32", "float16", "bfloat16"}
+    if unknown:
+        raise SystemExit(f"--dtypes: unknown {sorted(unknown)}; choose from float32,float16,bfloat16")
+    modes = _split(args.modes)
+    if modes == []:
+        raise SystemExit("--modes: empty")
+    table = SMOKE_MODES if args.smoke else BACKBONE_MODES
+    cases = []
+    for backbone in args.backbone_list:
+        mode_list = list(dict.fromkeys(["baseline", *(modes or table.get(backbone, CORE_MODES))]))
+        unknown = [m for m in mode_list if m not in bench_guidance.MODES]
+        if unknown:
+            raise SystemExit(f"modes of {backbone}: {unknown} are not modes of bench_guidance.py; choose from "
+                             f"{','.join(bench_guidance.MODES)}")
+        for dtype in dict.fromkeys(dtypes or default_dtypes(backbone, args.cuda)):
+            cases.append({"backbone": backbone, "dtype": dtype, "modes": mode_list})
+    return cases
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -99,12 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=None,
                         help=f"DDIM steps of the guidance part (default {DEFAULT_STEPS}; --smoke: {SMOKE_STEPS})")
     parser.add_argument("--dtypes", default=None,
-                        help="model dtypes of the guidance part (default float16,bfloat16 on CUDA, bfloat16 only "
-                             "where supported; float32 on the CPU)")
+                        help="model dtypes of the guidance part, for every backbone (default on CUDA: each "
+                             "backbone's default CUDA dtype, as mpcore run: float16, bfloat16 for wan and cogvideox "
+                             "(skipped on a GPU without it); float32 on the CPU)")
     parser.add_argument("--backbones", default=",".join(BACKBONES),
                         help=f"backbones of the guidance part (default {','.join(BACKBONES)}; any of "
                              f"{','.join(bench_guidance.BACKBONES)})")
-    parser.add_argument("--modes", default=",".join(MODES), help=f"guidance modes (default {','.join(MODES)})")
+    parser.add_argument("--modes", default=None,
+                        help="guidance modes of bench_guidance.py, for every backbone (default per backbone: "
+                             + "; ".join(f"{b} {','.join(m)}" for b, m in BACKBONE_MODES.items())
+                             + f"; others {','.join(CORE_MODES)}; --smoke: two fewer, SMOKE_MODES)")
     parser.add_argument("--kernel-sizes", default=None,
                         help=f"image sides S of the kernel sweep (default {','.join(map(str, KERNEL_SIZES))}; "
                              "--smoke: bench_kernels' smoke sizes)")
@@ -143,21 +214,11 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     unknown = set(args.backbone_list) - set(bench_guidance.BACKBONES)
     if unknown or not args.backbone_list:
         raise SystemExit(f"--backbones: unknown or empty {sorted(unknown)}; choose from {','.join(bench_guidance.BACKBONES)}")
-    args.mode_list = _split(args.modes) or []
-    unknown = set(args.mode_list) - set(bench_guidance.MODES)
-    if unknown or not args.mode_list:
-        raise SystemExit(f"--modes: unknown or empty {sorted(unknown)}; choose from {','.join(bench_guidance.MODES)}")
-    if "baseline" not in args.mode_list:
-        args.mode_list.insert(0, "baseline")  # every ratio is relative to it
+    args.cases = guidance_cases(args)
     if args.steps is None:
         args.steps = SMOKE_STEPS if args.smoke else DEFAULT_STEPS
     if args.steps < 1:
         raise SystemExit("--steps must be >= 1")
-    dtypes = _split(args.dtypes) or (["float16", "bfloat16"] if args.cuda else ["float32"])
-    unknown = set(dtypes) - {"float32", "float16", "bfloat16"}
-    if unknown:
-        raise SystemExit(f"--dtypes: unknown {sorted(unknown)}; choose from float32,float16,bfloat16")
-    args.dtype_list = list(dict.fromkeys(dtypes))
     sizes = _split(args.kernel_sizes)
     try:
         args.kernel_size_list = [int(s) for s in sizes] if sizes else (None if args.smoke else list(KERNEL_SIZES))
@@ -263,11 +324,11 @@ def run_kernels(args) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- (b) guidance
 
 
-def guidance_args(args, backbone: str, dtype: str, out: str) -> argparse.Namespace:
-    """bench_guidance's resolved arguments for one (backbone, dtype) run."""
+def guidance_args(args, case: dict[str, Any], out: str) -> argparse.Namespace:
+    """bench_guidance's resolved arguments for one case (backbone, dtype, modes)."""
     config = "tiny" if args.smoke else bench_guidance.REAL_RANDOM
-    argv = ["--config", config, "--backbone", backbone, "--steps", str(args.steps), "--device", args.device,
-            "--dtype", dtype, "--modes", ",".join(args.mode_list), "--repeats", "1", "--out", out]
+    argv = ["--config", config, "--backbone", case["backbone"], "--steps", str(args.steps), "--device", args.device,
+            "--dtype", case["dtype"], "--modes", ",".join(case["modes"]), "--repeats", "1", "--out", out]
     return bench_guidance.resolve_args(bench_guidance.build_parser().parse_args(argv))
 
 
@@ -280,11 +341,12 @@ def _error_row(mode: str, exc: Exception) -> dict[str, Any]:
             "stderr_tail": tail[-4000:]}
 
 
-def run_guidance_case(args, backbone: str, dtype: str) -> dict[str, Any]:
-    """Every mode of one (backbone, dtype), each in its own worker process; ratios to the baseline."""
+def run_guidance_case(args, case: dict[str, Any]) -> dict[str, Any]:
+    """Every mode of one case, each in its own worker process; ratios to the baseline."""
     start = time.perf_counter()
+    backbone, dtype = case["backbone"], case["dtype"]
     with tempfile.TemporaryDirectory(prefix="gpu_check_guidance_") as out:
-        gargs = guidance_args(args, backbone, dtype, out)
+        gargs = guidance_args(args, case, out)
         rows = []
         for mode in gargs.mode_list:
             print(f"[gpu_check] guidance: {backbone} {gargs.config} {dtype} {mode} ({gargs.steps} steps) ...",
@@ -312,16 +374,16 @@ def run_guidance(args, probe: dict[str, Any]) -> dict[str, Any]:
     """Every (backbone, dtype) case; bfloat16 on a GPU without it is a recorded skip, not a silent one."""
     start = time.perf_counter()
     runs, skipped = [], []
-    for backbone in args.backbone_list:
-        for dtype in args.dtype_list:
-            if dtype == "bfloat16" and args.cuda and not probe.get("bf16_supported"):
-                skipped.append({"backbone": backbone, "dtype": dtype, "reason": f"{probe['name']} does not support bfloat16"})
-                continue
-            try:
-                runs.append(run_guidance_case(args, backbone, dtype))
-            except (Exception, SystemExit) as exc:  # the case could not start; the others still run
-                runs.append({"backbone": backbone, "dtype": dtype, "status": "error", "rows": [],
-                             "error": f"{type(exc).__name__}: {exc}"[:2000]})
+    for case in args.cases:
+        backbone, dtype = case["backbone"], case["dtype"]
+        if dtype == "bfloat16" and args.cuda and not probe.get("bf16_supported"):
+            skipped.append({"backbone": backbone, "dtype": dtype, "reason": f"{probe['name']} does not support bfloat16"})
+            continue
+        try:
+            runs.append(run_guidance_case(args, case))
+        except (Exception, SystemExit) as exc:  # the case could not start; the others still run
+            runs.append({"backbone": backbone, "dtype": dtype, "status": "error", "rows": [],
+                         "error": f"{type(exc).__name__}: {exc}"[:2000]})
     failed = [f"{r['backbone']} {r['dtype']}" for r in runs if r["status"] != "ok"]
     return {
         "status": "error" if failed or not runs else "ok",
@@ -433,7 +495,7 @@ def markdown(summary: dict[str, Any]) -> str:
         f"{'-dirty' if env['git_dirty'] else ''}; {env['timestamp']}.",
         "",
         f"Took {summary['elapsed_s']:.0f} s (" + ", ".join(f"{name} {part['elapsed_s']:.0f} s" for name, part in parts.items())
-        + (f"; budget {BUDGET_S} s on one modern GPU)" if not summary["smoke"] else ")") + ".",
+        + (f"; budget {BUDGET_S} s on one H100 at the defaults)" if not summary["smoke"] else ")") + ".",
         "",
         "Kernels: median ms per call; vs reference = the torch reference's time / this time (> 1: faster); GB/s of "
         "the byte model (bench_kernels.py) and its share of the copy bandwidth measured in this run. Guidance: wall "
@@ -475,8 +537,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = resolve_args(build_parser().parse_args(argv))
     start = time.perf_counter()
     probe = probe_device(args)
-    print(f"[gpu_check] {args.device} ({probe['name']}): parts {args.part_list}, backbones {args.backbone_list}, "
-          f"dtypes {args.dtype_list}, {args.steps} steps{' (smoke)' if args.smoke else ''}", file=sys.stderr, flush=True)
+    cases = "; ".join(f"{c['backbone']} {c['dtype']} {','.join(c['modes'])}" for c in args.cases)
+    print(f"[gpu_check] {args.device} ({probe['name']}): parts {args.part_list}, cases {cases}, "
+          f"{args.steps} steps{' (smoke)' if args.smoke else ''}", file=sys.stderr, flush=True)
     parts: dict[str, Any] = {}
     # guidance first: its workers then find the GPU's memory untouched by this process
     if "guidance" in args.part_list:
@@ -489,8 +552,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "smoke": args.smoke,
         "cuda": args.cuda,
         "environment": environment(args, probe),
-        "settings": {"steps": args.steps, "dtypes": args.dtype_list, "backbones": args.backbone_list,
-                     "modes": args.mode_list, "kernel_sizes": args.kernel_size_list, "budget_s": BUDGET_S},
+        "settings": {"steps": args.steps, "backbones": args.backbone_list, "cases": args.cases,
+                     "kernel_sizes": args.kernel_size_list, "budget_s": BUDGET_S},
         "parts": parts,
         "elapsed_s": time.perf_counter() - start,
     }
