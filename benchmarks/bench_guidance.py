@@ -6,6 +6,8 @@ One invocation measures every requested mode for one backbone configuration and 
 default, lavie, videocrafter2, dynamicrafter, wan or cogvideox; the guided modes take that backbone's paper settings):
 
 * ``baseline`` -- :func:`mpcore.sampling.sample` with ``guidance=None``;
+* ``default``  -- MotionPrompt with the backbone's settings as ``mpcore run`` uses them (for ``--config toy``,
+  the toy's default: the 3-call rollout without checkpointing);
 * ``fast``     -- MotionPrompt with the paper's AnimateDiff settings
   (``PAPER_MOTIONPROMPT_DEFAULTS``: K=3 iterations, range 3 < i < 15 at 50 steps scaled to
   ``--steps``, 2 decoded frames, ...), no gradient checkpointing (memory traded for time);
@@ -14,10 +16,11 @@ default, lavie, videocrafter2, dynamicrafter, wan or cogvideox; the guided modes
 * ``fast-stale`` -- ``fast`` with ``step_output=last_iteration`` (the sampling step reuses the K-th update's
   output at x_t: one conditional forward less per optimized step);
 * ``rollout``  -- ``fast`` with ``estimate=rollout``, ``rollout_steps=3``: each estimate is three
-  differentiable CFG model calls (a short DDIM rollout) instead of one (the toy model's default estimate);
+  differentiable CFG model calls (a short DDIM rollout) instead of one, with the denoiser's checkpointing
+  (without it, a real-size video's three calls keep more activations than 80 GB hold);
 * ``rollout-stale`` -- ``rollout`` with ``step_output=last_iteration``;
 * ``rollout-last`` -- ``rollout`` with ``rollout_gradient=last_call`` (the calls before the last once per step
-  without gradient, each update through the last call only);
+  without gradient, each update through the last call only), without checkpointing (one call keeps activations);
 * ``flowmo`` -- FlowMo at its plugin's (published) defaults; ``fast-tiny`` / ``lean-tiny``: the guided frames
   decoded by a random TAESD-architecture decoder.
 
@@ -91,17 +94,20 @@ from mpcore.io.manifest import cpu_stall_us, git_revision
 REPO = Path(__file__).resolve().parent.parent
 PROMPT = "a horse galloping along a beach at sunset, waves rolling in"
 SEED = 0
-MODES = ("baseline", "fast", "lean", "fast-stale", "rollout", "rollout-stale", "rollout-last", "fast-tiny", "lean-tiny",
-         "flowmo")
+MODES = ("baseline", "default", "fast", "lean", "fast-stale", "rollout", "rollout-stale", "rollout-last", "fast-tiny",
+         "lean-tiny", "flowmo")
 ROLLOUT_STEPS = 3
 MODE_SETTINGS: dict[str, dict[str, Any]] = {
     # each MotionPrompt mode: what it changes in the backbone's own settings (the paper's, or the toy's)
+    "default": {},  # what `mpcore run` does with the backbone's settings (the toy's: the 3-call rollout, no checkpointing)
     "fast": dict(estimate="tweedie", checkpoint_denoiser=False, checkpoint_vae=False),
     "lean": dict(estimate="tweedie", checkpoint_denoiser=True, checkpoint_vae=True),
     "fast-stale": dict(estimate="tweedie", checkpoint_denoiser=False, checkpoint_vae=False, step_output="last_iteration"),
-    "rollout": dict(estimate="rollout", rollout_steps=ROLLOUT_STEPS, checkpoint_denoiser=False, checkpoint_vae=False),
-    "rollout-stale": dict(estimate="rollout", rollout_steps=ROLLOUT_STEPS, checkpoint_denoiser=False,
+    # the exact rollout keeps every call's activations: checkpointed, or a real-size video needs > 80 GB
+    "rollout": dict(estimate="rollout", rollout_steps=ROLLOUT_STEPS, checkpoint_denoiser=True, checkpoint_vae=False),
+    "rollout-stale": dict(estimate="rollout", rollout_steps=ROLLOUT_STEPS, checkpoint_denoiser=True,
                           checkpoint_vae=False, step_output="last_iteration"),
+    # one call with gradient: no checkpointing needed
     "rollout-last": dict(estimate="rollout", rollout_steps=ROLLOUT_STEPS, checkpoint_denoiser=False,
                          checkpoint_vae=False, rollout_gradient="last_call"),
 }

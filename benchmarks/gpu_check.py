@@ -77,8 +77,8 @@ CORE_MODES = ("baseline", "fast", "lean")
 """The modes of a backbone not in :data:`BACKBONE_MODES`."""
 BACKBONE_MODES = {
     # bench_guidance's modes by name. AnimateDiff, the cheapest real-size backbone, carries the guided
-    # modes users run besides fast and lean (its rollout, without denoiser checkpointing, is expected to
-    # run out of memory on 80 GB). Wan and CogVideoX: lean alone, the one MotionPrompt mode that fits 80 GB
+    # modes users run besides fast and lean (its rollout checkpoints the denoiser: three calls' activations
+    # would exceed 80 GB). Wan and CogVideoX: lean alone, the one MotionPrompt mode that fits 80 GB
     # at their real size. Estimates: README "gpu_check.py"
     "animatediff": ("baseline", "fast", "lean", "fast-stale", "rollout", "rollout-last", "flowmo"),
     "wan": ("baseline", "lean"),

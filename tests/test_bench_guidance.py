@@ -116,8 +116,11 @@ def test_each_mode_changes_only_what_it_names():
     assert (fast.step_output, stale.step_output) == ("fresh", "last_iteration")
     assert (last.estimate, last.rollout_steps, last.rollout_gradient) == ("rollout", 3, "last_call")
     assert bench.motion_config("rollout").rollout_gradient == "every_call"
-    toy = bench.motion_config("rollout", model="toy")  # the toy's own settings: its range and flow estimator
-    assert toy.reference_opt_range == (28, 40) and toy.flow_estimator == "tvl1_fast"
+    assert bench.motion_config("rollout").checkpoint_denoiser and not last.checkpoint_denoiser
+    toy = bench.motion_config("default", model="toy")  # the toy's own settings, as mpcore run uses them
+    assert (toy.reference_opt_range, toy.flow_estimator, toy.estimate, toy.rollout_steps) == ((28, 40), "tvl1_fast",
+                                                                                             "rollout", 3)
+    assert bench.motion_config("default") == bench.motion_config("fast", checkpoint_vae=True)  # the paper's
 
 
 def test_resume_keeps_only_rows_measured_with_the_same_settings(tmp_path):
