@@ -162,10 +162,10 @@ def test_confirmation_refuses_an_arm_outside_its_round(tmp_path):
 def test_a_later_round_brings_fresh_seeds_or_shares_the_splits(protocol):
     later = copy.deepcopy(protocol)
     later["round"].append({"number": 8, "registered": "x", "format": "frames", "arms": ["motionprompt"],
-                           "seeds": "1002-1003"})
-    assert bench_effect.round_seeds(later, later["round"][-1]) == "1002-1003"
+                           "seeds": "1004-1005"})
+    assert bench_effect.round_seeds(later, later["round"][-1]) == "1004-1005"
     assert bench_effect.round_seeds(later, later["round"][0]) == protocol["confirmation"]["seeds"]
-    for stale in ("1001-1002", "5,1002", "1002"):  # the split's seed, a development seed, an earlier round's
+    for stale in ("1001-1004", "5,1004", "1004"):  # the split's seed, a development seed, an earlier round's
         again = copy.deepcopy(later)
         again["round"].append({"number": 9, "registered": "x", "format": "frames", "arms": ["motionprompt"],
                                "seeds": stale})
