@@ -200,12 +200,14 @@ class MotionPromptConfig:
     with gradient at every iteration) or 'last_call' (a cheaper variant: the calls before the last run once
     per sampling step without gradient, with the token as it stood before the step's updates, and each
     update differentiates the last call's conditional branch alone; no denoiser checkpointing needed).
-    Judged against 'every_call' on the toy model in benchmarks/results/cost_variants.md."""
+    Not kept on the toy model (docs: Benchmarks, "Cheaper variants"): it optimizes about 10% less and
+    worsens the flow warping error."""
     step_output: StepOutput = "fresh"
     """The model output the sampling step takes after the K updates: 'fresh' (the method as published: one
     more conditional forward with the updated token) or 'last_iteration' (a cheaper variant: the CFG output
     at x_t that the K-th update computed, i.e. the token one update stale; one forward less per optimized
-    step). Judged against 'fresh' on the toy model in benchmarks/results/cost_variants.md."""
+    step). Kept on the toy model's development seeds (docs: Benchmarks, "Cheaper variants"); its
+    confirmation is registered, not yet run."""
     probe_pairs: int = 0
     """The gate's probe: at every optimized step, the discriminator term on this many held-out frame
     pairs before the step's K updates and after them (same x_t, same pairs, no gradient; the pairs come
