@@ -3,29 +3,25 @@ the cost model's structure and its predictions checked against the timed parts."
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_step_parts.py"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+
+import bench_step_parts  # noqa: E402
+
 MODES = {"fast", "lean", "fast-stale", "rollout", "rollout-stale", "rollout-last"}
 K, N, S, G = 3, 3, 50, 11  # the paper's AnimateDiff settings: iterations, rollout calls, steps, range [4, 15)
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_step_parts", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_bench_step_parts_smoke(tmp_path):
     threads = torch.get_num_threads()
     try:
-        result = load_bench().main(["--smoke", "--threads", "1", "--out", str(tmp_path)])
+        result = bench_step_parts.main(["--smoke", "--threads", "1", "--out", str(tmp_path)])
     finally:
         torch.set_num_threads(threads)  # main sets the process's threads; the rest of the session keeps its own
 
