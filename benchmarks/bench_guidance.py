@@ -817,6 +817,31 @@ def resumed_rows(partial: Path, args) -> dict[str, dict[str, Any]]:
     return {row["mode"]: row for row in saved["rows"]}
 
 
+def measure_modes(args, partial: Path) -> list[dict[str, Any]]:
+    """Every mode of ``args.mode_list`` in its own process, in order; each row is saved to ``partial`` as it comes,
+    and with ``--resume`` the rows a killed run of the same settings saved there are kept."""
+    done = resumed_rows(partial, args) if args.resume else {}
+    rows = []
+    for mode in args.mode_list:
+        if mode in done:
+            print(f"[bench_guidance] {mode}: kept from {partial.name} ({done[mode]['wall_s']:.2f} s)", file=sys.stderr)
+            rows.append(done[mode])
+            continue
+        print(f"[bench_guidance] {args.backbone} {args.config}: measuring {mode} in a fresh process "
+              f"({args.steps} steps, {args.repeats} repeat(s)) ...", file=sys.stderr, flush=True)
+        row = measure_mode(args, mode)
+        print(f"[bench_guidance] {mode}: {row['wall_s']:.2f} s, peak {_gib(row['peak_mem_bytes'])} "
+              f"(+{_gib(row['peak_increase_bytes'])})", file=sys.stderr, flush=True)
+        stall = row.get("cpu_stall_fraction")
+        if stall is not None and stall > STALL_WARN:
+            print(f"[bench_guidance] WARNING: other processes competed for the CPU during {mode} "
+                  f"({stall:.0%} stall time); its timing is unreliable", file=sys.stderr, flush=True)
+        rows.append(row)
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(json.dumps({"settings": run_settings(args), "rows": rows}, indent=2) + "\n", partial)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = resolve_args(build_parser().parse_args(argv))
     if args.worker:
@@ -839,25 +864,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.backbone != "animatediff":
         name = f"{args.backbone}-{name}"
     partial = out / f"bench_guidance_{name}_{device_type}.partial.json"
-    done = resumed_rows(partial, args) if args.resume else {}
-    rows = []
-    for mode in args.mode_list:
-        if mode in done:
-            print(f"[bench_guidance] {mode}: kept from {partial.name} ({done[mode]['wall_s']:.2f} s)", file=sys.stderr)
-            rows.append(done[mode])
-            continue
-        print(f"[bench_guidance] {args.backbone} {args.config}: measuring {mode} in a fresh process "
-              f"({args.steps} steps, {args.repeats} repeat(s)) ...", file=sys.stderr, flush=True)
-        row = measure_mode(args, mode)
-        print(f"[bench_guidance] {mode}: {row['wall_s']:.2f} s, peak {_gib(row['peak_mem_bytes'])} "
-              f"(+{_gib(row['peak_increase_bytes'])})", file=sys.stderr, flush=True)
-        stall = row.get("cpu_stall_fraction")
-        if stall is not None and stall > STALL_WARN:
-            print(f"[bench_guidance] WARNING: other processes competed for the CPU during {mode} "
-                  f"({stall:.0%} stall time); its timing is unreliable", file=sys.stderr, flush=True)
-        rows.append(row)
-        out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(json.dumps({"settings": run_settings(args), "rows": rows}, indent=2) + "\n", partial)
+    rows = measure_modes(args, partial)
 
     sha, dirty = git_revision(REPO)
     timestamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
