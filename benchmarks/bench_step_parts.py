@@ -19,7 +19,7 @@ alike; the median is reported, with every run, and the ratio to the unguided ste
   the denoiser's gradient checkpointing on (``set_denoiser_checkpointing(True)``, as ``lean`` and ``rollout``);
 * ``decode2_forward_backward_ckpt`` -- the decode with the VAE's per-block checkpointing (as ``lean``).
 
-The cost model (:func:`step_calls`, one list of (part, count) per mode) sums the parts of one guided step of
+The cost model (:func:`step_calls`, one list of (part, count) per mode, read from the mode's settings) sums the parts of one guided step of
 each bench_guidance mode and predicts its whole-video time over the unguided run: S = 50 steps, G = 11 of them
 guided (the paper's range [4, 15)), K = 3 iterations, N = 3 rollout calls; an unguided step is one
 ``cfg_forward_batch2``. Each mode's "floor" is the same with the denoiser's calls alone (no decode, flow or
@@ -72,29 +72,35 @@ DENOISER_PARTS = ("cfg_forward_batch2", "forward_batch1", "cond_forward_backward
 # ----------------------------------------------------------------------------- the cost model
 
 
+COST_MODES = ("fast", "lean", "fast-stale", "rollout", "rollout-stale", "rollout-last")
+"""The bench_guidance modes the cost model adds up."""
+
+
 def step_calls(k: int, n: int) -> dict[str, list[tuple[str, int]]]:
-    """The parts of one guided step of each mode, with their counts, for K = ``k`` iterations and a rollout of
-    N = ``n`` calls. An iteration is an estimate (its denoiser calls, forward + backward), the decode of two
-    frames, and RAFT + discriminator; the unconditional output at x_t is computed once per step, and the
-    sampling step's conditional forward comes after the iterations unless the mode is ``-stale`` (it reuses
-    the last iteration's output at x_t)."""
-    iteration = [("decode2_forward_backward", k), ("raft_disc_forward_backward", k)]
-    return {
-        "fast": [("forward_batch1", 2), ("cond_forward_backward", k), *iteration],
-        "lean": [("forward_batch1", 2), ("cond_forward_backward_ckpt", k),
-                 ("decode2_forward_backward_ckpt", k), ("raft_disc_forward_backward", k)],
-        "fast-stale": [("forward_batch1", 1), ("cond_forward_backward", k), *iteration],
-        "rollout": [("forward_batch1", 2), ("cond_forward_backward_ckpt", k),
-                    ("cfg_batch2_forward_backward_ckpt", k * (n - 1)), *iteration],
-        "rollout-stale": [("forward_batch1", 1), ("cond_forward_backward_ckpt", k),
-                          ("cfg_batch2_forward_backward_ckpt", k * (n - 1)), *iteration],
-        # gradient through the last call only, no checkpointing: calls 1 .. N-1 once per step without gradient
-        # (call 1: the conditional branch, reusing the unconditional output at x_t; middle calls: CFG batches),
-        # and the unconditional branch at the last call's x once per step. forward_batch1: uncond at x_t +
-        # call 1 + uncond at the last call's x + the final conditional forward
-        "rollout-last": [("forward_batch1", 1 + 1 + 1 + 1), ("cfg_forward_batch2", n - 2),
-                         ("cond_forward_backward", k), *iteration],
-    }
+    """The parts of one guided step of each mode of :data:`COST_MODES`, with their counts, for K = ``k``
+    iterations and a rollout of N = ``n`` calls, read from the mode's own settings
+    (``bench_guidance.motion_config``): so the model cannot drift from what bench_guidance runs."""
+    return {mode: guided_step_calls(bench_guidance.motion_config(mode), k, n) for mode in COST_MODES}
+
+
+def guided_step_calls(motion, k: int, n: int) -> list[tuple[str, int]]:
+    """One guided step of ``motion`` (a MotionPromptConfig): the unconditional output at x_t once; K iterations,
+    each an estimate (its denoiser calls, forward + backward), the decode of two frames, RAFT + discriminator;
+    then the sampling step's conditional forward unless ``step_output='last_iteration'`` reuses the last
+    iteration's output at x_t. ``_ckpt`` parts where the mode checkpoints."""
+    ckpt = "_ckpt" if motion.checkpoint_denoiser else ""
+    decode = "decode2_forward_backward" + ("_ckpt" if motion.checkpoint_vae else "")
+    fresh = 1 if motion.step_output == "fresh" else 0
+    calls = n if motion.estimate == "rollout" else 1
+    if calls > 1 and motion.rollout_gradient == "last_call":
+        # once per step without gradient: uncond at x_t, call 1's conditional branch, the middle calls' CFG
+        # batches, uncond at the last call's x; each iteration differentiates the last call's conditional branch
+        denoiser = [("forward_batch1", 3 + fresh), ("cfg_forward_batch2", calls - 2), (f"cond_forward_backward{ckpt}", k)]
+    else:  # every call with gradient: call 1's conditional branch, then CFG batches whose x depends on the token
+        denoiser = [("forward_batch1", 1 + fresh), (f"cond_forward_backward{ckpt}", k)]
+        if calls > 1:
+            denoiser.append((f"cfg_batch2_forward_backward{ckpt}", k * (calls - 1)))
+    return [*denoiser, (decode, k), ("raft_disc_forward_backward", k)]
 
 
 def predict(medians: dict[str, float], k: int, n: int, steps: int, guided: int) -> dict[str, dict]:
