@@ -33,10 +33,10 @@ from bench_effect import LOWER_IS_BETTER, NEUTRAL  # noqa: E402
 
 from mpcore.analysis.compare import bootstrap_ci, paired_comparison  # noqa: E402
 from mpcore.analysis.diagnose import term_drops  # noqa: E402
+from mpcore.io.files import write_text_atomic  # noqa: E402
 
 DROP_TOLERANCE = 0.10
 """A variant's mean discriminator-term drop over the range must be within this fraction of the exact method's."""
-from mpcore.io.files import write_text_atomic  # noqa: E402
 
 
 def by_name(videos: dict) -> dict:
@@ -61,8 +61,7 @@ def range_drops(run: dict, arm: str) -> dict[str, float] | None:
         manifest = Path(path).with_suffix(".json")
         if not manifest.exists():
             return None
-        result = json.loads(manifest.read_text()).get("result") or {}
-        drop = term_drops(result, "disc")["over_range"] if "trace" in result else None
+        drop = term_drops(json.loads(manifest.read_text()).get("result") or {}, "disc")["over_range"]
         if drop is not None:
             drops[Path(path).stem] = drop
     return drops or None
